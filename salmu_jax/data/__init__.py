@@ -1,0 +1,1 @@
+"""SALMU-synth: generation, storage and input pipelines."""

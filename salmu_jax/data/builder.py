@@ -1,0 +1,315 @@
+"""Writes SALMU-synth to disk: tfds ArrayRecord splits plus everything beside them.
+
+Layout of a finished dataset directory (`<workdir>/dataset`):
+  salmu_synth/<version>/*.array_record   the six splits, written by tfds (no TensorFlow)
+  personas.json                          identities, roles, forgotten fields, attributes
+  fragile_set_ids.json                   record ids of the fragile subset of retain_disjoint
+  tokenizer.json                         the BPE trained on this dataset's captions
+  contact_sheet.png                      personas with several images and their captions
+  card.json, DATASET_CARD.md             features, split sizes, seed, versions, config
+  MANIFEST.json                          sha256 of every file above; written last
+Everything is built in a temporary sibling directory and renamed into place, so a
+directory named `dataset` without a valid manifest is never the result of a build.
+"""
+import contextlib
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from importlib import metadata
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from salmu_jax import config as config_lib
+from salmu_jax import io_utils
+from salmu_jax.data import faces, scenes, splits
+from salmu_jax.data.tokenizer import TOKENIZER_FILE, BPETokenizer
+from salmu_jax.errors import ConfigError, DatasetError
+
+GENERATOR_VERSION = "1.0.0"
+DATASET_DIRNAME = "dataset"
+TFDS_NAME = "salmu_synth"
+PERSONAS_FILE = "personas.json"
+FRAGILE_FILE = "fragile_set_ids.json"
+CARD_FILE = "card.json"
+CONTACT_SHEET_FILE = "contact_sheet.png"
+
+
+def fingerprint(config) -> dict:
+  """What the dataset's bytes depend on; a reused dataset must match it exactly."""
+  return {"generator_version": GENERATOR_VERSION,
+          "data": json.loads(config.data.to_json()),
+          "tokenizer": json.loads(config.tokenizer.to_json())}
+
+
+def _features():
+  text = tfds.features.Text()
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=(), dtype=np.object_),  # Encoded PNG/JPEG bytes.
+      "record_id": np.int64, "identity": np.int32, "image_index": np.int32, "style": np.int32,
+      "subset": text, "field": text, "name": text, "value": text, "caption": text,
+      "generic_caption": text,
+  })
+
+
+def encode_image(pixels: np.ndarray, image_format: str, jpeg_quality: int) -> bytes:
+  buffer = io.BytesIO()
+  if image_format == "png":
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False, compress_level=6)
+  else:
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
+  return buffer.getvalue()
+
+
+def _render_record(args) -> dict:
+  """Runs in worker processes: one ExampleSpec -> one tfds example."""
+  example, image_size, image_format, jpeg_quality = args
+  pixels = faces.render_face(example.face, example.view, image_size)
+  record = {k: getattr(example, k) for k in ("record_id", "identity", "image_index", "style",
+                                             "subset", "field", "name", "value", "caption",
+                                             "generic_caption")}
+  record["image"] = encode_image(pixels, image_format, jpeg_quality)
+  return record
+
+
+class SalmuSynth(tfds.core.GeneratorBasedBuilder):
+  """tfds builder of one SALMU-synth plan; records keep the plan's order."""
+
+  VERSION = tfds.core.Version(GENERATOR_VERSION)
+  name = TFDS_NAME
+
+  def __init__(self, *, plan: splits.Plan, data_config, progress=None, **kwargs):
+    self._plan, self._data, self._progress = plan, data_config, progress
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=_features(),
+        disable_shuffling=True,  # Record i of a split is example i of the plan.
+        description="SALMU-synth: synthetic personas, faces and sensitive-association captions "
+                    "with SALMUBench's split structure.")
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(split) for split in splits.SPLITS}
+
+  def _generate_examples(self, split):
+    d = self._data
+    jobs = [(e, d.image_size, d.image_format, d.jpeg_quality) for e in self._plan.examples[split]]
+    if d.build_workers > 1:
+      # spawn, not fork: the parent may already hold JAX or grain threads.
+      with multiprocessing.get_context("spawn").Pool(d.build_workers) as pool:
+        for record in pool.imap(_render_record, jobs, chunksize=32):
+          yield record["record_id"], record
+          self._progress and self._progress.update(1)
+    else:
+      for job in jobs:
+        record = _render_record(job)
+        yield record["record_id"], record
+        self._progress and self._progress.update(1)
+
+
+def _persona_entries(plan: splits.Plan) -> list:
+  entries = []
+  for persona in plan.personas:
+    entry = dataclasses.asdict(persona)
+    entry["role"] = plan.roles[persona.identity]
+    entry["forgotten_fields"] = list(plan.forgotten_fields.get(persona.identity, ()))
+    entries.append(entry)
+  return entries
+
+
+def _train_tokenizer(config, plan: splits.Plan) -> BPETokenizer:
+  texts = [e.caption for split in splits.SPLITS for e in plan.examples[split]]
+  texts += [e.generic_caption for split in splits.SPLITS for e in plan.examples[split]]
+  texts += [scenes.sample_scene(config.data.seed, "train", i)["caption"]
+            for i in range(config.tokenizer.scene_captions)]
+  texts += [p for name in scenes.CLASS_NAMES for p in scenes.class_prompts(name)]
+  tokenizer = BPETokenizer.train(texts, config.tokenizer.vocab_size, config.tokenizer.context_length)
+  lengths = tokenizer.token_lengths(texts)
+  too_long = lengths > config.tokenizer.context_length
+  if too_long.any():
+    raise ConfigError(
+        f"tokenizer.context_length={config.tokenizer.context_length} truncates "
+        f"{int(too_long.sum())} captions (longest {int(lengths.max())} tokens); raise it to at "
+        f"least {int(lengths.max())}")
+  return tokenizer, int(lengths.max())
+
+
+def _card(config, plan: splits.Plan, max_tokens: int) -> dict:
+  roles = {role: sum(1 for r in plan.roles.values() if r == role) for role in splits.ROLES}
+  identities = {split: len({e.identity for e in plan.examples[split]}) for split in splits.SPLITS}
+  forget = plan.examples["forget"]
+  return {
+      "name": TFDS_NAME,
+      "generator_version": GENERATOR_VERSION,
+      "seed": config.data.seed,
+      "image_size": config.data.image_size,
+      "image_format": config.data.image_format,
+      "split_sizes": plan.split_sizes(),
+      "split_identities": identities,
+      "forget_subsets": {s: sum(1 for e in forget if e.subset == s)
+                         for s in ("forget_identity", "forget_association")},
+      "personas_per_role": roles,
+      "countries": len({p.country for p in plan.personas}),
+      "distinct_jobs": len({p.job for p in plan.personas}),
+      "tokenizer": {"kind": "dataset_bpe", "vocab_size": config.tokenizer.vocab_size,
+                    "context_length": config.tokenizer.context_length,
+                    "longest_caption_tokens": max_tokens},
+      "features": {k: repr(v) for k, v in _features().items()},
+      "versions": {p: metadata.version(p) for p in
+                   ("faker", "pillow", "numpy", "tensorflow-datasets", "tokenizers")},
+      "fingerprint": fingerprint(config),
+  }
+
+
+def _card_markdown(card: dict) -> str:
+  rows = "\n".join(f"| {split} | {size:,} | {card['split_identities'].get(split, '-')} |"
+                   for split, size in card["split_sizes"].items())
+  features = "\n".join(f"- `{k}`: {v}" for k, v in card["features"].items())
+  return f"""# SALMU-synth dataset card
+
+Generator {card['generator_version']}, seed {card['seed']}.
+Images {card['image_size']} px, stored as {card['image_format'].upper()} bytes.
+{card['countries']} countries, {card['distinct_jobs']} distinct jobs.
+
+| split | pairs | identities |
+|---|---|---|
+{rows}
+
+forget = forget_identity ({card['forget_subsets']['forget_identity']:,} pairs) + forget_association
+({card['forget_subsets']['forget_association']:,} pairs). Personas per role: {card['personas_per_role']}.
+
+## Features
+{features}
+
+## Versions
+{json.dumps(card['versions'])}
+"""
+
+
+def write_contact_sheet(path: str, rows: list, cell: int = 144, caption_lines: int = 5) -> None:
+  """rows: [(label, [(uint8 image, caption), ...]), ...] -> one PNG with wrapped captions."""
+  import textwrap
+  from PIL import ImageDraw
+  columns = max(len(images) for _, images in rows)
+  label_w, line_h = 150, 11
+  height = cell + caption_lines * line_h + 8
+  sheet = Image.new("RGB", (label_w + columns * (cell + 6), len(rows) * height), "white")
+  draw = ImageDraw.Draw(sheet)
+  for r, (label, images) in enumerate(rows):
+    y = r * height
+    for i, line in enumerate(textwrap.wrap(label, 24)[:8]):
+      draw.text((4, y + 4 + i * line_h), line, fill="black")
+    for c, (pixels, caption) in enumerate(images):
+      x = label_w + c * (cell + 6)
+      sheet.paste(Image.fromarray(pixels).resize((cell, cell), Image.BICUBIC), (x, y))
+      for i, line in enumerate(textwrap.wrap(caption, 26)[:caption_lines]):
+        draw.text((x, y + cell + 2 + i * line_h), line, fill=(40, 40, 40))
+  buffer = io.BytesIO()
+  sheet.save(buffer, format="PNG")
+  io_utils.write_bytes_atomic(path, buffer.getvalue())
+
+
+def _contact_sheet(root: str, plan: splits.Plan, per_row: int = 5) -> None:
+  from salmu_jax.data import sources
+  dataset = sources.open_split_sources(root)
+  rows = []
+  for role in splits.ROLES:
+    identity = min(i for i, r in plan.roles.items() if r == role)
+    persona = plan.personas[identity]
+    picked = [(split, i) for split in splits.SPLITS
+              for i, e in enumerate(plan.examples[split]) if e.identity == identity][:per_row]
+    images = []
+    for split, index in picked:
+      record = sources.decode_record(dataset[split][index])
+      images.append((record["image"], record["caption"]))
+    rows.append((f"{persona.name} ({persona.country}) - {role}", images))
+  disjoint = [(sources.decode_record(dataset["retain_disjoint"][i])) for i in range(per_row)]
+  rows.append(("retain_disjoint: other people, generic captions",
+               [(r["image"], r["caption"]) for r in disjoint]))
+  write_contact_sheet(os.path.join(root, CONTACT_SHEET_FILE), rows)
+
+
+def check_existing(final: str, config) -> None:
+  """Raises DatasetError unless `final` is a complete, unmodified build of `config`."""
+  manifest_path = os.path.join(final, io_utils.MANIFEST_NAME)
+  if not os.path.exists(manifest_path):
+    raise DatasetError(
+        f"{final} exists but has no {io_utils.MANIFEST_NAME}: it is incomplete or not a "
+        f"SALMU-synth dataset; delete it and run make_dataset again")
+  try:
+    manifest = io_utils.read_json(manifest_path)
+  except (OSError, ValueError) as e:
+    raise DatasetError(f"{manifest_path} is unreadable ({e}); delete {final} and rebuild") from e
+  if manifest.get("fingerprint") != fingerprint(config):
+    built = manifest.get("fingerprint", {})
+    differing = sorted(k for k in set(built.get("data", {})) | set(config.data.keys())
+                       if built.get("data", {}).get(k) != json.loads(config.data.to_json()).get(k))
+    raise DatasetError(
+        f"{final} was built from a different config (differs in: "
+        f"{', '.join('data.' + k for k in differing) or 'tokenizer or generator version'}); "
+        f"use another --workdir or delete it")
+  problems = io_utils.verify_manifest(final)
+  if problems:
+    raise DatasetError(
+        f"{final} is corrupted or was modified after building ({problems[0]}"
+        f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); delete it and rebuild")
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """tfds logs every shard and prints banners to stdout; our progress bar says enough."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    logging.set_verbosity(verbosity)
+    tfds.enable_progress_bar()
+
+
+def build_dataset(config, workdir: str, progress: bool = True) -> str:
+  """Builds SALMU-synth under `workdir` (idempotent); returns the dataset directory."""
+  config_lib.check_config(config)
+  final = os.path.join(workdir, DATASET_DIRNAME)
+  if os.path.exists(final):
+    check_existing(final, config)
+    return final
+  os.makedirs(workdir, exist_ok=True)
+  for stale in os.listdir(workdir):
+    if stale.startswith(f".{DATASET_DIRNAME}.partial-"):
+      shutil.rmtree(os.path.join(workdir, stale), ignore_errors=True)
+  tmp = tempfile.mkdtemp(prefix=f".{DATASET_DIRNAME}.partial-", dir=workdir)
+  try:
+    from tqdm import tqdm
+    plan = splits.make_plan(config.data)
+    tokenizer, max_tokens = _train_tokenizer(config, plan)
+    total = sum(plan.split_sizes()[s] for s in splits.SPLITS)
+    with tqdm(total=total, desc="rendering SALMU-synth", unit="img", disable=not progress) as bar, \
+        tempfile.TemporaryDirectory() as downloads:
+      builder = SalmuSynth(plan=plan, data_config=config.data, progress=bar, data_dir=tmp,
+                           file_format="array_record")
+      with _quiet_tfds():
+        builder.download_and_prepare(download_dir=downloads)
+    shutil.rmtree(os.path.join(tmp, "downloads"), ignore_errors=True)
+    tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+    io_utils.write_json_atomic(os.path.join(tmp, PERSONAS_FILE), _persona_entries(plan))
+    io_utils.write_json_atomic(os.path.join(tmp, FRAGILE_FILE), plan.fragile_ids)
+    card = _card(config, plan, max_tokens)
+    io_utils.write_json_atomic(os.path.join(tmp, CARD_FILE), card)
+    io_utils.write_bytes_atomic(os.path.join(tmp, "DATASET_CARD.md"), _card_markdown(card).encode())
+    _contact_sheet(tmp, plan)
+    io_utils.write_manifest(tmp, {"fingerprint": fingerprint(config)})
+    os.replace(tmp, final)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return final

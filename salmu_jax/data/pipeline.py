@@ -1,0 +1,138 @@
+"""grain input pipelines: decode, augment (train only), tokenize, mix, shard, batch.
+
+Training draws from up to three sources with configured weights:
+  retain_base   procedural scenes (or a local tfds / webdataset corpus)
+  retain_synth  retain_joint + retain_disjoint (generic captions)
+  sensitive     forget + holdout_association + holdout_identity (Compromised only)
+Each source is shuffled and repeated, the mixture is sliced per process
+(`shard_index::shard_count`) and batched. Everything is a grain MapDataset, so
+the iterator state is one integer and a resumed run sees the same next batch.
+Images leave the pipeline as uint8 (normalized on device, where it is cheap).
+"""
+import numpy as np
+import grain
+from PIL import Image
+
+from salmu_jax.data import sources, splits
+from salmu_jax.errors import ConfigError
+
+SOURCE_IDS = {"retain_base": 0, "retain_synth": 1, "sensitive": 2}
+SOURCE_SPLITS = {"retain_synth": splits.RETAIN_SYNTH_SPLITS,
+                 "sensitive": splits.TRAINED_SENSITIVE_SPLITS}
+
+
+class ConcatSource:
+  """Several random-access sources read as one."""
+
+  def __init__(self, parts):
+    self._parts = list(parts)
+    self._ends = np.cumsum([len(p) for p in self._parts])
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def __getitem__(self, index: int):
+    part = int(np.searchsorted(self._ends, index, side="right"))
+    start = int(self._ends[part - 1]) if part else 0
+    return self._parts[part][index - start]
+
+
+def fit_image(image: np.ndarray, size: int) -> np.ndarray:
+  """Centre-crops to a square and resizes to `size` (external corpora vary in shape)."""
+  h, w = image.shape[:2]
+  if (h, w) == (size, size):
+    return image
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  square = Image.fromarray(image[top:top + side, left:left + side])
+  return np.asarray(square.resize((size, size), Image.BICUBIC))
+
+
+def augment_image(image: np.ndarray, rng: np.random.Generator, crop_scale_min: float,
+                  brightness: float) -> np.ndarray:
+  """Random crop (resized back) and brightness jitter; no flips: captions say left/right."""
+  size = image.shape[0]
+  side = int(round(size * rng.uniform(crop_scale_min, 1.0)))
+  top, left = rng.integers(0, size - side + 1, size=2)
+  crop = Image.fromarray(image).resize((size, size), Image.BILINEAR,
+                                       box=(left, top, left + side, top + side))
+  scaled = np.asarray(crop, np.float32) * rng.uniform(1 - brightness, 1 + brightness)
+  return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _example(image, caption, tokenizer, size, source_id, record_id=-1, identity=-1):
+  return {"image": fit_image(image, size), "tokens": tokenizer.encode([caption])[0],
+          "source": np.int32(source_id), "record_id": np.int64(record_id),
+          "identity": np.int32(identity)}
+
+
+def _synth_examples(dataset, split_names, tokenizer, size, source_id) -> grain.MapDataset:
+  def to_example(raw):
+    record = sources.decode_record(raw)
+    return _example(record["image"], record["caption"], tokenizer, size, source_id,
+                    record["record_id"], record["identity"])
+  return grain.MapDataset.source(ConcatSource(dataset.splits[s] for s in split_names)).map(to_example)
+
+
+def _base_examples(retain_base, tokenizer, size) -> grain.MapDataset:
+  return grain.MapDataset.source(retain_base).map(
+      lambda item: _example(item["image"], item["caption"], tokenizer, size,
+                            SOURCE_IDS["retain_base"]))
+
+
+def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
+                     shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+  """Infinite MapDataset of this process's training batches.
+
+  `mixture` overrides config.data.mixture (source -> weight); weight 0 drops a
+  source, so a Clean run never touches a sensitive record.
+  """
+  data = config.data
+  weights = dict(mixture if mixture is not None else data.mixture)
+  unknown = set(weights) - set(SOURCE_IDS)
+  if unknown:
+    raise ConfigError(f"unknown mixture source(s) {sorted(unknown)}; known: {sorted(SOURCE_IDS)}")
+  if config.batch_size % shard_count:
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {shard_count} "
+                      f"data-loading processes")
+  parts, part_weights = [], []
+  for offset, (name, weight) in enumerate(sorted(weights.items())):
+    if weight <= 0:
+      continue
+    if name == "retain_base":
+      examples = _base_examples(retain_base, tokenizer, data.image_size)
+    else:
+      examples = _synth_examples(dataset, SOURCE_SPLITS[name], tokenizer, data.image_size,
+                                 SOURCE_IDS[name])
+    parts.append(examples.shuffle(seed=config.seed * 1000 + offset).repeat())
+    part_weights.append(weight)
+  if not parts:
+    raise ConfigError(f"mixture {weights} has no source with a positive weight")
+  mixed = grain.MapDataset.mix(parts, part_weights) if len(parts) > 1 else parts[0]
+  augment = data.augment
+
+  def augmented(example, rng):
+    return example | {"image": augment_image(example["image"], rng, augment.crop_scale_min,
+                                             augment.brightness)}
+
+  mixed = mixed.random_map(augmented, seed=config.seed)
+  return mixed[shard_index::shard_count].batch(config.batch_size // shard_count,
+                                               drop_remainder=True)
+
+
+def eval_batches(dataset, split_names, tokenizer, image_size: int, batch_size: int,
+                 caption_key: str = "caption") -> grain.MapDataset:
+  """Finite, ordered, un-augmented batches of SALMU-synth splits with their metadata."""
+  def to_example(raw):
+    record = sources.decode_record(raw)
+    return _example(record["image"], record[caption_key], tokenizer, image_size,
+                    SOURCE_IDS["sensitive"], record["record_id"], record["identity"])
+  return grain.MapDataset.source(ConcatSource(dataset.splits[s] for s in split_names)).map(
+      to_example).batch(batch_size, drop_remainder=False)
+
+
+def iterate(batches: grain.MapDataset, config):
+  """A checkpointable iterator (`get_state` / `set_state`) with threaded prefetch."""
+  loader = config.data.loader
+  return iter(batches.to_iter_dataset(grain.ReadOptions(
+      num_threads=loader.num_threads, prefetch_buffer_size=loader.prefetch_buffer_size)))

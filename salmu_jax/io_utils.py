@@ -1,0 +1,86 @@
+"""Atomic file writes and checksum manifests.
+
+Every artifact is written under a temporary name in the same directory and then
+renamed, so an interrupted run never leaves a file that looks complete.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+MANIFEST_NAME = "MANIFEST.json"
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+  write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(chunk):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _listed_files(root: str):
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for name in sorted(filenames):
+      rel = os.path.relpath(os.path.join(dirpath, name), root)
+      if rel != MANIFEST_NAME and not name.startswith(".tmp-"):
+        yield rel
+
+
+def write_manifest(root: str, extra: dict | None = None) -> dict:
+  """Checksums every file under `root`; written last, it marks the tree complete."""
+  manifest = {
+      "files": {rel: sha256_file(os.path.join(root, rel)) for rel in _listed_files(root)},
+      **(extra or {}),
+  }
+  write_json_atomic(os.path.join(root, MANIFEST_NAME), manifest)
+  return manifest
+
+
+def verify_manifest(root: str) -> list[str]:
+  """Returns the problems found (missing, changed or unlisted files); empty if intact."""
+  manifest = read_json(os.path.join(root, MANIFEST_NAME))
+  listed = manifest["files"]
+  problems = []
+  for rel, digest in listed.items():
+    path = os.path.join(root, rel)
+    if not os.path.exists(path):
+      problems.append(f"missing file {rel}")
+    elif sha256_file(path) != digest:
+      problems.append(f"changed file {rel}")
+  problems += [f"unlisted file {rel}" for rel in _listed_files(root) if rel not in listed]
+  return problems
+
+
+def replace_dir(src: str, dst: str) -> None:
+  """Moves a finished temporary directory into place (rename is atomic on one filesystem)."""
+  if os.path.exists(dst):
+    shutil.rmtree(dst)
+  os.replace(src, dst)

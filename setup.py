@@ -1,0 +1,36 @@
+"""salmu_jax: sensitive-association unlearning for CLIP models in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="salmu_jax",
+    version="0.1.0",
+    description="SALMUBench in JAX/Flax: SALMU-synth data, Flax CLIP, unlearning and evaluation.",
+    packages=find_packages(include=["salmu_jax", "salmu_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9.8",
+        "grain>=0.2.12",
+        "array-record>=0.7",
+        "importlib_resources",  # tfds needs it for builders defined in a package (etils[epath]).
+        "etils[epath]",
+        "numpy>=1.26",
+        "absl-py>=2.1",
+        "ml-collections>=1.0",
+        "tokenizers>=0.20",
+        "faker>=37,<41",
+        "pillow>=10",
+        "matplotlib>=3.8",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        # benchmarks/data_throughput.py needs nothing beyond the base install; the
+        # PyTorch peer (open_clip, torch) joins this extra with the throughput issue.
+        "bench": [],
+    },
+)

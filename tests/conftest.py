@@ -1,0 +1,24 @@
+import os
+
+import pytest
+
+from salmu_jax import config as config_lib
+from salmu_jax.data import builder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_path(name: str) -> str:
+  return os.path.join(REPO, "configs", f"{name}.py")
+
+
+@pytest.fixture
+def micro_config():
+  return config_lib.load_config(config_path("micro"))
+
+
+@pytest.fixture(scope="session")
+def micro_dataset_dir(tmp_path_factory):
+  """One micro SALMU-synth build shared by the read-only tests."""
+  config = config_lib.load_config(config_path("micro"))
+  return builder.build_dataset(config, str(tmp_path_factory.mktemp("micro")), progress=False)

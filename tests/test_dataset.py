@@ -1,0 +1,182 @@
+"""Building, storing and reading SALMU-synth: determinism, atomicity, bad input."""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from salmu_jax import config as config_lib, io_utils
+from salmu_jax.data import builder, faces, scenes, sources, splits
+from salmu_jax.data.tokenizer import BPETokenizer, normalize_text
+from salmu_jax.errors import ConfigError, DatasetError
+from tests.conftest import REPO, config_path
+
+
+def record_digests(root):
+  files = sorted(glob.glob(os.path.join(root, builder.TFDS_NAME, "*", "*.array_record*")))
+  assert len(files) == len(splits.SPLITS)
+  return {os.path.basename(f): io_utils.sha256_file(f) for f in files}
+
+
+def test_records_match_the_plan(micro_dataset_dir, micro_config):
+  dataset = sources.open_dataset(micro_dataset_dir)
+  plan = splits.make_plan(micro_config.data)
+  assert dataset.card["split_sizes"] == plan.split_sizes()
+  for split in splits.SPLITS:
+    assert len(dataset.splits[split]) == len(plan.examples[split])
+    for index in (0, len(plan.examples[split]) - 1):
+      record, spec = dataset.decoded(split, index), plan.examples[split][index]
+      assert record["record_id"] == spec.record_id and record["caption"] == spec.caption
+      assert record["field"] == spec.field and record["subset"] == spec.subset
+      np.testing.assert_array_equal(record["image"], faces.render_face(spec.face, spec.view, 32))
+  assert dataset.fragile_ids == plan.fragile_ids
+  roles = {p["identity"]: p["role"] for p in dataset.personas}
+  assert roles == plan.roles
+  assert os.path.getsize(os.path.join(micro_dataset_dir, builder.CONTACT_SHEET_FILE)) > 10_000
+
+
+def test_same_seed_same_bytes_other_seed_differs(micro_dataset_dir, micro_config, tmp_path):
+  # Two render processes must write exactly what one process writes.
+  micro_config.data.build_workers = 2
+  again = builder.build_dataset(micro_config, str(tmp_path / "again"), progress=False)
+  assert record_digests(again) == record_digests(micro_dataset_dir)
+  for name in (builder.PERSONAS_FILE, builder.FRAGILE_FILE, "tokenizer.json"):
+    assert io_utils.sha256_file(os.path.join(again, name)) == \
+        io_utils.sha256_file(os.path.join(micro_dataset_dir, name))
+  micro_config.data.seed = 7
+  other = builder.build_dataset(micro_config, str(tmp_path / "other"), progress=False)
+  assert all(a != b for a, b in zip(record_digests(other).values(),
+                                    record_digests(micro_dataset_dir).values()))
+
+
+def test_build_is_idempotent_and_detects_changes(micro_config, tmp_path):
+  root = builder.build_dataset(micro_config, str(tmp_path), progress=False)
+  manifest = os.path.join(root, io_utils.MANIFEST_NAME)
+  stamp = os.stat(manifest).st_mtime_ns
+  assert builder.build_dataset(micro_config, str(tmp_path), progress=False) == root
+  assert os.stat(manifest).st_mtime_ns == stamp  # Reused, not rebuilt.
+
+  micro_config.data.images_per_identity = 9
+  with pytest.raises(DatasetError, match="data.images_per_identity"):
+    builder.build_dataset(micro_config, str(tmp_path), progress=False)
+  micro_config.data.images_per_identity = 8
+
+  record_file = glob.glob(os.path.join(root, builder.TFDS_NAME, "*", "*forget.array_record*"))[0]
+  with open(record_file, "r+b") as f:
+    f.seek(100)
+    byte = f.read(1)
+    f.seek(100)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(DatasetError, match="modified after building.*changed file"):
+    builder.build_dataset(micro_config, str(tmp_path), progress=False)
+  with pytest.raises(DatasetError, match="modified after building"):
+    sources.open_dataset(root)
+
+  os.remove(manifest)
+  with pytest.raises(DatasetError, match="incomplete"):
+    builder.build_dataset(micro_config, str(tmp_path), progress=False)
+
+
+def test_interrupted_build_leaves_nothing_that_looks_complete(micro_config, tmp_path, monkeypatch):
+  def crash(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(builder, "_contact_sheet", crash)
+  with pytest.raises(KeyboardInterrupt):
+    builder.build_dataset(micro_config, str(tmp_path), progress=False)
+  assert os.listdir(tmp_path) == []
+  monkeypatch.undo()
+  root = builder.build_dataset(micro_config, str(tmp_path), progress=False)
+  assert sources.open_dataset(root).card["split_sizes"]["forget"] == 64
+
+
+def test_recompute_fragile_set_from_model_scores(micro_config, tmp_path):
+  root = builder.build_dataset(micro_config, str(tmp_path), progress=False)
+  dataset = sources.open_dataset(root)
+  disjoint = dataset.splits["retain_disjoint"]
+  ids = [int(disjoint[i]["record_id"]) for i in range(len(disjoint))]
+  similarities = np.linspace(1, 0, len(ids))  # The last ids are known least.
+  fragile = sources.recompute_fragile_set(dataset, ids, similarities, 0.1)
+  assert fragile == sorted(ids[-2:])
+  assert sources.open_dataset(root).fragile_ids == fragile  # Manifest still valid.
+  with pytest.raises(DatasetError, match="not in retain_disjoint"):
+    sources.recompute_fragile_set(dataset, [0], [0.5], 0.1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.forget_identity_fraction": 0.6}, "leaves no holdout_identity"),
+    ({"data.forget_association_fraction": 1.5}, "strictly between 0 and 1"),
+    ({"data.num_personas": 3}, "too small: role"),
+    ({"data.images_per_identity": 4}, "below the 8 fields"),
+    ({"data.forget_fields_per_partial": 8}, "forget_fields_per_partial=8"),
+    ({"data.fields": ("city", "shoe_size")}, "shoe_size"),
+    ({"data.image_format": "gif"}, "gif"),
+    ({"data.mixture.sensitive": -1.0}, "must not be negative"),
+    ({"data.nonexistent": 1}, "unknown config key 'data.nonexistent'"),
+])
+def test_bad_config_values_get_one_line_errors(overrides, message):
+  with pytest.raises(ConfigError, match=message) as error:
+    config_lib.load_config(config_path("micro"), overrides)
+  assert "\n" not in str(error.value)
+
+
+def test_a_config_file_adding_a_key_is_rejected(micro_config):
+  micro_config.data.unlock()
+  micro_config.data.num_personaz = 5
+  with pytest.raises(ConfigError, match="unknown config key 'data.num_personaz'"):
+    config_lib.check_config(micro_config)
+
+
+def test_too_short_context_is_refused(micro_config, tmp_path):
+  micro_config.tokenizer.context_length = 12
+  with pytest.raises(ConfigError, match="context_length=12 truncates"):
+    builder.build_dataset(micro_config, str(tmp_path), progress=False)
+  assert not os.path.exists(tmp_path / "dataset")
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", "salmu_jax.make_dataset", f"--config={config_path('micro')}",
+       f"--workdir={tmp_path}", *args], capture_output=True, text=True, env=env, cwd=REPO)
+  result = run("--config.data.num_personas=2")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: data.num_personas=2 is too small")
+  result = run("--config.data.no_such_field=2")
+  assert result.returncode != 0 and "no_such_field" in result.stderr
+  os.makedirs(tmp_path / "dataset")
+  result = run()
+  assert result.returncode == 2 and "incomplete" in result.stderr
+
+
+def test_tokenizer_layout_and_normalization(micro_dataset_dir, micro_config):
+  tokenizer = BPETokenizer.load(os.path.join(micro_dataset_dir, "tokenizer.json"), 48)
+  tokens = tokenizer.encode(["The IBAN of  Ana ÁLVAREZ is ES12 3456.", "a red star."])
+  assert tokens.dtype == np.int32 and tokens.shape == (2, 48)
+  assert (tokens[:, 0] == tokenizer.sot_id).all()
+  assert (tokens.argmax(-1) == (tokens != 0).sum(-1) - 1).all()  # eot: the largest id, last.
+  assert tokenizer.decode(tokens[0]).strip() == normalize_text("The IBAN of  Ana ÁLVAREZ is ES12 3456.")
+  long = tokenizer.encode(["word " * 100])[0]
+  assert long[-1] == tokenizer.eot_id  # Truncation keeps the end-of-text token.
+
+
+def test_scene_source_is_deterministic_with_valid_labels():
+  source = scenes.ProceduralScenes(seed=0, image_size=32, length=50, split="zeroshot")
+  first, again = source[3], source[3]
+  np.testing.assert_array_equal(first["image"], again["image"])
+  assert first["image"].shape == (32, 32, 3) and first["image"].dtype == np.uint8
+  labels = [source[i]["label"] for i in range(50)]
+  assert all(0 <= l < len(scenes.CLASS_NAMES) for l in labels)
+  assert scenes.CLASS_NAMES[first["label"]].split()[-1] in first["caption"]
+  with pytest.raises(IndexError):
+    source[50]
+
+
+def test_views_of_one_face_differ_but_render_deterministically():
+  rng = np.random.default_rng(0)
+  face = faces.sample_identity(rng, "female")
+  view_a, view_b = faces.sample_view(np.random.default_rng(1)), faces.sample_view(np.random.default_rng(2))
+  a = faces.render_face(face, view_a, 64)
+  np.testing.assert_array_equal(a, faces.render_face(face, view_a, 64))
+  assert np.abs(a.astype(int) - faces.render_face(face, view_b, 64)).mean() > 10

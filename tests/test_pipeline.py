@@ -1,0 +1,158 @@
+"""grain pipelines: shapes, mixture, sharding, resume, and the retain-base adapters."""
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from salmu_jax.data import pipeline, sources
+from salmu_jax.data.tokenizer import load_tokenizer
+from salmu_jax.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def micro(micro_dataset_dir):
+  from salmu_jax import config as config_lib
+  from tests.conftest import config_path
+  config = config_lib.load_config(config_path("micro"))
+  dataset = sources.open_dataset(micro_dataset_dir)
+  tokenizer = load_tokenizer(config.tokenizer, micro_dataset_dir)
+  return config, dataset, tokenizer, sources.retain_base_source(config.data)
+
+
+def test_training_batch_shapes_and_dtypes(micro):
+  config, dataset, tokenizer, base = micro
+  batches = pipeline.training_batches(config, dataset, tokenizer, base)
+  batch = batches[0]
+  assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.uint8
+  assert batch["tokens"].shape == (8, 48) and batch["tokens"].dtype == np.int32
+  assert batch["source"].dtype == np.int32 and batch["record_id"].dtype == np.int64
+  assert (batch["tokens"][:, 0] == tokenizer.sot_id).all()
+
+
+def test_mixture_weights_and_clean_never_sees_sensitive(micro):
+  config, dataset, tokenizer, base = micro
+  batches = pipeline.training_batches(config, dataset, tokenizer, base)
+  drawn = np.concatenate([batches[i]["source"] for i in range(40)])
+  shares = np.bincount(drawn, minlength=3) / drawn.size
+  np.testing.assert_allclose(shares, [0.6, 0.2, 0.2], atol=0.07)
+  clean = pipeline.training_batches(config, dataset, tokenizer, base,
+                                    mixture={"retain_base": 0.6, "retain_synth": 0.2, "sensitive": 0})
+  for i in range(40):
+    batch = clean[i]
+    assert (batch["source"] != pipeline.SOURCE_IDS["sensitive"]).all()
+  sensitive_ids = {int(dataset.splits[s][i]["record_id"]) for s in ("forget", "holdout_association",
+                                                                   "holdout_identity")
+                   for i in range(len(dataset.splits[s]))}
+  seen = np.concatenate([batches[i]["record_id"] for i in range(40)])
+  assert set(seen[np.concatenate([batches[i]["source"] for i in range(40)]) == 2]) <= sensitive_ids
+
+
+def test_shards_partition_the_global_stream(micro):
+  config, dataset, tokenizer, base = micro
+  config.batch_size = 8
+  whole = pipeline.training_batches(config, dataset, tokenizer, base)
+  halves = [pipeline.training_batches(config, dataset, tokenizer, base, shard_index=i, shard_count=2)
+            for i in range(2)]
+  stream = np.concatenate([whole[i]["tokens"] for i in range(2)])
+  for i, half in enumerate(halves):
+    np.testing.assert_array_equal(half[0]["tokens"], stream[i::2][:4])
+  with pytest.raises(ConfigError, match="batch_size=8 is not divisible by the 3"):
+    pipeline.training_batches(config, dataset, tokenizer, base, shard_count=3)
+
+
+def test_resumed_iterator_gives_the_same_next_batch(micro):
+  config, dataset, tokenizer, base = micro
+  batches = pipeline.training_batches(config, dataset, tokenizer, base)
+  iterator = pipeline.iterate(batches, config)
+  for _ in range(3):
+    next(iterator)
+  state = iterator.get_state()
+  expected = next(iterator)
+  resumed = pipeline.iterate(pipeline.training_batches(config, dataset, tokenizer, base), config)
+  resumed.set_state(state)
+  got = next(resumed)
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_eval_batches_are_ordered_and_unaugmented(micro):
+  config, dataset, tokenizer, _ = micro
+  batches = pipeline.eval_batches(dataset, ["forget"], tokenizer, 32, batch_size=16)
+  assert len(batches) == 4
+  first = batches[0]
+  np.testing.assert_array_equal(first["image"][0], dataset.decoded("forget", 0)["image"])
+  assert first["record_id"].tolist() == list(range(16))
+
+
+def test_augmentation_keeps_shape_and_varies():
+  image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+  a = pipeline.augment_image(image, np.random.default_rng(1), 0.8, 0.1)
+  b = pipeline.augment_image(image, np.random.default_rng(2), 0.8, 0.1)
+  assert a.shape == image.shape and a.dtype == np.uint8 and not np.array_equal(a, b)
+
+
+def _jpeg(value, shape=(40, 50, 3)):
+  buffer = io.BytesIO()
+  Image.fromarray(np.full(shape, value, np.uint8)).save(buffer, format="JPEG")
+  return buffer.getvalue()
+
+
+def test_webdataset_shards_as_retain_base(micro, tmp_path):
+  config, dataset, tokenizer, _ = micro
+  for shard in range(2):
+    with tarfile.open(tmp_path / f"shard-{shard:05d}.tar", "w") as tar:
+      for i in range(3):
+        for name, data in ((f"s{shard}/{i:04d}.jpg", _jpeg(40 * i)),
+                           (f"s{shard}/{i:04d}.txt", f"caption {shard} {i}".encode())):
+          info = tarfile.TarInfo(name)
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
+  config.data.retain_base.kind, config.data.retain_base.path = "webdataset", str(tmp_path)
+  source = sources.retain_base_source(config.data)
+  assert len(source) == 6
+  item = source[4]
+  assert item["caption"] == "caption 1 1" and item["image"].shape == (40, 50, 3)
+  batch = pipeline.training_batches(config, dataset, tokenizer, source,
+                                    mixture={"retain_base": 1.0})[0]
+  assert batch["image"].shape == (8, 32, 32, 3)  # Centre-cropped and resized.
+  config.data.retain_base.path = str(tmp_path / "missing")
+  with pytest.raises(ConfigError, match="holds no .tar shards"):
+    sources.retain_base_source(config.data)
+
+
+class LocalCaptions(tfds.core.GeneratorBasedBuilder):
+  """A local image-caption tfds dataset, images as encoded bytes (no TensorFlow)."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "jpeg": tfds.features.Tensor(shape=(), dtype=np.object_), "text": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(4):
+      yield i, {"jpeg": _jpeg(50 * i), "text": f"picture {i}"}
+
+
+def test_tfds_dataset_as_retain_base(micro, tmp_path):
+  config = micro[0]
+  LocalCaptions(data_dir=str(tmp_path), file_format="array_record").download_and_prepare(
+      download_dir=str(tmp_path / "dl"))
+  base = config.data.retain_base
+  base.kind, base.name, base.data_dir = "tfds", "local_captions", str(tmp_path)
+  base.image_key, base.text_key = "jpeg", "text"
+  source = sources.retain_base_source(config.data)
+  assert len(source) == 4 and sorted(source[i]["caption"] for i in range(4))[0] == "picture 0"
+  assert source[0]["image"].dtype == np.uint8
+  base.text_key = "caption"
+  with pytest.raises(ConfigError, match="has no feature 'caption'"):
+    sources.retain_base_source(config.data)
+  base.name = "no_such_dataset"
+  with pytest.raises(ConfigError, match="cannot open tfds dataset 'no_such_dataset'"):
+    sources.retain_base_source(config.data)
