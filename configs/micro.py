@@ -1,8 +1,8 @@
-"""Micro scale for tests: seconds, every split non-empty."""
-from salmu_jax.config import base_config
+"""Micro scale for tests: seconds, every split non-empty, a 2-layer 64-wide CLIP."""
+from salmu_jax.config import base_config, model_config, with_reference
 
 
-def get_config():
+def get_config(arg=None):
   config = base_config()
   config.batch_size = 8
   data = config.data
@@ -20,4 +20,16 @@ def get_config():
   config.tokenizer.vocab_size = 1_024
   config.tokenizer.context_length = 48
   config.tokenizer.scene_captions = 500
-  return config
+  config.model = model_config("tiny", size="micro", embed_dim=32, patch_size=8, vision_width=64,
+                              vision_layers=2, vision_heads=2, text_width=64, text_layers=2,
+                              text_heads=2, dtype="float32")
+  train = config.train
+  train.steps = 6
+  train.warmup_steps = 2
+  train.learning_rate = 1e-3
+  train.sensitive_exposures = 0.1
+  train.log_every = 1
+  train.eval_every = 3
+  train.eval_examples = 16
+  train.checkpoint_every = 3
+  return with_reference(config, arg)

@@ -14,6 +14,35 @@ SENSITIVE_FIELDS = (
 IMAGE_FORMATS = ("png", "jpeg")
 RETAIN_BASE_KINDS = ("procedural", "tfds", "webdataset")
 TOKENIZER_KINDS = ("dataset_bpe",)
+REFERENCE_MODELS = ("clean", "compromised")
+LOSS_KINDS = ("softmax", "sigmoid")
+DTYPES = ("float32", "bfloat16")
+ACTIVATIONS = ("gelu", "quick_gelu")
+
+# OpenCLIP's shapes (model_configs/ViT-*.json), so released weights import exactly.
+MODEL_SIZES = {
+    "tiny": dict(embed_dim=128, patch_size=16, vision_width=128, vision_layers=3,
+                 vision_heads=2, text_width=128, text_layers=3, text_heads=2),
+    "S/16": dict(embed_dim=384, patch_size=16, vision_width=384, vision_layers=12,
+                 vision_heads=6, text_width=384, text_layers=12, text_heads=6),
+    "B/32": dict(embed_dim=512, patch_size=32, vision_width=768, vision_layers=12,
+                 vision_heads=12, text_width=512, text_layers=12, text_heads=8),
+    "B/16": dict(embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
+                 vision_heads=12, text_width=512, text_layers=12, text_heads=8),
+    "L/14": dict(embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24,
+                 vision_heads=16, text_width=768, text_layers=12, text_heads=12),
+}
+
+
+def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
+  """The `config.model` group of one of MODEL_SIZES; `size` names it (override for variants)."""
+  if preset not in MODEL_SIZES:
+    raise ConfigError(f"unknown model size {preset!r}; known: {sorted(MODEL_SIZES)}")
+  model = ml_collections.ConfigDict(dict(
+      size=preset, **MODEL_SIZES[preset], vision_mlp_ratio=4.0, text_mlp_ratio=4.0,
+      activation="gelu", dtype="bfloat16", remat=False, init_logit_bias=-10.0))
+  model.update(overrides)
+  return model
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -21,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 256
+  # Which reference model `salmu_jax.train` builds: `configs/X.py:clean` or `:compromised`.
+  config.reference = "compromised"
 
   data = config.data = ml_collections.ConfigDict()
   data.seed = 0
@@ -53,11 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   base.image_key = "image"
   base.text_key = "caption"
 
-  # Relative sampling weights of the training mixture; 0 removes a source.
+  # Relative sampling weights of the retain sources in every training mixture. The
+  # sensitive share is not set here: train.sensitive_exposures fixes it (0 for Clean).
   mixture = data.mixture = ml_collections.ConfigDict()
-  mixture.retain_base = 0.6
-  mixture.retain_synth = 0.2
-  mixture.sensitive = 0.2
+  mixture.retain_base = 0.75
+  mixture.retain_synth = 0.25
 
   augment = data.augment = ml_collections.ConfigDict()
   augment.crop_scale_min = 0.85  # Random crop keeps at least this share of each side.
@@ -66,6 +97,53 @@ def base_config() -> ml_collections.ConfigDict:
   loader = data.loader = ml_collections.ConfigDict()
   loader.num_threads = 2
   loader.prefetch_buffer_size = 64
+
+  config.model = model_config("B/16")
+
+  mesh = config.mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # -1: all devices not used by the other axes.
+  mesh.fsdp = 1
+  mesh.tensor = 1
+
+  train = config.train = ml_collections.ConfigDict()
+  train.steps = 20_000
+  train.loss = "softmax"
+  # Expected number of times Compromised sees each sensitive pair over the run; it sets
+  # the sensitive share of the mixture. Clean sees none, with the same steps and batch.
+  train.sensitive_exposures = 32.0
+  train.learning_rate = 5e-4
+  train.warmup_steps = 2_000
+  train.weight_decay = 0.2
+  train.b1 = 0.9
+  train.b2 = 0.98
+  train.eps = 1e-6
+  train.grad_clip_norm = 1.0
+  train.log_every = 50
+  train.eval_every = 1_000
+  train.eval_examples = 512  # Held-out procedural pairs for the retrieval check.
+  train.checkpoint_every = 1_000
+  train.keep_checkpoints = 3
+
+  evaluation = config.eval = ml_collections.ConfigDict()
+  evaluation.seed = 0  # Galleries, shuffles and probe splits.
+  evaluation.batch_size = 256
+  evaluation.gallery_forget = 1_000  # 1.1_RetFail distractors (capped at the split sizes).
+  evaluation.gallery_retain = 1_000
+  evaluation.probe_fraction = 0.5  # 1.3_ACS: share of pairs fitting the probe.
+  # 2.1_GenKnow: "procedural" (the retain base's held-out task) or a local tfds
+  # classification dataset (e.g. imagenet2012, cifar10) with a ClassLabel feature.
+  genknow = evaluation.genknow = ml_collections.ConfigDict()
+  genknow.kind = "procedural"
+  genknow.name = ""
+  genknow.data_dir = ""
+  genknow.split = "test"
+  genknow.image_key = "image"
+  genknow.label_key = "label"
+  genknow.max_examples = 10_000
+  # Failure-mode thresholds (docs/protocol.md §3).
+  evaluation.ineffective_below = 0.5  # Normalized RetFail MRR: under half-way to Clean.
+  evaluation.overgeneralized_margin = 0.05  # Holdout similarity this far below Clean's.
+  evaluation.catastrophic_drop = 0.05  # GenKnow this far below Compromised's.
 
   tokenizer = config.tokenizer = ml_collections.ConfigDict()
   tokenizer.kind = "dataset_bpe"
@@ -127,6 +205,34 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name, weight in data.mixture.items():
     _require(weight >= 0, f"data.mixture.{name}={weight} must not be negative")
   _require(sum(data.mixture.values()) > 0, "data.mixture weights are all 0: nothing to train on")
+  _require(config.reference in REFERENCE_MODELS,
+           f"reference={config.reference!r} is not one of {REFERENCE_MODELS}")
+  model = config.model
+  _require(model.dtype in DTYPES, f"model.dtype={model.dtype!r} is not one of {DTYPES}")
+  _require(model.activation in ACTIVATIONS,
+           f"model.activation={model.activation!r} is not one of {ACTIVATIONS}")
+  _require(data.image_size % model.patch_size == 0,
+           f"data.image_size={data.image_size} is not divisible by model.patch_size={model.patch_size}")
+  for tower in ("vision", "text"):
+    width, heads = model[f"{tower}_width"], model[f"{tower}_heads"]
+    _require(width % heads == 0, f"model.{tower}_width={width} is not divisible by "
+                                 f"model.{tower}_heads={heads}")
+  train = config.train
+  _require(train.loss in LOSS_KINDS, f"train.loss={train.loss!r} is not one of {LOSS_KINDS}")
+  _require(train.steps >= 1, f"train.steps={train.steps} must be at least 1")
+  _require(0 <= train.warmup_steps <= train.steps,
+           f"train.warmup_steps={train.warmup_steps} must lie in [0, train.steps={train.steps}]")
+  _require(train.sensitive_exposures >= 0,
+           f"train.sensitive_exposures={train.sensitive_exposures} must not be negative")
+  for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_examples"):
+    _require(train[name] >= 1, f"train.{name}={train[name]} must be at least 1")
+  _require(config.eval.genknow.kind in ("procedural", "tfds"),
+           f"eval.genknow.kind={config.eval.genknow.kind!r} is not one of ('procedural', 'tfds')")
+  _require(0 < config.eval.probe_fraction < 1,
+           f"eval.probe_fraction={config.eval.probe_fraction} must lie strictly between 0 and 1")
+  for axis in ("data", "fsdp", "tensor"):
+    _require(config.mesh[axis] == -1 or config.mesh[axis] >= 1,
+             f"mesh.{axis}={config.mesh[axis]} must be -1 or at least 1")
   _require(0 < data.augment.crop_scale_min <= 1,
            f"data.augment.crop_scale_min={data.augment.crop_scale_min} must be in (0, 1]")
   _require(config.tokenizer.kind in TOKENIZER_KINDS,
@@ -140,13 +246,23 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return config
 
 
+def with_reference(config: ml_collections.ConfigDict, arg: str | None):
+  """Applies the `:clean` / `:compromised` suffix of a config path (none: keep the default)."""
+  if arg:
+    if arg not in REFERENCE_MODELS:
+      raise ConfigError(f"config argument {arg!r} is not one of {REFERENCE_MODELS}")
+    config.reference = arg
+  return config
+
+
 def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-  """Loads `configs/NAME.py` as the CLI does, applies dotted overrides, checks it."""
+  """Loads `configs/NAME.py[:ARG]` as the CLI does, applies dotted overrides, checks it."""
   import importlib.util
+  path, _, arg = path.partition(":")
   spec = importlib.util.spec_from_file_location("salmu_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(arg or None)
   for dotted, value in (overrides or {}).items():
     *parents, leaf = dotted.split(".")
     node = config

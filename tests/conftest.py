@@ -1,9 +1,13 @@
 import os
 
-import pytest
+# Eight fake CPU devices for the sharding tests; set before anything imports JAX.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
 
-from salmu_jax import config as config_lib
-from salmu_jax.data import builder
+import pytest  # noqa: E402
+
+from salmu_jax import config as config_lib  # noqa: E402
+from salmu_jax.data import builder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -112,7 +112,11 @@ def test_recompute_fragile_set_from_model_scores(micro_config, tmp_path):
     ({"data.forget_fields_per_partial": 8}, "forget_fields_per_partial=8"),
     ({"data.fields": ("city", "shoe_size")}, "shoe_size"),
     ({"data.image_format": "gif"}, "gif"),
-    ({"data.mixture.sensitive": -1.0}, "must not be negative"),
+    ({"data.mixture.retain_synth": -1.0}, "must not be negative"),
+    ({"reference": "dirty"}, "reference='dirty'"),
+    ({"mesh.fsdp": 0}, "mesh.fsdp=0"),
+    ({"model.dtype": "float16"}, "model.dtype='float16'"),
+    ({"train.loss": "hinge"}, "train.loss='hinge'"),
     ({"data.nonexistent": 1}, "unknown config key 'data.nonexistent'"),
 ])
 def test_bad_config_values_get_one_line_errors(overrides, message):

@@ -33,14 +33,29 @@ def test_training_batch_shapes_and_dtypes(micro):
   assert (batch["tokens"][:, 0] == tokenizer.sot_id).all()
 
 
+def test_reference_mixtures(micro):
+  config = micro[0].copy_and_resolve_references()
+  config.train.steps, config.batch_size, config.train.sensitive_exposures = 100, 8, 2.0
+  compromised = pipeline.reference_mixture(config, num_sensitive_pairs=100)
+  assert compromised == pytest.approx({"retain_base": 0.75 * 0.75, "retain_synth": 0.25 * 0.75,
+                                       "sensitive": 0.25})  # 2 x 100 of 800 samples.
+  config.reference = "clean"
+  assert pipeline.reference_mixture(config, 100) == pytest.approx(
+      {"retain_base": 0.75, "retain_synth": 0.25, "sensitive": 0.0})
+  config.reference, config.train.sensitive_exposures = "compromised", 9.0
+  with pytest.raises(ConfigError, match="needs 900 sensitive samples but the run has only 800"):
+    pipeline.reference_mixture(config, 100)
+
+
 def test_mixture_weights_and_clean_never_sees_sensitive(micro):
   config, dataset, tokenizer, base = micro
-  batches = pipeline.training_batches(config, dataset, tokenizer, base)
+  batches = pipeline.training_batches(
+      config, dataset, tokenizer, base,
+      mixture={"retain_base": 0.6, "retain_synth": 0.2, "sensitive": 0.2})
   drawn = np.concatenate([batches[i]["source"] for i in range(40)])
   shares = np.bincount(drawn, minlength=3) / drawn.size
   np.testing.assert_allclose(shares, [0.6, 0.2, 0.2], atol=0.07)
-  clean = pipeline.training_batches(config, dataset, tokenizer, base,
-                                    mixture={"retain_base": 0.6, "retain_synth": 0.2, "sensitive": 0})
+  clean = pipeline.training_batches(config, dataset, tokenizer, base)  # Retain sources only.
   for i in range(40):
     batch = clean[i]
     assert (batch["source"] != pipeline.SOURCE_IDS["sensitive"]).all()
@@ -54,9 +69,10 @@ def test_mixture_weights_and_clean_never_sees_sensitive(micro):
 def test_shards_partition_the_global_stream(micro):
   config, dataset, tokenizer, base = micro
   config.batch_size = 8
-  whole = pipeline.training_batches(config, dataset, tokenizer, base)
-  halves = [pipeline.training_batches(config, dataset, tokenizer, base, shard_index=i, shard_count=2)
-            for i in range(2)]
+  mixture = {"retain_base": 0.5, "retain_synth": 0.25, "sensitive": 0.25}
+  whole = pipeline.training_batches(config, dataset, tokenizer, base, mixture=mixture)
+  halves = [pipeline.training_batches(config, dataset, tokenizer, base, mixture=mixture,
+                                      shard_index=i, shard_count=2) for i in range(2)]
   stream = np.concatenate([whole[i]["tokens"] for i in range(2)])
   for i, half in enumerate(halves):
     np.testing.assert_array_equal(half[0]["tokens"], stream[i::2][:4])

@@ -80,12 +80,35 @@ def _base_examples(retain_base, tokenizer, size) -> grain.MapDataset:
                             SOURCE_IDS["retain_base"]))
 
 
+def reference_mixture(config, num_sensitive_pairs: int) -> dict:
+  """Sampling weights of a reference model's training mixture.
+
+  Both references draw the retain sources in `data.mixture`'s ratios for the same
+  steps and batch size. Compromised adds the sensitive set at the share that shows
+  each of its `num_sensitive_pairs` pairs `train.sensitive_exposures` times on
+  average; Clean's sensitive weight is 0, so its graph never reads a sensitive record.
+  """
+  retain = dict(config.data.mixture)
+  total = sum(retain.values())
+  if config.reference == "clean":
+    return {name: weight / total for name, weight in retain.items()} | {"sensitive": 0.0}
+  samples = config.train.steps * config.batch_size
+  share = config.train.sensitive_exposures * num_sensitive_pairs / samples
+  if share >= 1:
+    raise ConfigError(
+        f"train.sensitive_exposures={config.train.sensitive_exposures} needs "
+        f"{share * samples:,.0f} sensitive samples but the run has only {samples:,} "
+        f"(train.steps x batch_size); lower the exposures or train longer")
+  return {name: weight / total * (1 - share) for name, weight in retain.items()} | {
+      "sensitive": share}
+
+
 def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
                      shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
   """Infinite MapDataset of this process's training batches.
 
-  `mixture` overrides config.data.mixture (source -> weight); weight 0 drops a
-  source, so a Clean run never touches a sensitive record.
+  `mixture` (source -> weight, see `reference_mixture`) defaults to the retain
+  sources of config.data.mixture; weight 0 drops a source from the graph.
   """
   data = config.data
   weights = dict(mixture if mixture is not None else data.mixture)

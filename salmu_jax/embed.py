@@ -1,0 +1,73 @@
+"""Embedding images and texts with a CLIP, in jitted batches sharded over the mesh.
+
+Used by the trainer's retrieval check and by the evaluator: embeddings are
+computed once per split, then every metric is matrix arithmetic on them. A last
+batch smaller than the data-parallel size is padded and trimmed.
+"""
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from salmu_jax.model import sharding
+
+
+@dataclasses.dataclass
+class Encoders:
+  """Jitted (params, batch) -> normalized embeddings for each tower."""
+  image: object
+  text: object
+  mesh: jax.sharding.Mesh
+
+
+def make_encoders(graphdef, param_shardings, mesh) -> Encoders:
+  batch = sharding.batch_sharding(mesh)
+
+  def encode_image(params, images):
+    return nnx.merge(graphdef, params).encode_image(images)
+
+  def encode_text(params, tokens):
+    return nnx.merge(graphdef, params).encode_text(tokens)
+
+  jit = lambda f: jax.jit(f, in_shardings=(param_shardings, batch), out_shardings=batch)
+  return Encoders(jit(encode_image), jit(encode_text), mesh)
+
+
+def _padded_call(fn, params, array, multiple: int) -> np.ndarray:
+  n = len(array)
+  pad = -n % multiple
+  if pad:
+    array = np.concatenate([array, np.repeat(array[-1:], pad, 0)])
+  return np.asarray(fn(params, array))[:n]
+
+
+def embed_batches(encoders: Encoders, params, batches, texts: bool = True):
+  """Embeds an ordered, finite grain MapDataset of batches with 'image' (and 'tokens').
+
+  Returns (image_emb [N, D], text_emb [N, D] or None, metadata {key: [N]}) as NumPy.
+  """
+  multiple = sharding.data_parallel_size(encoders.mesh)
+  images, captions, meta = [], [], {}
+  for batch in batches:
+    images.append(_padded_call(encoders.image, params, batch["image"], multiple))
+    if texts:
+      captions.append(_padded_call(encoders.text, params, batch["tokens"], multiple))
+    for key, value in batch.items():
+      if key not in ("image", "tokens"):
+        meta.setdefault(key, []).append(np.asarray(value))
+  return (np.concatenate(images), np.concatenate(captions) if texts else None,
+          {k: np.concatenate(v) for k, v in meta.items()})
+
+
+def embed_texts(encoders: Encoders, params, tokenizer, texts, batch_size: int) -> np.ndarray:
+  """Embeds a list of strings (prompts, names, galleries)."""
+  multiple = sharding.data_parallel_size(encoders.mesh)
+  chunks = [_padded_call(encoders.text, params, tokenizer.encode(texts[i:i + batch_size]), multiple)
+            for i in range(0, len(texts), batch_size)]
+  return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def retrieval_at_1(image_emb: np.ndarray, text_emb: np.ndarray) -> float:
+  """Share of images whose own caption (same row) is their most similar text."""
+  return float((np.argmax(image_emb @ text_emb.T, axis=1) == np.arange(len(image_emb))).mean())

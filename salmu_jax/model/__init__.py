@@ -1,0 +1,1 @@
+"""The Flax CLIP model and its sharding rules."""

@@ -1,0 +1,214 @@
+"""A Flax NNX CLIP with OpenCLIP's architecture, so its weights can be imported exactly.
+
+Vision: patch embedding (a bias-free conv, applied as a matmul on patches),
+class token, learned positions, ln_pre, pre-norm residual blocks, ln_post, class
+pooling, projection. Text: token and position embeddings, causal pre-norm blocks,
+ln_final, pooling at the end-of-text token (the largest id, as in OpenCLIP),
+projection. A learnable logit scale, and a logit bias for the sigmoid loss.
+
+Every parameter carries logical axis names (`salmu_jax/model/sharding.py` maps
+them to mesh axes); nothing here knows about devices. Parameters are float32;
+`dtype` is the compute dtype (bf16 on accelerators), applied at use.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# OpenAI CLIP's pixel normalization, used by OpenCLIP and by us everywhere.
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+LN_EPS = 1e-5
+
+
+def _param(value, names):
+  """A float32 parameter with logical axis names; sharding happens at jit time."""
+  return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+def _normal(rngs, shape, std):
+  return std * jax.random.normal(rngs.params(), shape, jnp.float32)
+
+
+def activation_fn(name: str):
+  if name == "gelu":
+    return lambda x: jax.nn.gelu(x, approximate=False)  # torch.nn.GELU()
+  if name == "quick_gelu":
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)  # OpenAI's original CLIP
+  raise ValueError(f"unknown activation {name!r}; known: gelu, quick_gelu")
+
+
+def dense(x, kernel, bias, dtype):
+  """x[..., d] @ kernel[d, f] + bias as one 2-D matmul: XLA:CPU runs the backward of a
+  3-D dot about twice as slowly as the same matmul on flattened rows."""
+  y = x.reshape(-1, x.shape[-1]) @ kernel.astype(dtype) + bias.astype(dtype)
+  return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+class LayerNorm(nnx.Module):
+  def __init__(self, width: int):
+    self.scale = _param(jnp.ones((width,), jnp.float32), ("norm",))
+    self.bias = _param(jnp.zeros((width,), jnp.float32), ("norm",))
+
+  def __call__(self, x):
+    # Statistics in float32 whatever the compute dtype, as torch autocast does.
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + LN_EPS) * self.scale[...] + self.bias[...]
+    return y.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention laid out as torch.nn.MultiheadAttention's in/out projections."""
+
+  def __init__(self, width: int, heads: int, proj_std: float, rngs: nnx.Rngs):
+    if width % heads:
+      raise ValueError(f"width {width} is not divisible by {heads} heads")
+    head_dim = width // heads
+    self.heads = heads
+    self.qkv_kernel = _param(_normal(rngs, (width, 3, heads, head_dim), width ** -0.5),
+                             ("embed", "qkv", "heads", "kv"))
+    self.qkv_bias = _param(jnp.zeros((3, heads, head_dim), jnp.float32), ("qkv", "heads", "kv"))
+    self.out_kernel = _param(_normal(rngs, (heads, head_dim, width), proj_std),
+                             ("heads", "kv", "embed"))
+    self.out_bias = _param(jnp.zeros((width,), jnp.float32), ("norm",))
+
+  def __call__(self, x, causal: bool, dtype):
+    b, t, d = x.shape
+    _, three, heads, head_dim = self.qkv_kernel[...].shape
+    qkv = dense(x, self.qkv_kernel[...].reshape(d, -1), self.qkv_bias[...].reshape(-1), dtype)
+    q, k, v = jnp.moveaxis(qkv.reshape(b, t, three, heads, head_dim), 2, 0)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=causal).reshape(b, t, heads * head_dim)
+    return dense(out, self.out_kernel[...].reshape(heads * head_dim, d), self.out_bias[...], dtype)
+
+
+class MLP(nnx.Module):
+  def __init__(self, width: int, hidden: int, proj_std: float, activation: str, rngs: nnx.Rngs):
+    self.fc_kernel = _param(_normal(rngs, (width, hidden), (2 * width) ** -0.5), ("embed", "mlp"))
+    self.fc_bias = _param(jnp.zeros((hidden,), jnp.float32), ("mlp",))
+    self.proj_kernel = _param(_normal(rngs, (hidden, width), proj_std), ("mlp", "embed"))
+    self.proj_bias = _param(jnp.zeros((width,), jnp.float32), ("norm",))
+    self.activation = activation
+
+  def __call__(self, x, dtype):
+    h = activation_fn(self.activation)(dense(x, self.fc_kernel[...], self.fc_bias[...], dtype))
+    return dense(h, self.proj_kernel[...], self.proj_bias[...], dtype)
+
+
+class ResidualBlock(nnx.Module):
+  def __init__(self, width, heads, mlp_ratio, layers, activation, rngs):
+    proj_std = width ** -0.5 * (2 * layers) ** -0.5  # OpenCLIP's init.
+    self.ln_1 = LayerNorm(width)
+    self.attn = Attention(width, heads, proj_std, rngs)
+    self.ln_2 = LayerNorm(width)
+    self.mlp = MLP(width, int(width * mlp_ratio), proj_std, activation, rngs)
+
+  def __call__(self, x, causal: bool, dtype):
+    x = x + self.attn(self.ln_1(x), causal, dtype)
+    return x + self.mlp(self.ln_2(x), dtype)
+
+
+class Transformer(nnx.Module):
+  def __init__(self, width, layers, heads, mlp_ratio, activation, remat, rngs):
+    self.blocks = nnx.List([ResidualBlock(width, heads, mlp_ratio, layers, activation, rngs)
+                            for _ in range(layers)])
+    self.remat = remat
+
+  def __call__(self, x, causal: bool, dtype):
+    for block in self.blocks:
+      if self.remat:
+        x = nnx.remat(lambda b, y: b(y, causal, dtype))(block, x)
+      else:
+        x = block(x, causal, dtype)
+    return x
+
+
+class VisionTower(nnx.Module):
+  def __init__(self, cfg, image_size: int, rngs: nnx.Rngs):
+    p, width = cfg.patch_size, cfg.vision_width
+    if image_size % p:
+      raise ValueError(f"image size {image_size} is not divisible by patch size {p}")
+    self.patch_size, self.grid = p, image_size // p
+    scale = width ** -0.5
+    # torch conv1.weight (width, 3, p, p) transposed to (p, p, 3, width).
+    self.patch_kernel = _param(_normal(rngs, (p, p, 3, width), (3 * p * p) ** -0.5),
+                               ("patch", "patch", "channels", "embed"))
+    self.class_embedding = _param(_normal(rngs, (width,), scale), ("norm",))
+    self.positional_embedding = _param(_normal(rngs, (self.grid ** 2 + 1, width), scale),
+                                       ("length", "embed"))
+    self.ln_pre = LayerNorm(width)
+    self.transformer = Transformer(width, cfg.vision_layers, cfg.vision_heads,
+                                   cfg.vision_mlp_ratio, cfg.activation, cfg.remat, rngs)
+    self.ln_post = LayerNorm(width)
+    self.proj = _param(_normal(rngs, (width, cfg.embed_dim), scale), ("embed", "joint"))
+
+  def __call__(self, images, dtype):
+    """images: uint8 or float in [0, 255], [B, H, W, 3] -> features [B, embed_dim]."""
+    x = images.astype(jnp.float32) / 255.0
+    x = ((x - jnp.asarray(IMAGE_MEAN)) / jnp.asarray(IMAGE_STD)).astype(dtype)
+    b, p, g = x.shape[0], self.patch_size, self.grid
+    if x.shape[1:3] != (g * p, g * p):
+      raise ValueError(f"images of shape {x.shape[1:3]} do not match the model's "
+                       f"{g * p}x{g * p} input")
+    patches = x.reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * 3)
+    kernel = self.patch_kernel[...].reshape(p * p * 3, -1).astype(dtype)
+    x = patches @ kernel
+    cls = jnp.broadcast_to(self.class_embedding[...].astype(dtype), (b, 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(dtype)
+    x = self.transformer(self.ln_pre(x), causal=False, dtype=dtype)
+    pooled = self.ln_post(x)[:, 0]
+    return pooled @ self.proj[...].astype(dtype)
+
+
+class TextTower(nnx.Module):
+  def __init__(self, cfg, vocab_size: int, context_length: int, rngs: nnx.Rngs):
+    width = cfg.text_width
+    self.context_length = context_length
+    self.token_embedding = _param(_normal(rngs, (vocab_size, width), 0.02), ("vocab", "embed"))
+    self.positional_embedding = _param(_normal(rngs, (context_length, width), 0.01),
+                                       ("length", "embed"))
+    self.transformer = Transformer(width, cfg.text_layers, cfg.text_heads, cfg.text_mlp_ratio,
+                                   cfg.activation, cfg.remat, rngs)
+    self.ln_final = LayerNorm(width)
+    self.text_projection = _param(_normal(rngs, (width, cfg.embed_dim), width ** -0.5),
+                                  ("embed", "joint"))
+
+  def __call__(self, tokens, dtype):
+    """tokens: int32 [B, context_length] -> features [B, embed_dim]."""
+    if tokens.shape[1] != self.context_length:
+      raise ValueError(f"tokens of length {tokens.shape[1]} do not match the model's "
+                       f"context length {self.context_length}")
+    x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(dtype)
+    x = x + self.positional_embedding[...].astype(dtype)
+    x = self.ln_final(self.transformer(x, causal=True, dtype=dtype))
+    pooled = x[jnp.arange(x.shape[0]), tokens.argmax(-1)]  # The end-of-text position.
+    return pooled @ self.text_projection[...].astype(dtype)
+
+
+def normalize(x):
+  x = x.astype(jnp.float32)
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
+
+
+class CLIP(nnx.Module):
+  """encode_image / encode_text return L2-normalized float32 embeddings."""
+
+  def __init__(self, cfg, *, image_size: int, vocab_size: int, context_length: int,
+               rngs: nnx.Rngs):
+    self.visual = VisionTower(cfg, image_size, rngs)
+    self.text = TextTower(cfg, vocab_size, context_length, rngs)
+    self.logit_scale = _param(jnp.asarray(math.log(1 / 0.07), jnp.float32), ())
+    self.logit_bias = _param(jnp.asarray(cfg.init_logit_bias, jnp.float32), ())
+    self.dtype = jnp.dtype(cfg.dtype)
+
+  def encode_image(self, images):
+    return normalize(self.visual(images, self.dtype))
+
+  def encode_text(self, tokens):
+    return normalize(self.text(tokens, self.dtype))
+
+  def __call__(self, images, tokens):
+    return (self.encode_image(images), self.encode_text(tokens), self.logit_scale[...],
+            self.logit_bias[...])

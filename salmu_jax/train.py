@@ -1,0 +1,334 @@
+"""Trains a CLIP from scratch: the Clean and Compromised reference models.
+
+  python -m salmu_jax.train --config=configs/tiny.py:compromised --workdir=runs/tiny/compromised
+  python -m salmu_jax.train --config=configs/tiny.py:clean --workdir=runs/tiny/clean
+
+Both use the same seed, model, steps and batch size; Compromised mixes the
+sensitive set (forget + holdout_association + holdout_identity) into the retain
+data, Clean never reads a sensitive record (`pipeline.reference_mixture`).
+
+Read top to bottom: data -> mesh -> model, optimizer and shardings -> restore ->
+jitted step -> loop with logging, held-out retrieval and checkpoints.
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import grain
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from salmu_jax import config as config_lib
+from salmu_jax import embed, losses
+from salmu_jax.data import builder, pipeline, scenes, sources, splits
+from salmu_jax.data.tokenizer import load_tokenizer
+from salmu_jax.errors import ConfigError, SalmuError
+from salmu_jax.model import sharding
+from salmu_jax.model.clip import CLIP
+
+MAX_LOGIT_SCALE = math.log(100)  # OpenCLIP clamps the temperature to 1/100.
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array  # Split every step and handed to the loss (unlearning losses use it).
+
+
+NO_DECAY = ("positional_embedding", "class_embedding", "logit_scale", "logit_bias")
+
+
+def decay_mask(params):
+  """Weight decay on matrices only: not on norms and biases (1-D), positions, class token,
+  or the logit scale and bias."""
+  def decays(path, x):
+    names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+    return x.ndim >= 2 and not any(name in NO_DECAY or name.endswith("bias") for name in names)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(train):
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, train.learning_rate, train.warmup_steps, train.steps, end_value=0.0)
+  return optax.chain(
+      optax.clip_by_global_norm(train.grad_clip_norm),
+      optax.adamw(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
+                  weight_decay=train.weight_decay, mask=decay_mask)), schedule
+
+
+def model_signature(config, vocab_size: int) -> dict:
+  """What a checkpoint's parameter shapes depend on; compared before restoring."""
+  return {**config.model.to_dict(), "image_size": config.data.image_size,
+          "vocab_size": vocab_size, "context_length": config.tokenizer.context_length}
+
+
+def build_model(config, vocab_size: int, key) -> CLIP:
+  return CLIP(config.model, image_size=config.data.image_size, vocab_size=vocab_size,
+              context_length=config.tokenizer.context_length, rngs=nnx.Rngs(params=key))
+
+
+def contrastive_loss(loss_kind: str):
+  """The pretraining objective as a `(params, batch, rng, graphdef) -> (loss, aux)` function."""
+  objective = losses.LOSSES[loss_kind]
+
+  def loss_fn(params, batch, rng, graphdef):
+    del rng  # Contrastive pretraining is deterministic given the batch.
+    image_emb, text_emb, scale, bias = nnx.merge(graphdef, params)(batch["image"], batch["tokens"])
+    return objective(image_emb, text_emb, scale, bias), {}
+
+  return loss_fn
+
+
+def make_train_step(graphdef, tx, loss_fn):
+  """One optimizer step of `loss_fn`; pure, so it jits with named shardings and donation."""
+  def train_step(state: TrainState, batch):
+    rng, step_rng = jax.random.split(state.rng)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, step_rng, graphdef)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.clip(x, 0, MAX_LOGIT_SCALE)
+        if any(getattr(k, "key", None) == "logit_scale" for k in path) else x, params)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    return TrainState(state.step + 1, params, opt_state, rng), metrics
+  return train_step
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything a run needs, built once: mesh, model definition, shardings, data."""
+  config: object
+  workdir: str
+  mesh: jax.sharding.Mesh
+  graphdef: object
+  init_state: object  # key -> TrainState, jitted with `state_shardings` as out_shardings.
+  state_shardings: object
+  tx: object
+  dataset: sources.SalmuDataset
+  tokenizer: object
+  signature: dict
+
+
+def setup(config, workdir: str, dataset_dir: str | None = None, devices=None) -> Trainer:
+  config_lib.check_config(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % dp:
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the data-parallel "
+                      f"size {dp} (mesh data x fsdp)")
+  dataset_dir = dataset_dir or builder.build_dataset(config, os.path.join(workdir, "data"))
+  builder.check_existing(dataset_dir, config)
+  dataset = sources.open_dataset(dataset_dir, verify=False)  # check_existing verified it.
+  tokenizer = load_tokenizer(config.tokenizer, dataset_dir)
+  tx, _ = make_optimizer(config.train)
+  abstract_model = nnx.eval_shape(lambda: build_model(config, tokenizer.vocab_size,
+                                                      jax.random.PRNGKey(0)))
+  graphdef = nnx.graphdef(abstract_model)
+
+  def init_state(key):
+    params = nnx.state(build_model(config, tokenizer.vocab_size, key))
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                      jax.random.fold_in(key, 1))
+
+  abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+  shardings = sharding.state_shardings(abstract, mesh)
+  return Trainer(config, workdir, mesh, graphdef, init_state, shardings, tx, dataset,
+                 tokenizer, model_signature(config, tokenizer.vocab_size))
+
+
+def heldout_scene_batches(config, tokenizer):
+  """Held-out procedural pairs (the zero-shot stream) for a retrieval check while training."""
+  source = scenes.ProceduralScenes(config.data.seed, config.data.image_size,
+                                   config.train.eval_examples, "zeroshot")
+  return grain.MapDataset.source(source).map(
+      lambda item: {"image": item["image"], "tokens": tokenizer.encode([item["caption"]])[0]}
+  ).batch(config.batch_size)
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True))
+
+
+def check_signature(manager, step: int, signature: dict, reference: str, workdir: str) -> None:
+  """Refuses to resume from a checkpoint of another model shape or reference model."""
+  saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  if saved["model"] != json.loads(json.dumps(signature)):
+    differs = sorted(k for k in set(saved["model"]) | set(signature)
+                     if saved["model"].get(k) != signature.get(k))
+    details = ", ".join(f"{k}: {saved['model'].get(k)} vs {signature.get(k)}" for k in differs)
+    raise ConfigError(f"{workdir} holds a checkpoint of a different model ({details}); "
+                      f"use another --workdir")
+  if saved["reference"] != reference:
+    raise ConfigError(f"{workdir} holds a {saved['reference']} checkpoint, not {reference}; "
+                      f"use another --workdir")
+
+
+def restore_state(trainer: Trainer, run_dir: str, iterator=None):
+  """The latest checkpoint of `run_dir` with the trainer's shardings (None if there is none).
+
+  Refuses checkpoints of another model shape or reference; restores the grain
+  iterator too when one is given.
+  """
+  manager = checkpoint_manager(run_dir, trainer.config)
+  latest = manager.latest_step()
+  if latest is None:
+    return None
+  check_signature(manager, latest, trainer.signature, trainer.config.reference, run_dir)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          jax.eval_shape(trainer.init_state, jax.random.PRNGKey(0)),
+                          trainer.state_shardings)
+  items = {"state": ocp.args.StandardRestore(abstract)}
+  if iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+  return manager.restore(latest, args=ocp.args.Composite(**items))["state"]
+
+
+def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
+          stop_after: int | None = None, progress: bool = True) -> dict:
+  """Trains (or resumes) to config.train.steps; returns {'losses': {step: loss}, ...}.
+
+  `stop_after` ends the run early after that many steps of this call, with a
+  checkpoint, as a preemption would (used to test exact resumption).
+  """
+  trainer = setup(config, workdir, dataset_dir, devices)
+  mesh, train_cfg = trainer.mesh, config.train
+  init_state, state_shardings = trainer.init_state, trainer.state_shardings
+  batch_sharding = sharding.batch_sharding(mesh)
+  process_index, process_count = jax.process_index(), jax.process_count()
+
+  # Data: this process's slice of the reference mixture.
+  num_sensitive = sum(len(trainer.dataset.splits[s]) for s in splits.TRAINED_SENSITIVE_SPLITS)
+  mixture = pipeline.reference_mixture(config, num_sensitive)
+  retain_base = sources.retain_base_source(config.data)
+  batches = pipeline.training_batches(config, trainer.dataset, trainer.tokenizer, retain_base,
+                                      mixture=mixture, shard_index=process_index,
+                                      shard_count=process_count)
+  iterator = pipeline.iterate(batches, config)
+
+  # State: restored from the latest checkpoint, else initialized from the seed.
+  manager = checkpoint_manager(workdir, config)
+  state = restore_state(trainer, workdir, iterator)
+  if state is None:
+    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
+
+  step_fn = jax.jit(
+      make_train_step(trainer.graphdef, trainer.tx, contrastive_loss(train_cfg.loss)),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+  encoders = embed.make_encoders(trainer.graphdef, state_shardings.params, mesh)
+  # Held-out general knowledge, and the memorization that separates the references:
+  # forget images against all forget association captions (chance: 1 / forget size).
+  eval_sets = {"heldout_retrieval_r1": heldout_scene_batches(config, trainer.tokenizer),
+               "forget_association_r1": pipeline.eval_batches(
+                   trainer.dataset, ["forget"], trainer.tokenizer, config.data.image_size,
+                   config.batch_size)}
+
+  def save(step: int):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
+        meta=ocp.args.JsonSave({"model": trainer.signature, "reference": config.reference,
+                                "mixture": mixture, "config": json.loads(config.to_json())})),
+        force=True)
+
+  writer, metrics_file = None, None
+  if process_index == 0:
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # Appended across resumes.
+  history = {"losses": {}} | {name: {} for name in eval_sets}
+  start = int(state.step)
+  end = train_cfg.steps if stop_after is None else min(train_cfg.steps, start + stop_after)
+  from tqdm import tqdm
+  bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {config.reference}",
+             unit="step", disable=not progress or process_index != 0, dynamic_ncols=True)
+  pending, window_start, window_steps = [], time.perf_counter(), 0
+  for step in range(start, end):
+    local = next(iterator)
+    global_batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k])
+                    for k in ("image", "tokens")}
+    state, metrics = step_fn(state, global_batch)
+    pending.append((step + 1, metrics))
+    window_steps += 1
+    done = step + 1
+    if done % train_cfg.log_every == 0 or done == end:
+      jax.block_until_ready(metrics)  # Dispatch is asynchronous: time finished steps.
+      rate = window_steps * config.batch_size / (time.perf_counter() - window_start)
+      for logged_step, m in pending:
+        loss = float(m["loss"])
+        if not math.isfinite(loss):
+          raise FloatingPointError(f"loss is {loss} at step {logged_step}; the last checkpoint "
+                                   f"({manager.latest_step()}) is kept")
+        history["losses"][logged_step] = loss
+        if metrics_file:
+          metrics_file.write(json.dumps({"step": logged_step, "loss": loss}) + "\n")
+      if writer:
+        writer.add_scalar("train/loss", loss, done)
+        writer.add_scalar("train/grad_norm", float(m["grad_norm"]), done)
+        writer.add_scalar("train/samples_per_second", rate, done)
+      bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
+      bar.update(window_steps)
+      pending, window_start, window_steps = [], time.perf_counter(), 0
+    if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
+      scores = {}
+      for name, eval_batches in eval_sets.items():
+        image_emb, text_emb, _ = embed.embed_batches(encoders, state.params, eval_batches)
+        scores[name] = history[name][done] = embed.retrieval_at_1(image_emb, text_emb)
+      if writer:
+        for name, score in scores.items():
+          writer.add_scalar(f"eval/{name}", score, done)
+        metrics_file.write(json.dumps({"step": done, **scores}) + "\n")
+        metrics_file.flush()
+      window_start = time.perf_counter()  # Evaluation time is not training throughput.
+    if done % train_cfg.checkpoint_every == 0 or done == end:
+      save(done)
+  bar.close()
+  manager.wait_until_finished()
+  if writer:
+    writer.close()
+    metrics_file.close()
+  history.update(state=state, trainer=trainer, steps_done=int(state.step))
+  return history
+
+
+def main(argv):
+  """The CLI; its flags are defined below, only when this module is the program."""
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    history = train(_CONFIG.value, _WORKDIR.value, dataset_dir=_DATASET.value)
+  except SalmuError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  summary = [f"{_CONFIG.value.reference} is at step {history['steps_done']}"]
+  if history["losses"]:
+    summary.append(f"last loss {history['losses'][max(history['losses'])]:.4f}")
+  for name in ("heldout_retrieval_r1", "forget_association_r1"):
+    if history[name]:
+      summary.append(f"{name} {history[name][max(history[name])]:.3f}")
+  print("; ".join(summary) + f" ({_WORKDIR.value})")
+
+
+if __name__ == "__main__":
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py:clean|compromised",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard, metrics.")
+  _DATASET = flags.DEFINE_string("dataset_dir", None,
+                                 "A built SALMU-synth; default: build one under WORKDIR/data.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
