@@ -1,0 +1,1 @@
+"""The SALMUBench evaluation: metrics on embeddings and the evaluator registry."""
