@@ -32,4 +32,7 @@ def get_config(arg=None):
   train.eval_every = 3
   train.eval_examples = 16
   train.checkpoint_every = 3
+  config.unlearn.forget_batch = 8
+  config.unlearn.retain_batch = 8
+  config.unlearn.learning_rate = 1e-3
   return with_reference(config, arg)

@@ -30,4 +30,7 @@ def get_config(arg=None):
   train.log_every = 10
   train.eval_every = 100
   train.checkpoint_every = 100
+  config.unlearn.forget_batch = 64
+  config.unlearn.retain_batch = 64
+  config.unlearn.learning_rate = 1e-4
   return with_reference(config, arg)

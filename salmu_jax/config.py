@@ -4,6 +4,8 @@ Config files in `configs/` start from `base_config()` and change values; they ma
 not add keys. `check_config` rejects unknown keys and impossible values with a
 one-line `ConfigError`, so a typo never silently falls back to a default.
 """
+import math
+
 import ml_collections
 
 from salmu_jax.errors import ConfigError
@@ -124,6 +126,29 @@ def base_config() -> ml_collections.ConfigDict:
   train.checkpoint_every = 1_000
   train.keep_checkpoints = 3
 
+  unlearn = config.unlearn = ml_collections.ConfigDict()
+  unlearn.forget_batch = 128  # Forget pairs per step (methods that read forget data).
+  unlearn.retain_batch = 128  # Retain pairs per step (methods that read retain data).
+  unlearn.learning_rate = 1e-5
+  unlearn.weight_decay = 0.0
+  unlearn.grad_clip_norm = 1.0
+  unlearn.log_every = 10
+  # Per-method hyperparameters: the papers' values where SALMUBENCH.md §5 gives them.
+  unlearn.neg_grad = ml_collections.ConfigDict(dict(retain_weight=0.0))
+  unlearn.vlunlearn = ml_collections.ConfigDict(dict(forget_weight=1.0, fused_weight=1.0,
+                                                     unimodal_weight=1.0))
+  unlearn.clip_erase = ml_collections.ConfigDict(dict(retain_weight=1.0, forget_weight=3.0,
+                                                      kl_weight=3.0))
+  unlearn.grad_diff = ml_collections.ConfigDict(dict(forget_weight=1.0, retain_weight=1.0))
+  unlearn.npo = ml_collections.ConfigDict(dict(beta=0.1, retain_weight=1.0))
+  unlearn.simnpo = ml_collections.ConfigDict(dict(beta=2.5, delta=0.0, retain_weight=1.0))
+  unlearn.scrub = ml_collections.ConfigDict(dict(alpha=1.0, max_every=2))
+  unlearn.salun = ml_collections.ConfigDict(dict(sparsity=0.5, retain_weight=1.0))
+  unlearn.ssd = ml_collections.ConfigDict(dict(alpha=10.0, lam=1.0, importance_batches=8))
+  unlearn.task_vector = ml_collections.ConfigDict(dict(alpha=1.0))
+  for name in ("finetune", "shuffled_captions", "generic_captions", "direct_sim_min", "delete"):
+    unlearn[name] = ml_collections.ConfigDict()  # No hyperparameters beyond the shared ones.
+
   evaluation = config.eval = ml_collections.ConfigDict()
   evaluation.seed = 0  # Galleries, shuffles and probe splits.
   evaluation.batch_size = 256
@@ -230,6 +255,16 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
            f"eval.genknow.kind={config.eval.genknow.kind!r} is not one of ('procedural', 'tfds')")
   _require(0 < config.eval.probe_fraction < 1,
            f"eval.probe_fraction={config.eval.probe_fraction} must lie strictly between 0 and 1")
+  unlearn = config.unlearn
+  for name in ("forget_batch", "retain_batch", "log_every"):
+    _require(isinstance(unlearn[name], int) and unlearn[name] >= 1,
+             f"unlearn.{name}={unlearn[name]!r} must be a positive integer")
+  for name, group in unlearn.items():
+    if isinstance(group, ml_collections.ConfigDict):
+      for key, value in group.items():
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and
+                 math.isfinite(value),
+                 f"unlearn.{name}.{key}={value!r} must be a finite number")
   for axis in ("data", "fsdp", "tensor"):
     _require(config.mesh[axis] == -1 or config.mesh[axis] >= 1,
              f"mesh.{axis}={config.mesh[axis]} must be -1 or at least 1")
@@ -270,5 +305,9 @@ def load_config(path: str, overrides: dict | None = None) -> ml_collections.Conf
       node = node[parent]
     if leaf not in node:
       raise ConfigError(f"unknown config key '{dotted}'")
-    node[leaf] = value
+    try:
+      node[leaf] = value
+    except TypeError as e:  # ConfigDict keeps each field's type.
+      raise ConfigError(f"config key {dotted}={value!r} has the wrong type "
+                        f"(expected {type(node[leaf]).__name__})") from e
   return check_config(config)

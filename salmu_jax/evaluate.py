@@ -267,7 +267,7 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
   if not os.path.isdir(dataset_dir):
     raise DatasetError(f"no dataset at {dataset_dir}; pass --dataset_dir")
   trainer = train.setup(config, checkpoint, dataset_dir, devices)
-  state = train.restore_state(trainer, checkpoint)
+  state = train.restore_state(trainer, checkpoint, reference=None)  # Unlearned models too.
   if state is None:
     raise ConfigError(f"{checkpoint} holds no checkpoint (expected {checkpoint}/checkpoints/)")
   encoders = embed.make_encoders(trainer.graphdef, trainer.state_shardings.params, trainer.mesh)

@@ -29,12 +29,13 @@ from flax import nnx
 from ml_collections import config_flags
 
 from salmu_jax import config as config_lib
-from salmu_jax import embed, losses
+from salmu_jax import embed
 from salmu_jax.data import builder, pipeline, scenes, sources, splits
 from salmu_jax.data.tokenizer import load_tokenizer
 from salmu_jax.errors import ConfigError, SalmuError
 from salmu_jax.model import sharding
 from salmu_jax.model.clip import CLIP
+from salmu_jax.unlearning import objectives, parameter_transforms
 
 MAX_LOGIT_SCALE = math.log(100)  # OpenCLIP clamps the temperature to 1/100.
 
@@ -79,29 +80,35 @@ def build_model(config, vocab_size: int, key) -> CLIP:
               context_length=config.tokenizer.context_length, rngs=nnx.Rngs(params=key))
 
 
-def contrastive_loss(loss_kind: str):
-  """The pretraining objective as a `(params, batch, rng, graphdef) -> (loss, aux)` function."""
-  objective = losses.LOSSES[loss_kind]
-
-  def loss_fn(params, batch, rng, graphdef):
-    del rng  # Contrastive pretraining is deterministic given the batch.
-    image_emb, text_emb, scale, bias = nnx.merge(graphdef, params)(batch["image"], batch["tokens"])
-    return objective(image_emb, text_emb, scale, bias), {}
-
-  return loss_fn
+def model_apply(graphdef):
+  """(params, images, tokens) -> (image_emb, text_emb, log_scale, logit_bias): the `apply`
+  every objective in salmu_jax.unlearning.objectives calls."""
+  def apply(params, images, tokens):
+    return nnx.merge(graphdef, params)(images, tokens)
+  return apply
 
 
-def make_train_step(graphdef, tx, loss_fn):
-  """One optimizer step of `loss_fn`; pure, so it jits with named shardings and donation."""
-  def train_step(state: TrainState, batch):
+def clamp_logit_scale(params):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.clip(x, 0, MAX_LOGIT_SCALE)
+      if any(getattr(k, "key", None) == "logit_scale" for k in path) else x, params)
+
+
+def make_train_step(tx, objective, apply, update_mask=None):
+  """One optimizer step of `objective` (a loss of salmu_jax.unlearning.objectives).
+
+  Pure, so it jits with named shardings and donation. `reference_params` is the
+  frozen original model (None when pretraining); `update_mask` (SalUn) zeroes the
+  updates of unmasked weights.
+  """
+  def train_step(state: TrainState, reference_params, batch):
     rng, step_rng = jax.random.split(state.rng)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, step_rng, graphdef)
+    ctx = objectives.Context(reference_params, step_rng, state.step, apply)
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, ctx)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.clip(x, 0, MAX_LOGIT_SCALE)
-        if any(getattr(k, "key", None) == "logit_scale" for k in path) else x, params)
+    if update_mask is not None:
+      updates, _ = parameter_transforms.masked_updates(update_mask).update(updates, None)
+    params = clamp_logit_scale(optax.apply_updates(state.params, updates))
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return TrainState(state.step + 1, params, opt_state, rng), metrics
   return train_step
@@ -164,8 +171,9 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True))
 
 
-def check_signature(manager, step: int, signature: dict, reference: str, workdir: str) -> None:
-  """Refuses to resume from a checkpoint of another model shape or reference model."""
+def check_signature(manager, step: int, signature: dict, reference: str | None,
+                    workdir: str) -> None:
+  """Refuses a checkpoint of another model shape, or of another reference when one is named."""
   saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   if saved["model"] != json.loads(json.dumps(signature)):
     differs = sorted(k for k in set(saved["model"]) | set(signature)
@@ -173,22 +181,24 @@ def check_signature(manager, step: int, signature: dict, reference: str, workdir
     details = ", ".join(f"{k}: {saved['model'].get(k)} vs {signature.get(k)}" for k in differs)
     raise ConfigError(f"{workdir} holds a checkpoint of a different model ({details}); "
                       f"use another --workdir")
-  if saved["reference"] != reference:
+  if reference is not None and saved["reference"] != reference:
     raise ConfigError(f"{workdir} holds a {saved['reference']} checkpoint, not {reference}; "
                       f"use another --workdir")
 
 
-def restore_state(trainer: Trainer, run_dir: str, iterator=None):
+def restore_state(trainer: Trainer, run_dir: str, iterator=None, reference="config"):
   """The latest checkpoint of `run_dir` with the trainer's shardings (None if there is none).
 
-  Refuses checkpoints of another model shape or reference; restores the grain
-  iterator too when one is given.
+  Refuses checkpoints of another model shape, and of another reference model than
+  `reference` ("config": the config's; None: any, e.g. an unlearned model); restores
+  the grain iterator too when one is given.
   """
   manager = checkpoint_manager(run_dir, trainer.config)
   latest = manager.latest_step()
   if latest is None:
     return None
-  check_signature(manager, latest, trainer.signature, trainer.config.reference, run_dir)
+  expected = trainer.config.reference if reference == "config" else reference
+  check_signature(manager, latest, trainer.signature, expected, run_dir)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           jax.eval_shape(trainer.init_state, jax.random.PRNGKey(0)),
                           trainer.state_shardings)
@@ -227,8 +237,9 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
 
   step_fn = jax.jit(
-      make_train_step(trainer.graphdef, trainer.tx, contrastive_loss(train_cfg.loss)),
-      in_shardings=(state_shardings, batch_sharding),
+      make_train_step(trainer.tx, objectives.contrastive("train", train_cfg.loss),
+                      model_apply(trainer.graphdef)),
+      in_shardings=(state_shardings, None, {"train": batch_sharding}),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=(0,))
   encoders = embed.make_encoders(trainer.graphdef, state_shardings.params, mesh)
@@ -262,7 +273,7 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
     local = next(iterator)
     global_batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k])
                     for k in ("image", "tokens")}
-    state, metrics = step_fn(state, global_batch)
+    state, metrics = step_fn(state, None, {"train": global_batch})
     pending.append((step + 1, metrics))
     window_steps += 1
     done = step + 1

@@ -8,6 +8,7 @@ from flax import nnx
 
 from salmu_jax import losses, train
 from salmu_jax.model import clip
+from salmu_jax.unlearning import objectives
 
 
 def micro_model(micro_config, dtype="float32", vocab=64, context=12, seed=0):
@@ -106,11 +107,12 @@ def test_tiny_model_overfits_a_handful_of_pairs(micro_config):
   graphdef, params = nnx.split(model)
   tx = optax.adam(3e-3)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(0))
-  step = jax.jit(train.make_train_step(graphdef, tx, train.contrastive_loss("softmax")))
-  batch = {"image": images, "tokens": tokens}
+  step = jax.jit(train.make_train_step(tx, objectives.contrastive("train"),
+                                       train.model_apply(graphdef)))
+  batch = {"train": {"image": images, "tokens": tokens}}
   first = None
   for _ in range(150):
-    state, metrics = step(state, batch)
+    state, metrics = step(state, None, batch)
     first = first if first is not None else float(metrics["loss"])
   assert first > 1.5 and float(metrics["loss"]) < 0.05
   trained = nnx.merge(graphdef, state.params)
@@ -146,9 +148,10 @@ def test_remat_changes_memory_not_results(micro_config):
   def loss_and_grads(remat):
     micro_config.model.remat = remat
     graphdef, params = nnx.split(micro_model(micro_config))
-    loss_fn = train.contrastive_loss("softmax")
-    return jax.value_and_grad(lambda p: loss_fn(p, {"image": images, "tokens": tokens}, None,
-                                                graphdef)[0])(params)
+    ctx = objectives.Context(None, jax.random.PRNGKey(0), 0, train.model_apply(graphdef))
+    loss_fn = objectives.contrastive("train")
+    return jax.value_and_grad(
+        lambda p: loss_fn(p, {"train": {"image": images, "tokens": tokens}}, ctx)[0])(params)
 
   (plain, plain_grads), (remat, remat_grads) = loss_and_grads(False), loss_and_grads(True)
   np.testing.assert_allclose(plain, remat, rtol=1e-6)

@@ -11,6 +11,7 @@ from flax import nnx
 from salmu_jax import config as config_lib, train
 from salmu_jax.errors import ConfigError
 from salmu_jax.model import sharding
+from salmu_jax.unlearning import objectives
 from tests.conftest import config_path
 from tests.test_model import random_pairs
 
@@ -27,12 +28,14 @@ def sharded_steps(config, mesh, batch, steps=2):
   shardings = sharding.state_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
   state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
   batch_sharding = sharding.batch_sharding(mesh)
-  step = jax.jit(train.make_train_step(graphdef, tx, train.contrastive_loss(config.train.loss)),
-                 in_shardings=(shardings, batch_sharding),
+  step = jax.jit(train.make_train_step(tx, objectives.contrastive("train", config.train.loss),
+                                       train.model_apply(graphdef)),
+                 in_shardings=(shardings, None, {"train": batch_sharding}),
                  out_shardings=(shardings, sharding.replicated(mesh)))
   losses = []
   for _ in range(steps):
-    state, metrics = step(state, {k: jax.device_put(v, batch_sharding) for k, v in batch.items()})
+    state, metrics = step(state, None, {"train": {k: jax.device_put(v, batch_sharding)
+                                                  for k, v in batch.items()}})
     losses.append(float(metrics["loss"]))
   return losses, state
 

@@ -41,10 +41,15 @@ CARD_FILE = "card.json"
 CONTACT_SHEET_FILE = "contact_sheet.png"
 
 
+# config.data fields that shape how data is read, not the stored bytes (the builder
+# writes the same bytes with any number of render workers: tested).
+_READ_ONLY_FIELDS = ("mixture", "augment", "loader", "retain_base", "build_workers")
+
+
 def fingerprint(config) -> dict:
   """What the dataset's bytes depend on; a reused dataset must match it exactly."""
-  return {"generator_version": GENERATOR_VERSION,
-          "data": json.loads(config.data.to_json()),
+  data = {k: v for k, v in json.loads(config.data.to_json()).items() if k not in _READ_ONLY_FIELDS}
+  return {"generator_version": GENERATOR_VERSION, "data": data,
           "tokenizer": json.loads(config.tokenizer.to_json())}
 
 
@@ -249,8 +254,9 @@ def check_existing(final: str, config) -> None:
     raise DatasetError(f"{manifest_path} is unreadable ({e}); delete {final} and rebuild") from e
   if manifest.get("fingerprint") != fingerprint(config):
     built = manifest.get("fingerprint", {})
-    differing = sorted(k for k in set(built.get("data", {})) | set(config.data.keys())
-                       if built.get("data", {}).get(k) != json.loads(config.data.to_json()).get(k))
+    current = fingerprint(config)["data"]
+    differing = sorted(k for k in set(built.get("data", {})) | set(current)
+                       if built.get("data", {}).get(k) != current.get(k))
     raise DatasetError(
         f"{final} was built from a different config (differs in: "
         f"{', '.join('data.' + k for k in differing) or 'tokenizer or generator version'}); "

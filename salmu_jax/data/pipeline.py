@@ -14,7 +14,7 @@ import grain
 from PIL import Image
 
 from salmu_jax.data import sources, splits
-from salmu_jax.errors import ConfigError
+from salmu_jax.errors import ConfigError, DatasetError
 
 SOURCE_IDS = {"retain_base": 0, "retain_synth": 1, "sensitive": 2}
 SOURCE_SPLITS = {"retain_synth": splits.RETAIN_SYNTH_SPLITS,
@@ -141,6 +141,35 @@ def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
   mixed = mixed.random_map(augmented, seed=config.seed)
   return mixed[shard_index::shard_count].batch(config.batch_size // shard_count,
                                                drop_remainder=True)
+
+
+# What an unlearning method may read: the forget split and retain data, never a holdout
+# or unseen split (they measure what must be kept, and who was never trained on).
+UNLEARNING_SPLITS = ("forget",) + splits.RETAIN_SYNTH_SPLITS
+
+
+def require_unlearning_splits(split_names) -> None:
+  refused = [s for s in split_names if s not in UNLEARNING_SPLITS]
+  if refused:
+    raise DatasetError(f"unlearning may not read split(s) {refused}: only "
+                       f"{UNLEARNING_SPLITS} and the retain base are available to a method")
+
+
+def forget_batches(config, dataset, tokenizer, batch_size: int, *, seed: int,
+                   shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+  """Infinite shuffled forget batches with association and generic captions tokenized."""
+  require_unlearning_splits(["forget"])
+  size = config.data.image_size
+
+  def to_example(raw):
+    record = sources.decode_record(raw)
+    return _example(record["image"], record["caption"], tokenizer, size, SOURCE_IDS["sensitive"],
+                    record["record_id"], record["identity"]) | {
+        "generic_tokens": tokenizer.encode([record["generic_caption"]])[0]}
+
+  examples = grain.MapDataset.source(dataset.splits["forget"]).shuffle(seed=seed).repeat()
+  return examples.map(to_example)[shard_index::shard_count].batch(
+      batch_size // shard_count, drop_remainder=True)
 
 
 def eval_batches(dataset, split_names, tokenizer, image_size: int, batch_size: int,

@@ -1,0 +1,231 @@
+"""Unlearns the forget split from a Compromised checkpoint with a registered method.
+
+  python -m salmu_jax.unlearn --config=configs/tiny.py --method=neg_grad --budget=5 \
+      --from=runs/tiny/compromised --workdir=runs/tiny/neg_grad_5x --dataset_dir=runs/tiny/dataset
+
+Compute budget (docs/protocol.md §4): `--budget=B` allows B passes' worth of forget
+samples, i.e. B x |forget| samples processed in total, forget and retain samples
+counted alike. A method reading forget_batch forget and retain_batch retain pairs per
+step runs floor(B x |forget| / (forget_batch + retain_batch)) steps. One-shot methods
+spend the same budget on what they need (importance estimation, the fine-tune of a
+task vector) and report it. A method sees only the forget split and retain data.
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from salmu_jax import io_utils, train
+from salmu_jax.data import pipeline, sources
+from salmu_jax.errors import ConfigError, SalmuError
+from salmu_jax.model import sharding
+from salmu_jax.unlearning import methods, objectives, parameter_transforms
+
+METADATA_FILE = "unlearn.json"
+
+
+def budget_steps(budget: float, num_forget: int, samples_per_step: int) -> int:
+  """Steps a method may take: B x |forget| samples, at samples_per_step each (at least 1)."""
+  return max(int(budget * num_forget // samples_per_step), 1)
+
+
+def unlearning_optimizer(config, steps: int):
+  """The training optimizer's structure (so checkpoints stay interchangeable) with the
+  unlearning learning rate, no warm-up, cosine decay over the unlearning steps."""
+  u = config.unlearn
+  recipe = config.train.copy_and_resolve_references()
+  recipe.learning_rate, recipe.warmup_steps, recipe.steps = u.learning_rate, 0, steps
+  recipe.weight_decay, recipe.grad_clip_norm = u.weight_decay, u.grad_clip_norm
+  return train.make_optimizer(recipe)[0]
+
+
+def _check_request(method_name: str, budget: float) -> methods.Method:
+  if method_name not in methods.METHODS:
+    raise ConfigError(f"unknown method {method_name!r}; known: {', '.join(sorted(methods.METHODS))}")
+  if not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+    raise ConfigError(f"--budget={budget} must be a positive number of forget passes")
+  return methods.METHODS[method_name]
+
+
+class _Batches:
+  """This process's forget and retain batches as global arrays; counts samples drawn."""
+
+  def __init__(self, trainer, config, seed: int):
+    u, dataset = config.unlearn, trainer.dataset
+    count, index = jax.process_count(), jax.process_index()
+    self.sharding = sharding.batch_sharding(trainer.mesh)
+    pipeline.require_unlearning_splits(pipeline.SOURCE_SPLITS["retain_synth"])
+    retain_config = config.copy_and_resolve_references()
+    retain_config.batch_size, retain_config.seed = u.retain_batch, seed
+    self._iterators = {
+        "forget": pipeline.iterate(pipeline.forget_batches(
+            config, dataset, trainer.tokenizer, u.forget_batch, seed=seed, shard_index=index,
+            shard_count=count), config),
+        "retain": pipeline.iterate(pipeline.training_batches(
+            retain_config, dataset, trainer.tokenizer, sources.retain_base_source(config.data),
+            shard_index=index, shard_count=count), config),  # retain sources only
+    }
+    self.samples = {"forget": 0, "retain": 0}
+
+  def next(self, names) -> dict:
+    batch = {}
+    for name in names:
+      local = next(self._iterators[name])
+      keys = ("image", "tokens", "generic_tokens") if name == "forget" else ("image", "tokens")
+      batch[name] = {k: jax.make_array_from_process_local_data(self.sharding, local[k])
+                     for k in keys}
+      self.samples[name] += len(local["tokens"]) * jax.process_count()
+    return batch
+
+
+def _run_objective(trainer, state, reference_params, objective, names, steps, batches, config,
+                   update_mask=None, progress=True, label=""):
+  """`steps` optimizer steps of `objective` on the named batches; returns (state, last metrics)."""
+  tx = unlearning_optimizer(config, steps)
+  params, rng = jax.tree.map(jnp.copy, (state.params, state.rng))  # Donated below; the
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), rng)  # caller keeps its own.
+  shardings = trainer.state_shardings
+  batch_shardings = {n: batches.sharding for n in names}
+  step_fn = jax.jit(train.make_train_step(tx, objective, train.model_apply(trainer.graphdef),
+                                          update_mask),
+                    in_shardings=(shardings, shardings.params, batch_shardings),
+                    out_shardings=(shardings, sharding.replicated(trainer.mesh)),
+                    donate_argnums=(0,))
+  from tqdm import tqdm
+  metrics, first_loss = {}, None
+  with tqdm(total=steps, desc=label, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    for step in range(steps):
+      state, metrics = step_fn(state, reference_params, batches.next(names))
+      first_loss = metrics["loss"] if first_loss is None else first_loss
+      if (step + 1) % config.unlearn.log_every == 0 or step + 1 == steps:
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+          raise FloatingPointError(f"unlearning loss is {loss} at step {step + 1}")
+        bar.set_postfix(loss=f"{loss:.4f}")
+      bar.update(1)
+  return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
+
+
+def _importances(trainer, params, batches, names, count, kind):
+  """Mean squared gradients of the pretraining loss over `count` batches of `names`."""
+  apply = train.model_apply(trainer.graphdef)
+  loss = objectives.contrastive("batch", kind)
+  grad_fn = jax.jit(lambda p, b: jax.grad(
+      lambda q: loss(q, {"batch": b}, objectives.Context(None, jax.random.PRNGKey(0), 0, apply))[0])(p))
+  drawn = []
+  for _ in range(count):
+    for name in names:
+      drawn.append(batches.next([name])[name])
+  return parameter_transforms.mean_squared_gradients(grad_fn, params, drawn)
+
+
+def unlearn(config, method_name: str, budget: float, from_dir: str, workdir: str, *,
+            dataset_dir: str | None = None, devices=None, progress: bool = True) -> dict:
+  """Runs one method at one budget; writes an orbax checkpoint and unlearn.json to `workdir`."""
+  method = _check_request(method_name, budget)
+  start = time.perf_counter()
+  config = config.copy_and_resolve_references()
+  config.reference = "compromised"  # What --from must hold; the result is "unlearned".
+  trainer = train.setup(config, from_dir, dataset_dir or os.path.join(from_dir, "data", "dataset"),
+                        devices)
+  original = train.restore_state(trainer, from_dir, reference="compromised")
+  if original is None:
+    raise ConfigError(f"--from={from_dir} holds no checkpoint; train Compromised there first")
+  hp = config.unlearn[method_name]
+  num_forget = len(trainer.dataset.splits["forget"])
+  batches = _Batches(trainer, config, seed=config.seed)
+  u = config.unlearn
+  # The frozen reference is stored once and never donated: `_run_objective` trains a copy
+  # (donating buffers the reference shares would invalidate it on the first step).
+  reference_params = original.params
+  state = original
+  names = tuple(method.uses(hp))
+  per_step = sum(u.forget_batch if n == "forget" else u.retain_batch for n in names)
+  steps = budget_steps(budget, num_forget, per_step)
+  details, metrics = {}, {}
+
+  if method.one_shot == "ssd":
+    # The budget buys importance batches: I_D on forget + retain, I_f on forget.
+    count = max(min(hp.importance_batches, steps), 1)
+    importance_all = _importances(trainer, state.params, batches, ("forget", "retain"), count,
+                                  config.train.loss)
+    importance_forget = _importances(trainer, state.params, batches, ("forget",), count,
+                                     config.train.loss)
+    params = parameter_transforms.selective_synaptic_dampening(
+        state.params, importance_all, importance_forget, hp.alpha, hp.lam)
+    details["weights_changed"] = parameter_transforms.count_changed(state.params, params)
+    state = dataclasses.replace(state, params=params)
+    steps = 0
+  elif method.one_shot == "task_vector":
+    finetuned, metrics = _run_objective(
+        trainer, state, reference_params, objectives.contrastive("forget", config.train.loss),
+        ("forget",), steps, batches, config, progress=progress, label="task vector fine-tune")
+    params = parameter_transforms.task_vector_negation(state.params, finetuned.params, hp.alpha)
+    state = dataclasses.replace(state, params=train.clamp_logit_scale(params))
+  else:
+    mask = None
+    if method.saliency:
+      grads = _importances(trainer, state.params, batches, ("forget",), 1, config.train.loss)
+      mask = parameter_transforms.saliency_mask(grads, hp.sparsity)
+      details["salient_weights"] = int(sum(int(m.sum()) for m in jax.tree.leaves(mask)))
+      details["saliency_samples"] = batches.samples["forget"]  # The mask's forget batch.
+    state, metrics = _run_objective(trainer, state, reference_params, method.objective(hp), names,
+                                    steps, batches, config, update_mask=mask, progress=progress,
+                                    label=f"unlearn {method_name}")
+
+  manager = train.checkpoint_manager(workdir, config)
+  manager.save(int(state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      meta=ocp.args.JsonSave({"model": trainer.signature, "reference": "unlearned",
+                              "method": method_name, "budget": budget})), force=True)
+  manager.wait_until_finished()
+  metadata = {
+      "method": method_name, "paper": method.paper, "budget": budget,
+      "hyperparameters": hp.to_dict(), "learning_rate": u.learning_rate,
+      "forget_batch": u.forget_batch, "retain_batch": u.retain_batch, "reads": list(names),
+      "steps": steps, "forget_size": num_forget,
+      "samples_processed": dict(batches.samples) | {"total": sum(batches.samples.values())},
+      "budget_samples": int(budget * num_forget), "final_metrics": metrics, **details,
+      "wall_seconds": round(time.perf_counter() - start, 2),
+      "device": jax.devices()[0].device_kind, "num_devices": len(trainer.mesh.devices.flat),
+      "from": os.path.abspath(from_dir),
+  }
+  if jax.process_index() == 0:
+    io_utils.write_json_atomic(os.path.join(workdir, METADATA_FILE), metadata)
+  return metadata
+
+
+def main(argv):
+  """The CLI; its flags are defined below, only when this module is the program."""
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    metadata = unlearn(_CONFIG.value, _METHOD.value, _BUDGET.value, _FROM.value, _WORKDIR.value,
+                       dataset_dir=_DATASET.value)
+  except SalmuError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"{metadata['method']} at budget {metadata['budget']}: {metadata['steps']} steps, "
+        f"{metadata['samples_processed']['total']:,} samples, {metadata['wall_seconds']} s "
+        f"-> {_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py", lock_config=True)
+  _METHOD = flags.DEFINE_string("method", None, "One of: " + ", ".join(methods.METHODS))
+  _BUDGET = flags.DEFINE_float("budget", 1.0, "Passes' worth of forget samples (> 0).")
+  _FROM = flags.DEFINE_string("from", None, "Run directory of the Compromised model.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Where the unlearned checkpoint goes.")
+  _DATASET = flags.DEFINE_string("dataset_dir", None, "The SALMU-synth Compromised trained on.")
+  flags.mark_flags_as_required(["config", "method", "from", "workdir"])
+  app.run(main)

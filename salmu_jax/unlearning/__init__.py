@@ -1,0 +1,1 @@
+"""Unlearning: objectives as pure loss transforms, parameter transforms, and methods."""

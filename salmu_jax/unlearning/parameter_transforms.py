@@ -1,0 +1,73 @@
+"""Gradient-side unlearning tools: saliency masks as optax pieces, and one-shot transforms.
+
+All functions act on arbitrary parameter pytrees, so they apply to any JAX model.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def mean_squared_gradients(grad_fn, params, batches):
+  """Diagonal Fisher / importance: mean over batches of grad**2 (`grad_fn(params, batch)`)."""
+  total, count = None, 0
+  for batch in batches:
+    squared = jax.tree.map(jnp.square, grad_fn(params, batch))
+    total = squared if total is None else jax.tree.map(jnp.add, total, squared)
+    count += 1
+  if count == 0:
+    raise ValueError("no batches to estimate importances from")
+  return jax.tree.map(lambda x: x / count, total)
+
+
+def saliency_mask(gradients, fraction: float):
+  """SalUn: True for the `fraction` of weights (over the whole tree) with the largest |grad|."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f"saliency fraction {fraction} must lie in (0, 1]")
+  flat = jnp.concatenate([jnp.abs(g).ravel() for g in jax.tree.leaves(gradients)])
+  k = max(int(round(fraction * flat.size)), 1)
+  threshold = jnp.sort(flat)[-k]
+  return jax.tree.map(lambda g: jnp.abs(g) >= threshold, gradients)
+
+
+def masked_updates(mask) -> optax.GradientTransformation:
+  """Zeroes the updates of unmasked weights (chain it after any optimizer): only salient
+  weights move. Elementwise, unlike optax.masked, which masks whole leaves."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: jnp.where(m, u, 0), updates, mask), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def selective_synaptic_dampening(params, importance_all, importance_forget,
+                                 alpha: float = 10.0, lam: float = 1.0):
+  """SSD (Foster et al. 2024): where I_f > alpha * I_D, theta *= min(lam * I_D / I_f, 1)."""
+  def dampen(theta, i_all, i_forget):
+    selected = i_forget > alpha * i_all
+    factor = jnp.minimum(lam * i_all / jnp.where(i_forget > 0, i_forget, 1.0), 1.0)
+    return jnp.where(selected, theta * factor, theta)
+  return jax.tree.map(dampen, params, importance_all, importance_forget)
+
+
+def task_vector_negation(params, finetuned, alpha: float = 1.0):
+  """theta_u = theta - alpha * (theta_finetuned - theta) (Ilharco et al. 2023)."""
+  return jax.tree.map(lambda p, f: p - alpha * (f - p), params, finetuned)
+
+
+def fisher_noise(params, fisher, rng, scale: float = 1e-3, floor: float = 1e-8,
+                 max_std: float = 1e-2):
+  """Fisher forgetting (Golatkar et al. 2020): Gaussian noise with std
+  scale * (F + floor)^(-1/4), capped at max_std; weights the retain data relies on
+  (large Fisher) move least."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.tree.unflatten(treedef, list(jax.random.split(rng, len(leaves))))
+  def perturb(theta, f, key):
+    std = jnp.minimum(scale * jnp.power(f + floor, -0.25), max_std)
+    return theta + std * jax.random.normal(key, theta.shape, theta.dtype)
+  return jax.tree.map(perturb, params, fisher, keys)
+
+
+def count_changed(before, after) -> int:
+  """How many weights a transform changed (for reports and tests)."""
+  return int(sum(np.sum(np.asarray(a) != np.asarray(b))
+                 for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))))

@@ -1,0 +1,251 @@
+"""Unlearning: transform algebra, the frozen reference, every method, the data guard, CLI."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from salmu_jax import config as config_lib, embed, train, unlearn
+from salmu_jax.data import pipeline
+from salmu_jax.errors import ConfigError, DatasetError
+from salmu_jax.evaluation import metrics
+from salmu_jax.unlearning import methods, objectives as O, parameter_transforms as T
+from tests.conftest import REPO, config_path
+
+
+def toy_apply(params, images, tokens):
+  """A linear dual encoder over toy inputs, as `apply` expects."""
+  unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  text = params["embed"][tokens].mean(1)
+  return unit(images @ params["image"]), unit(text), params["log_scale"], 0.0
+
+
+def toy_setup(seed=0, n=6):
+  key = jax.random.PRNGKey(seed)
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  params = {"image": jax.random.normal(k1, (5, 4)), "embed": jax.random.normal(k2, (20, 4)),
+            "log_scale": jnp.asarray(2.0)}
+  part = lambda k: {"image": jax.random.normal(k, (n, 5)),
+                    "tokens": jax.random.randint(jax.random.fold_in(k, 1), (n, 3), 1, 20)}
+  batch = {"forget": part(k3), "retain": part(k4)}
+  ctx = O.Context(reference_params=params, rng=key, step=jnp.asarray(0), apply=toy_apply)
+  return params, batch, ctx
+
+
+def grads(loss, params, batch, ctx):
+  return jax.grad(lambda p: loss(p, batch, ctx)[0])(params)
+
+
+def test_negate_flips_the_gradient_and_weights_combine_linearly():
+  params, batch, ctx = toy_setup()
+  f, g = O.contrastive("forget"), O.direct_similarity("retain")
+  for a, b in zip(jax.tree.leaves(grads(f, params, batch, ctx)),
+                  jax.tree.leaves(grads(O.negate(f), params, batch, ctx))):
+    np.testing.assert_allclose(a, -b, rtol=1e-6)
+  combined = O.weighted(a=(2.0, f), b=(-3.0, g))
+  value, aux = combined(params, batch, ctx)
+  np.testing.assert_allclose(value, 2 * f(params, batch, ctx)[0] - 3 * g(params, batch, ctx)[0],
+                             rtol=1e-6)
+  assert {"term_a", "term_b"} <= set(aux)
+  expected = jax.tree.map(lambda x, y: 2 * x - 3 * y, grads(f, params, batch, ctx),
+                          grads(g, params, batch, ctx))
+  for a, b in zip(jax.tree.leaves(grads(combined, params, batch, ctx)), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0, 2.5])
+def test_npo_at_the_reference_is_2_over_beta_log_2(beta):
+  params, batch, ctx = toy_setup()
+  value, _ = O.npo("forget", beta)(params, batch, ctx)
+  np.testing.assert_allclose(value, (2 / beta) * np.log(2), rtol=1e-6)
+
+
+def test_simnpo_and_kl_match_closed_forms():
+  params, batch, ctx = toy_setup()
+  per_pair = np.asarray(O.per_pair_contrastive(params, batch["forget"], toy_apply))
+  lengths = np.asarray((batch["forget"]["tokens"] != 0).sum(-1), float)
+  beta, delta = 2.5, 0.1
+  expected = -(2 / beta) * np.mean(np.log(1 / (1 + np.exp(-beta * (per_pair / lengths - delta)))))
+  np.testing.assert_allclose(O.simnpo("forget", beta, delta)(params, batch, ctx)[0], expected,
+                             rtol=1e-5)
+  # KL([0.5, 0.5] || [0.25, 0.75]) = 0.5 ln 2 + 0.5 ln(2/3).
+  kl = O.kl_divergence(jnp.zeros((1, 2)), jnp.log(jnp.array([[0.25, 0.75]])), axis=1)
+  np.testing.assert_allclose(kl, 0.5 * np.log(2) + 0.5 * np.log(2 / 3), rtol=1e-6)
+  # At the reference every distillation term is exactly zero.
+  for loss in (O.logit_kl("retain"), O.masked_logit_distillation("forget"),
+               O.embedding_distillation("retain")):
+    assert abs(float(loss(params, batch, ctx)[0])) < 1e-6
+
+
+@pytest.mark.parametrize("loss", [
+    O.logit_kl("retain"), O.masked_logit_distillation("forget"), O.embedding_distillation("retain"),
+    O.npo("forget"), O.matched_similarity_to_permuted("forget"),
+    methods.METHODS["vlunlearn"].objective(config_lib.base_config().unlearn.vlunlearn),
+    methods.METHODS["scrub"].objective(config_lib.base_config().unlearn.scrub),
+], ids=["kl", "masked_kl", "distill", "npo", "permuted", "vlunlearn", "scrub"])
+def test_the_reference_model_gets_no_gradient(loss):
+  params, batch, ctx = toy_setup()
+  moved = jax.tree.map(lambda x: x * 1.1, params)  # Away from the reference: terms are nonzero.
+
+  def through_reference(reference):
+    return loss(moved, batch, O.Context(reference, ctx.rng, ctx.step, toy_apply))[0]
+
+  value, reference_grads = jax.value_and_grad(through_reference)(params)
+  assert float(value) != 0
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(reference_grads))
+
+
+def test_caption_transforms():
+  params, batch, ctx = toy_setup()
+  seen = {}
+  spy = lambda p, b, c: (seen.setdefault("tokens", b["forget"]["tokens"]).sum() * 0.0, {})
+  O.permute_captions(spy, "forget")(params, batch, ctx)
+  assert sorted(map(tuple, np.asarray(seen["tokens"]))) == \
+      sorted(map(tuple, np.asarray(batch["forget"]["tokens"])))
+  seen.clear()
+  generic = batch | {"forget": batch["forget"] | {"generic_tokens": batch["retain"]["tokens"]}}
+  O.with_captions(spy, "forget", "generic_tokens")(params, generic, ctx)
+  np.testing.assert_array_equal(seen["tokens"], batch["retain"]["tokens"])
+
+
+def test_ssd_task_vector_and_saliency_on_a_hand_made_tree():
+  params = {"a": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array([[4.0, 5.0]])}
+  importance_all = {"a": jnp.array([1.0, 1.0, 1.0]), "b": jnp.array([[1.0, 0.5]])}
+  importance_forget = {"a": jnp.array([20.0, 5.0, 40.0]), "b": jnp.array([[0.0, 10.0]])}
+  dampened = T.selective_synaptic_dampening(params, importance_all, importance_forget, alpha=10, lam=1)
+  np.testing.assert_allclose(dampened["a"], [1.0 / 20, 2.0, 3.0 / 40])  # Only I_f > 10 I_D.
+  np.testing.assert_allclose(dampened["b"], [[4.0, 5.0 * 0.5 / 10]])  # 10 > 10 * 0.5: dampened.
+  finetuned = {"a": jnp.array([2.0, 2.0, 1.0]), "b": jnp.array([[4.0, 6.0]])}
+  negated = T.task_vector_negation(params, finetuned, alpha=0.5)
+  np.testing.assert_allclose(negated["a"], [0.5, 2.0, 4.0])
+  np.testing.assert_allclose(negated["b"], [[4.0, 4.5]])
+  mask = T.saliency_mask({"a": jnp.array([0.1, -5.0, 0.2]), "b": jnp.array([[3.0, 0.0]])}, 0.4)
+  assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False]]
+  updates, _ = T.masked_updates(mask).update(params, None)
+  np.testing.assert_allclose(updates["a"], [0.0, 2.0, 0.0])
+  noisy = T.fisher_noise(params, importance_all, jax.random.PRNGKey(0), scale=1e-3)
+  assert T.count_changed(params, noisy) == 5
+
+
+def test_the_data_layer_refuses_holdout_and_unseen_splits():
+  for split in ("holdout_association", "holdout_identity", "unseen_identity"):
+    with pytest.raises(DatasetError, match=f"may not read split\\(s\\) \\['{split}'\\]"):
+      pipeline.require_unlearning_splits([split])
+  pipeline.require_unlearning_splits(["forget", "retain_joint", "retain_disjoint"])
+
+
+@pytest.fixture(scope="module")
+def compromised_run(micro_dataset_dir, tmp_path_factory):
+  """A micro Compromised trained long enough to hold some associations."""
+  config = config_lib.load_config(config_path("micro") + ":compromised", {
+      "train.steps": 40, "train.sensitive_exposures": 2.0, "train.eval_every": 40,
+      "train.checkpoint_every": 40})
+  run = str(tmp_path_factory.mktemp("compromised"))
+  train.train(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], progress=False)
+  return run
+
+
+def forget_similarity(config, run, dataset_dir) -> float:
+  trainer = train.setup(config, run, dataset_dir, jax.devices()[:1])
+  state = train.restore_state(trainer, run, reference=None)
+  encoders = embed.make_encoders(trainer.graphdef, trainer.state_shardings.params, trainer.mesh)
+  batches = pipeline.eval_batches(trainer.dataset, ["forget"], trainer.tokenizer,
+                                  config.data.image_size, 64)
+  image, text, _ = embed.embed_batches(encoders, state.params, batches)
+  return float(metrics.paired_cosine(image, text).mean())
+
+
+class GuardedSplits(dict):
+  """Fails the test if anything reads a holdout or unseen split."""
+  def __getitem__(self, name):
+    if name not in pipeline.UNLEARNING_SPLITS:
+      raise AssertionError(f"unlearning read split {name}")
+    return super().__getitem__(name)
+
+
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_every_method_moves_in_its_expected_direction(name, compromised_run, micro_dataset_dir,
+                                                      tmp_path, monkeypatch):
+  # At micro scale and 2 passes, a retain contrastive term (which raises every similarity
+  # of an under-trained model) can outweigh the forgetting term, so the direction under
+  # test is the forgetting term's: each method's `retain_weight` is set to 0. finetune is
+  # all retain term and is checked on its own loss instead.
+  base = config_lib.base_config().unlearn
+  overrides = {f"unlearn.{m}.retain_weight": 0.0 for m in methods.METHODS
+               if "retain_weight" in base[m]}
+  config = config_lib.load_config(config_path("micro"), overrides)
+  from salmu_jax.data import sources
+  opened = sources.open_dataset
+  monkeypatch.setattr(sources, "open_dataset", lambda *a, **k: (
+      lambda d: setattr(d, "splits", GuardedSplits(d.splits)) or d)(opened(*a, **k)))
+  before = forget_similarity(config, compromised_run, micro_dataset_dir)
+  # SCRUB's max step ascends KL(teacher || student), whose gradient is zero while the
+  # student equals the teacher: forgetting starts only after min steps moved it.
+  budget = 4.0 if name == "scrub" else 2.0
+  out = str(tmp_path / name)
+  metadata = unlearn.unlearn(config, name, budget, compromised_run, out,
+                             dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+                             progress=False)
+  monkeypatch.undo()
+  after = forget_similarity(config, out, micro_dataset_dir)
+  on_disk = json.load(open(os.path.join(out, unlearn.METADATA_FILE)))
+  assert on_disk["method"] == name and on_disk["budget"] == budget
+  if name == "finetune":  # Never reads forget data: its own objective must improve.
+    assert metadata["final_metrics"]["loss"] < metadata["final_metrics"]["first_loss"]
+  else:
+    assert after < before, (name, before, after)
+  if metadata["steps"]:
+    per_step = sum(config.unlearn[f"{n}_batch"] for n in metadata["reads"])
+    spent = metadata["samples_processed"]["total"] - metadata.get("saliency_samples", 0)
+    assert spent == metadata["steps"] * per_step <= budget * 64  # Within budget x 64 pairs.
+
+
+def test_budget_arithmetic():
+  assert unlearn.budget_steps(5, 1024, 128) == 40
+  assert unlearn.budget_steps(1, 64, 16) == 4
+  assert unlearn.budget_steps(0.01, 64, 16) == 1
+
+
+def test_bad_requests_are_refused(compromised_run, micro_dataset_dir, tmp_path):
+  config = config_lib.load_config(config_path("micro"))
+  run = lambda method, budget, source: unlearn.unlearn(
+      config, method, budget, source, str(tmp_path / "out"), dataset_dir=micro_dataset_dir,
+      devices=jax.devices()[:1], progress=False)
+  with pytest.raises(ConfigError, match="unknown method 'forgetful'; known: clip_erase, delete"):
+    run("forgetful", 1.0, compromised_run)
+  for budget in (0, -1.0, float("nan")):
+    with pytest.raises(ConfigError, match="must be a positive number"):
+      run("neg_grad", budget, compromised_run)
+  clean = config_lib.load_config(config_path("micro") + ":clean")
+  train.train(clean, str(tmp_path / "clean"), dataset_dir=micro_dataset_dir,
+              devices=jax.devices()[:1], stop_after=1, progress=False)
+  with pytest.raises(ConfigError, match="holds a clean checkpoint, not compromised"):
+    run("neg_grad", 1.0, str(tmp_path / "clean"))
+  with pytest.raises(ConfigError, match="holds no checkpoint"):
+    run("neg_grad", 1.0, str(tmp_path / "empty"))
+  with pytest.raises(ConfigError, match="unlearn.npo.beta='high' has the wrong type"):
+    config_lib.load_config(config_path("micro"), {"unlearn.npo.beta": "high"})
+
+
+def test_cli_wrong_type_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "salmu_jax.unlearn", f"--config={config_path('micro')}",
+       "--method=npo", "--budget=-2", f"--from={tmp_path}", f"--workdir={tmp_path / 'o'}"],
+      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=""), cwd=REPO)
+  assert result.returncode == 2 and result.stderr.strip().endswith("must be a positive number of forget passes")
+
+
+def test_readme_example_runs_as_written():
+  text = open(os.path.join(REPO, "README.md")).read()
+  block = re.search(r"<!-- example:start -->\n```python\n(.*?)```\n<!-- example:end -->", text, re.S)
+  code = block.group(1)
+  assert len(code.strip().splitlines()) <= 24
+  namespace = {}
+  exec(compile(code, "README example", "exec"), namespace)
+  np.testing.assert_allclose(namespace["aux"]["npo_forget"], 20 * np.log(2), rtol=1e-6)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(namespace["grads"]))
