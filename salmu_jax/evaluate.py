@@ -287,8 +287,11 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
   if clean is not None and compromised is not None:
     result["normalized"], result["diagnosis"] = normalize_and_diagnose(
         result, clean, compromised, config.eval)
+  manager = train.checkpoint_manager(checkpoint, config)
+  saved = train.checkpoint_meta(manager, manager.latest_step())
   result["meta"] = {"checkpoint": os.path.abspath(checkpoint), "step": int(state.step),
-                    "reference": config.reference, "seed": config.eval.seed,
+                    "model": saved["reference"], "method": saved.get("method"),
+                    "budget": saved.get("budget"), "seed": config.eval.seed,
                     "device": jax.devices()[0].device_kind, "num_devices": len(trainer.mesh.devices.flat),
                     "seconds": round(time.perf_counter() - start, 2)}
   return result

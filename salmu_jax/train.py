@@ -171,10 +171,15 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True))
 
 
+def checkpoint_meta(manager, step: int) -> dict:
+  """The JSON saved beside a checkpoint: model signature, reference (or "unlearned"), ..."""
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
 def check_signature(manager, step: int, signature: dict, reference: str | None,
                     workdir: str) -> None:
   """Refuses a checkpoint of another model shape, or of another reference when one is named."""
-  saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  saved = checkpoint_meta(manager, step)
   if saved["model"] != json.loads(json.dumps(signature)):
     differs = sorted(k for k in set(saved["model"]) | set(signature)
                      if saved["model"].get(k) != signature.get(k))

@@ -127,6 +127,7 @@ def test_evaluator_writes_the_official_shape_deterministically(trained_micro, mi
       value = evaluate.headline(first, group, key)
       assert np.isfinite(value) and -1 <= value <= 1
   assert first["efficacy"]["1.1_RetFail"]["gallery_size"] == 1 + 63 + 20  # Capped by split sizes.
+  assert first["meta"]["model"] == "compromised" and first["meta"]["method"] is None
   assert set(first["breakdown"]["per_field"]) == set(config.data.fields)
   again = evaluate.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
   for part in ("efficacy", "utility", "breakdown"):  # Same checkpoint, same JSON.

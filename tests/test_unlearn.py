@@ -193,6 +193,8 @@ def test_every_method_moves_in_its_expected_direction(name, compromised_run, mic
                              progress=False)
   monkeypatch.undo()
   after = forget_similarity(config, out, micro_dataset_dir)
+  manager = train.checkpoint_manager(out, config)
+  assert train.checkpoint_meta(manager, manager.latest_step())["method"] == name
   on_disk = json.load(open(os.path.join(out, unlearn.METADATA_FILE)))
   assert on_disk["method"] == name and on_disk["budget"] == budget
   if name == "finetune":  # Never reads forget data: its own objective must improve.
