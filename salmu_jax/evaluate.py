@@ -10,7 +10,6 @@ Compromised, 1 = Clean; utility: 1 = Compromised) and a failure mode is diagnose
 """
 import dataclasses
 import functools
-import json
 import os
 import sys
 import time
@@ -22,9 +21,8 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from salmu_jax import config as config_lib
 from salmu_jax import embed, io_utils, train
-from salmu_jax.data import captions, pipeline, scenes, sources, splits
+from salmu_jax.data import captions, pipeline, scenes, sources
 from salmu_jax.errors import ConfigError, DatasetError, SalmuError
 from salmu_jax.evaluation import metrics
 

@@ -20,7 +20,6 @@ import time
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import grain

@@ -11,7 +11,6 @@ spend the same budget on what they need (importance estimation, the fine-tune of
 task vector) and report it. A method sees only the forget split and retain data.
 """
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -19,10 +18,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
-from flax import nnx
 from ml_collections import config_flags
 
 from salmu_jax import io_utils, train

@@ -1,6 +1,5 @@
 """grain pipelines: shapes, mixture, sharding, resume, and the retain-base adapters."""
 import io
-import os
 import tarfile
 
 import numpy as np

@@ -138,7 +138,6 @@ def make_plan(data) -> Plan:
   record_id = 0
 
   def add(split, subset, identity, image_index, face, field, style, persona):
-    nonlocal record_id
     view = faces.sample_view(_rng(seed, _VIEW, identity, image_index))
     generic = _generic(face, view, _rng(seed, _CAPTION, identity, image_index))
     if field == GENERIC:
