@@ -17,7 +17,6 @@ import time
 import grain
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -62,8 +61,7 @@ class EvalContext:
     batches = pipeline.eval_batches(self.dataset, [name], self.tokenizer,
                                     self.config.data.image_size, self.config.eval.batch_size)
     image, caption, _ = embed.embed_batches(self.encoders, self.params, batches)
-    records = [{k: v for k, v in sources.decode_record(source[i]).items() if k != "image"}
-               for i in range(len(source))]
+    records = [sources.record_metadata(source[i]) for i in range(len(source))]
     return SplitEmbeddings(image, caption, records)
 
   @functools.cache
@@ -190,12 +188,8 @@ class TfdsClassification:
   """A local tfds classification dataset for 2.1_GenKnow (e.g. imagenet2012, cifar10)."""
 
   def __init__(self, genknow):
-    try:
-      builder = tfds.builder(genknow.name, data_dir=genknow.data_dir or None)
-      self._source = builder.as_data_source(genknow.split)
-    except Exception as e:  # tfds raises several types for a missing dataset.
-      raise ConfigError(f"eval.genknow: cannot open tfds dataset {genknow.name!r} split "
-                        f"{genknow.split!r} ({type(e).__name__}: {e})") from e
+    builder, self._source = sources.open_tfds(genknow.name, genknow.data_dir, genknow.split,
+                                              "eval.genknow")
     feature = builder.info.features[genknow.label_key]
     if not hasattr(feature, "names"):
       raise ConfigError(f"eval.genknow.label_key={genknow.label_key!r} is not a ClassLabel")
@@ -207,9 +201,7 @@ class TfdsClassification:
 
   def __getitem__(self, index):
     raw = self._source[index]
-    image = raw[self._keys[0]]
-    image = sources.decode_image(image) if isinstance(image, bytes) else np.asarray(image)
-    return {"image": image, "label": int(raw[self._keys[1]])}
+    return {"image": sources.rgb_image(raw[self._keys[0]]), "label": int(raw[self._keys[1]])}
 
 
 def breakdown(ctx) -> dict:

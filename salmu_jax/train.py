@@ -135,9 +135,11 @@ def setup(config, workdir: str, dataset_dir: str | None = None, devices=None) ->
   if config.batch_size % dp:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the data-parallel "
                       f"size {dp} (mesh data x fsdp)")
-  dataset_dir = dataset_dir or builder.build_dataset(config, os.path.join(workdir, "data"))
-  builder.check_existing(dataset_dir, config)
-  dataset = sources.open_dataset(dataset_dir, verify=False)  # check_existing verified it.
+  if dataset_dir:
+    builder.check_existing(dataset_dir, config)
+  else:  # build_dataset verifies a dataset it reuses.
+    dataset_dir = builder.build_dataset(config, os.path.join(workdir, "data"))
+  dataset = sources.open_dataset(dataset_dir, verify=False)  # Verified just above.
   tokenizer = load_tokenizer(config.tokenizer, dataset_dir)
   tx, _ = make_optimizer(config.train)
   abstract_model = nnx.eval_shape(lambda: build_model(config, tokenizer.vocab_size,

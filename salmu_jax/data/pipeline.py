@@ -66,11 +66,17 @@ def _example(image, caption, tokenizer, size, source_id, record_id=-1, identity=
           "identity": np.int32(identity)}
 
 
-def _synth_examples(dataset, split_names, tokenizer, size, source_id) -> grain.MapDataset:
+def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_key="caption",
+                    with_generic=False) -> grain.MapDataset:
+  """Stored SALMU-synth records of `split_names` as model examples, in record order;
+  `with_generic` adds each record's generic caption as `generic_tokens`."""
   def to_example(raw):
     record = sources.decode_record(raw)
-    return _example(record["image"], record["caption"], tokenizer, size, source_id,
-                    record["record_id"], record["identity"])
+    example = _example(record["image"], record[caption_key], tokenizer, size, source_id,
+                       record["record_id"], record["identity"])
+    if with_generic:
+      example["generic_tokens"] = tokenizer.encode([record["generic_caption"]])[0]
+    return example
   return grain.MapDataset.source(ConcatSource(dataset.splits[s] for s in split_names)).map(to_example)
 
 
@@ -159,28 +165,17 @@ def forget_batches(config, dataset, tokenizer, batch_size: int, *, seed: int,
                    shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
   """Infinite shuffled forget batches with association and generic captions tokenized."""
   require_unlearning_splits(["forget"])
-  size = config.data.image_size
-
-  def to_example(raw):
-    record = sources.decode_record(raw)
-    return _example(record["image"], record["caption"], tokenizer, size, SOURCE_IDS["sensitive"],
-                    record["record_id"], record["identity"]) | {
-        "generic_tokens": tokenizer.encode([record["generic_caption"]])[0]}
-
-  examples = grain.MapDataset.source(dataset.splits["forget"]).shuffle(seed=seed).repeat()
-  return examples.map(to_example)[shard_index::shard_count].batch(
+  examples = _synth_examples(dataset, ["forget"], tokenizer, config.data.image_size,
+                             SOURCE_IDS["sensitive"], with_generic=True)
+  return examples.shuffle(seed=seed).repeat()[shard_index::shard_count].batch(
       batch_size // shard_count, drop_remainder=True)
 
 
 def eval_batches(dataset, split_names, tokenizer, image_size: int, batch_size: int,
                  caption_key: str = "caption") -> grain.MapDataset:
   """Finite, ordered, un-augmented batches of SALMU-synth splits with their metadata."""
-  def to_example(raw):
-    record = sources.decode_record(raw)
-    return _example(record["image"], record[caption_key], tokenizer, image_size,
-                    SOURCE_IDS["sensitive"], record["record_id"], record["identity"])
-  return grain.MapDataset.source(ConcatSource(dataset.splits[s] for s in split_names)).map(
-      to_example).batch(batch_size, drop_remainder=False)
+  return _synth_examples(dataset, split_names, tokenizer, image_size, SOURCE_IDS["sensitive"],
+                         caption_key).batch(batch_size, drop_remainder=False)
 
 
 def iterate(batches: grain.MapDataset, config):

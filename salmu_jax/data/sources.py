@@ -27,12 +27,35 @@ def decode_image(data: bytes) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode_record(raw: dict) -> dict:
+def rgb_image(value) -> np.ndarray:
+  """An image feature of any tfds dataset (encoded bytes or a uint8 tensor) as [H, W, 3]."""
+  image = decode_image(value) if isinstance(value, bytes) else np.asarray(value)
+  if image.ndim == 2 or image.shape[-1] == 1:
+    image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
+  return image
+
+
+def record_metadata(raw: dict) -> dict:
+  """A stored record's fields without decoding its image (texts as str, ids as int)."""
   record = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items() if k != "image"}
   for key in ("record_id", "identity", "image_index", "style"):
     record[key] = int(record[key])
-  record["image"] = decode_image(raw["image"])
   return record
+
+
+def decode_record(raw: dict) -> dict:
+  return record_metadata(raw) | {"image": decode_image(raw["image"])}
+
+
+def open_tfds(name: str, data_dir: str, split: str, owner: str):
+  """(builder, data source) of a prepared local tfds dataset; a ConfigError naming `owner`
+  (the config group) if it cannot be opened."""
+  try:
+    data_builder = tfds.builder(name, data_dir=data_dir or None)
+    return data_builder, data_builder.as_data_source(split)
+  except Exception as e:  # tfds raises several types for a missing dataset.
+    raise ConfigError(f"{owner}: cannot open tfds dataset {name!r} split {split!r} in "
+                      f"{data_dir or 'the default data_dir'} ({type(e).__name__}: {e})") from e
 
 
 def open_split_sources(root: str) -> dict:
@@ -102,12 +125,7 @@ class TfdsImageText:
   """Any local tfds dataset with an image and a text feature, as a retain base."""
 
   def __init__(self, name: str, data_dir: str, split: str, image_key: str, text_key: str):
-    try:
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir or None,
-                                      download=False)
-    except Exception as e:  # tfds raises several types for a missing dataset.
-      raise ConfigError(f"data.retain_base: cannot open tfds dataset {name!r} split {split!r} in "
-                        f"{data_dir or 'the default data_dir'} ({type(e).__name__}: {e})") from e
+    _, self._source = open_tfds(name, data_dir, split, "data.retain_base")
     first = self._source[0]
     for key in (image_key, text_key):
       if key not in first:
@@ -120,13 +138,9 @@ class TfdsImageText:
 
   def __getitem__(self, index: int) -> dict:
     raw = self._source[index]
-    image, text = raw[self._image_key], raw[self._text_key]
-    if isinstance(image, bytes):
-      image = decode_image(image)
-    image = np.asarray(image)
-    if image.ndim == 2 or image.shape[-1] == 1:
-      image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
-    return {"image": image, "caption": text.decode() if isinstance(text, bytes) else str(text)}
+    text = raw[self._text_key]
+    return {"image": rgb_image(raw[self._image_key]),
+            "caption": text.decode() if isinstance(text, bytes) else str(text)}
 
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
