@@ -152,6 +152,9 @@ def base_config() -> ml_collections.ConfigDict:
   evaluation = config.eval = ml_collections.ConfigDict()
   evaluation.seed = 0  # Galleries, shuffles and probe splits.
   evaluation.batch_size = 256
+  # Decoded evaluation inputs kept in memory, so that scoring many models (the benchmark)
+  # decodes and renders them once; what does not fit is streamed for every model.
+  evaluation.input_cache_mb = 2_048
   evaluation.gallery_forget = 1_000  # 1.1_RetFail distractors (capped at the split sizes).
   evaluation.gallery_retain = 1_000
   evaluation.probe_fraction = 0.5  # 1.3_ACS: share of pairs fitting the probe.
@@ -169,6 +172,15 @@ def base_config() -> ml_collections.ConfigDict:
   evaluation.ineffective_below = 0.5  # Normalized RetFail MRR: under half-way to Clean.
   evaluation.overgeneralized_margin = 0.05  # Holdout similarity this far below Clean's.
   evaluation.catastrophic_drop = 0.05  # GenKnow this far below Compromised's.
+
+  # salmu_jax.benchmark: what it runs, and the soundness criteria it checks (docs/protocol.md §5).
+  benchmark = config.benchmark = ml_collections.ConfigDict()
+  benchmark.methods = "all"  # Comma-separated names of unlearning.methods.METHODS, or "all".
+  benchmark.budgets = (1.0, 5.0)  # Multiples of |forget| samples (docs/protocol.md §4).
+  benchmark.seeds = 1  # Training and unlearning seeds config.seed, config.seed + 1, ...
+  benchmark.min_retfail_ratio = 5.0  # Compromised's RetFail MRR over Clean's, at least.
+  benchmark.min_assocstr_gap = 0.1  # Compromised's AssocStr minus Clean's, at least.
+  benchmark.max_genknow_gap = 0.05  # |Compromised - Clean| on GenKnow, at most.
 
   tokenizer = config.tokenizer = ml_collections.ConfigDict()
   tokenizer.kind = "dataset_bpe"
@@ -188,6 +200,18 @@ def _check_keys(config, reference, prefix=""):
       if not isinstance(config[key], ml_collections.ConfigDict):
         raise ConfigError(f"config key '{path}' must be a group of fields, got {config[key]!r}")
       _check_keys(config[key], reference[key], path + ".")
+
+
+def differing_keys(saved: dict, current: dict, prefix: str = "") -> list:
+  """Dotted keys whose values differ between two nested dicts (e.g. configs as JSON)."""
+  keys = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      keys += differing_keys(a, b, f"{prefix}{key}.")
+    elif a != b:
+      keys.append(prefix + key)
+  return keys
 
 
 def _require(ok: bool, message: str) -> None:

@@ -34,6 +34,15 @@ def make_encoders(graphdef, param_shardings, mesh) -> Encoders:
   return Encoders(jit(encode_image), jit(encode_text), mesh)
 
 
+def trim_padding(tokens: np.ndarray, multiple: int = 8) -> np.ndarray:
+  """Drops the all-padding columns after the longest row, keeping a multiple of `multiple`
+  columns (a handful of compiled shapes). Exact for the causal text tower (clip.TextTower);
+  short texts (names, prompts, "{name} {value}") then cost a fraction of a full row."""
+  used = np.flatnonzero(tokens.any(axis=0))
+  length = int(used[-1]) + 1 if used.size else 1
+  return tokens[:, :min(-(-length // multiple) * multiple, tokens.shape[1])]
+
+
 def _padded_call(fn, params, array, multiple: int) -> np.ndarray:
   n = len(array)
   pad = -n % multiple
@@ -52,7 +61,7 @@ def embed_batches(encoders: Encoders, params, batches, texts: bool = True):
   for batch in batches:
     images.append(_padded_call(encoders.image, params, batch["image"], multiple))
     if texts:
-      captions.append(_padded_call(encoders.text, params, batch["tokens"], multiple))
+      captions.append(_padded_call(encoders.text, params, trim_padding(batch["tokens"]), multiple))
     for key, value in batch.items():
       if key not in ("image", "tokens"):
         meta.setdefault(key, []).append(np.asarray(value))
@@ -63,7 +72,8 @@ def embed_batches(encoders: Encoders, params, batches, texts: bool = True):
 def embed_texts(encoders: Encoders, params, tokenizer, texts, batch_size: int) -> np.ndarray:
   """Embeds a list of strings (prompts, names, galleries)."""
   multiple = sharding.data_parallel_size(encoders.mesh)
-  chunks = [_padded_call(encoders.text, params, tokenizer.encode(texts[i:i + batch_size]), multiple)
+  chunks = [_padded_call(encoders.text, params, trim_padding(tokenizer.encode(texts[i:i + batch_size])),
+                         multiple)
             for i in range(0, len(texts), batch_size)]
   return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 

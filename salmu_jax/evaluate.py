@@ -9,7 +9,6 @@ With the two reference results, scores are also normalized (efficacy: 0 =
 Compromised, 1 = Clean; utility: 1 = Compromised) and a failure mode is diagnosed.
 """
 import dataclasses
-import functools
 import os
 import sys
 import time
@@ -43,35 +42,136 @@ class SplitEmbeddings:
   records: list  # per example: record_id, identity, subset, field, style, name, value, ...
 
 
-class EvalContext:
-  """Lazily embeds what the metrics ask for, once; everything is seeded from eval.seed."""
+class Evaluator:
+  """Scores any number of models of one shape on one dataset.
 
-  def __init__(self, config, dataset, tokenizer, encoders, params):
-    self.config, self.dataset, self.tokenizer = config, dataset, tokenizer
-    self.encoders, self.params = encoders, params
+  Built once: the encoders compile once, and the inputs (decoded images, tokens,
+  rendered zero-shot scenes) are prepared once and kept in memory up to
+  `eval.input_cache_mb`, so each further model costs only its forward passes.
+  """
+
+  def __init__(self, trainer):
+    self.trainer, self.config = trainer, trainer.config
+    self.dataset, self.tokenizer = trainer.dataset, trainer.tokenizer
+    self.encoders = embed.make_encoders(trainer.graphdef, trainer.state_shardings.params,
+                                        trainer.mesh)
+    self._inputs, self._records = {}, {}
+    self._cache_left = self.config.eval.input_cache_mb * 2 ** 20
+
+  def _cached(self, key, make, count: int):
+    """`make()`'s batches, kept as a list when `count` images of this size still fit."""
+    if key in self._inputs:
+      return self._inputs[key]
+    batches, size = make(), count * self.config.data.image_size ** 2 * 3
+    if size <= self._cache_left:
+      batches, self._cache_left = list(batches), self._cache_left - size
+      self._inputs[key] = batches
+    return batches
+
+  def split_batches(self, name: str):
+    source = self.dataset.splits[name]
+    if len(source) == 0:
+      raise DatasetError(f"split {name} is empty at this scale; raise the config's sizes")
+    return self._cached(name, lambda: pipeline.eval_batches(
+        self.dataset, [name], self.tokenizer, self.config.data.image_size,
+        self.config.eval.batch_size), len(source))
+
+  def records(self, name: str) -> list:
+    if name not in self._records:
+      source = self.dataset.splits[name]
+      self._records[name] = [sources.record_metadata(source[i]) for i in range(len(source))]
+    return self._records[name]
+
+  def genknow(self) -> tuple:
+    """(batches of images and labels, class names) of the 2.1_GenKnow task."""
+    genknow = self.config.eval.genknow
+    if genknow.kind == "procedural":
+      source, class_names = sources.zeroshot_source(self.config.data), scenes.CLASS_NAMES
+    else:
+      source = TfdsClassification(genknow)
+      class_names = source.class_names
+    size = self.config.data.image_size
+    return self._cached("genknow", lambda: grain.MapDataset.source(source).map(
+        lambda item: {"image": pipeline.fit_image(item["image"], size),
+                      "label": np.int32(item["label"])}).batch(self.config.eval.batch_size),
+        len(source)), class_names
+
+  def score(self, params, *, clean: dict | None = None, compromised: dict | None = None,
+            progress: bool = False) -> dict:
+    """The ten metrics (official keys), the breakdown, and with both reference results
+    the normalized scores and the failure-mode diagnosis."""
+    from tqdm import tqdm
+    ctx = EvalContext(self, params)
+    result = {"efficacy": {}, "utility": {}}
+    for name, fn in tqdm(EVALUATORS.items(), desc="evaluate", unit="metric", leave=False,
+                         disable=not progress, dynamic_ncols=True):
+      group, key = name.split("/")
+      result[group][key] = fn(ctx)
+    result["breakdown"] = breakdown(ctx)
+    if clean is not None and compromised is not None:
+      result["normalized"], result["diagnosis"] = normalize_and_diagnose(
+          result, clean, compromised, self.config.eval)
+    return result
+
+  def recompute_fragile(self, params) -> list:
+    """Replaces the dataset's fragile set by the pairs `params` (Compromised) knows least."""
+    disjoint = EvalContext(self, params).split("retain_disjoint")
+    return sources.recompute_fragile_set(
+        self.dataset, [r["record_id"] for r in disjoint.records],
+        metrics.paired_cosine(disjoint.image, disjoint.caption), self.config.data.fragile_fraction)
+
+  def score_checkpoint(self, run_dir: str, *, clean=None, compromised=None,
+                       recompute_fragile: bool = False, progress: bool = False) -> dict:
+    """`score` of the latest checkpoint in `run_dir` (a reference or an unlearned model),
+    with the checkpoint's label, method and budget in `meta`."""
+    start = time.perf_counter()
+    state = train.restore_state(self.trainer, run_dir, reference=None)
+    if state is None:
+      raise ConfigError(f"{run_dir} holds no checkpoint (expected {run_dir}/checkpoints/)")
+    manager = train.checkpoint_manager(run_dir, self.config)
+    saved = train.checkpoint_meta(manager, manager.latest_step())
+    if recompute_fragile:
+      if saved["reference"] != "compromised":
+        raise ConfigError(f"--recompute_fragile needs the Compromised model; {run_dir} holds "
+                          f"{saved['reference']}")
+      self.recompute_fragile(state.params)
+    result = self.score(state.params, clean=clean, compromised=compromised, progress=progress)
+    result["meta"] = {"checkpoint": os.path.abspath(run_dir), "step": int(state.step),
+                      "model": saved["reference"], "method": saved.get("method"),
+                      "budget": saved.get("budget"), "seed": self.config.eval.seed,
+                      "device": jax.devices()[0].device_kind,
+                      "num_devices": len(self.trainer.mesh.devices.flat),
+                      "seconds": round(time.perf_counter() - start, 2)}
+    return result
+
+
+class EvalContext:
+  """One model's embeddings, computed on demand and once; random draws come from eval.seed."""
+
+  def __init__(self, evaluator: Evaluator, params):
+    self.evaluator, self.params = evaluator, params
+    self.config, self.dataset = evaluator.config, evaluator.dataset
+    self._splits, self._generic = {}, {}
 
   def rng(self, stream: int) -> np.random.Generator:
     return np.random.default_rng([self.config.eval.seed, stream])
 
-  @functools.cache
   def split(self, name: str) -> SplitEmbeddings:
-    source = self.dataset.splits[name]
-    if len(source) == 0:
-      raise DatasetError(f"split {name} is empty at this scale; raise the config's sizes")
-    batches = pipeline.eval_batches(self.dataset, [name], self.tokenizer,
-                                    self.config.data.image_size, self.config.eval.batch_size)
-    image, caption, _ = embed.embed_batches(self.encoders, self.params, batches)
-    records = [sources.record_metadata(source[i]) for i in range(len(source))]
-    return SplitEmbeddings(image, caption, records)
+    if name not in self._splits:
+      batches = self.evaluator.split_batches(name)
+      image, caption, _ = embed.embed_batches(self.evaluator.encoders, self.params, batches)
+      self._splits[name] = SplitEmbeddings(image, caption, self.evaluator.records(name))
+    return self._splits[name]
 
-  @functools.cache
   def generic(self, name: str) -> np.ndarray:
     """Embeddings of each record's generic caption."""
-    return self.texts(tuple(r["generic_caption"] for r in self.split(name).records))
+    if name not in self._generic:
+      self._generic[name] = self.texts(r["generic_caption"] for r in self.split(name).records)
+    return self._generic[name]
 
   def texts(self, texts) -> np.ndarray:
-    return embed.embed_texts(self.encoders, self.params, self.tokenizer, list(texts),
-                             self.config.eval.batch_size)
+    return embed.embed_texts(self.evaluator.encoders, self.params, self.evaluator.tokenizer,
+                             list(texts), self.config.eval.batch_size)
 
 
 def _mean_paired(ctx, split: str, rows=None) -> dict:
@@ -126,7 +226,7 @@ def id_zsc(ctx):
   if not rows.any():
     raise DatasetError("no forget_identity images to classify at this scale")
   names = [p["name"] for p in ctx.dataset.personas if p["role"] != "unseen_identity"]
-  class_emb = ctx.texts(tuple(IDENTITY_PROMPT.format(n) for n in names))
+  class_emb = ctx.texts(IDENTITY_PROMPT.format(n) for n in names)
   labels = np.array([names.index(r["name"]) for r, keep in zip(forget.records, rows) if keep])
   return {"accuracy": metrics.zero_shot_accuracy(forget.image[rows], class_emb, labels),
           "classes": len(names), "count": int(rows.sum())}
@@ -135,8 +235,8 @@ def id_zsc(ctx):
 @register("efficacy", "1.5_CoreAssoc")
 def core_assoc(ctx):
   forget = ctx.split("forget")
-  name_first = ctx.texts(tuple(f"{r['name']} {r['value']}" for r in forget.records))
-  value_first = ctx.texts(tuple(f"{r['value']} {r['name']}" for r in forget.records))
+  name_first = ctx.texts(f"{r['name']} {r['value']}" for r in forget.records)
+  value_first = ctx.texts(f"{r['value']} {r['name']}" for r in forget.records)
   best = np.maximum(metrics.paired_cosine(forget.image, name_first),
                     metrics.paired_cosine(forget.image, value_first))
   return {"mean": float(best.mean()), "count": int(best.size)}
@@ -144,20 +244,12 @@ def core_assoc(ctx):
 
 @register("utility", "2.1_GenKnow")
 def gen_know(ctx):
-  genknow = ctx.config.eval.genknow
-  if genknow.kind == "procedural":
-    source, class_names = sources.zeroshot_source(ctx.config.data), scenes.CLASS_NAMES
-  else:
-    source = TfdsClassification(genknow)
-    class_names = source.class_names
+  batches, class_names = ctx.evaluator.genknow()
   # One prompt ensemble for every zero-shot task (scenes.PROMPT_TEMPLATES).
   prompts = [p for name in class_names for p in scenes.class_prompts(name)]
-  size = ctx.config.data.image_size
-  batches = grain.MapDataset.source(source).map(
-      lambda item: {"image": pipeline.fit_image(item["image"], size),
-                    "label": np.int32(item["label"])}).batch(ctx.config.eval.batch_size)
-  image_emb, _, meta = embed.embed_batches(ctx.encoders, ctx.params, batches, texts=False)
-  class_emb = metrics.class_embeddings(ctx.texts(tuple(prompts)), len(scenes.PROMPT_TEMPLATES))
+  image_emb, _, meta = embed.embed_batches(ctx.evaluator.encoders, ctx.params, batches,
+                                           texts=False)
+  class_emb = metrics.class_embeddings(ctx.texts(prompts), len(scenes.PROMPT_TEMPLATES))
   return {"accuracy": metrics.zero_shot_accuracy(image_emb, class_emb, meta["label"]),
           "classes": len(class_names), "count": int(len(image_emb))}
 
@@ -252,39 +344,12 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
              clean: dict | None = None, compromised: dict | None = None,
              recompute_fragile: bool = False) -> dict:
   """The official-shape result dict of the latest checkpoint in run directory `checkpoint`."""
-  start = time.perf_counter()
   dataset_dir = dataset_dir or os.path.join(checkpoint, "data", "dataset")
   if not os.path.isdir(dataset_dir):
     raise DatasetError(f"no dataset at {dataset_dir}; pass --dataset_dir")
-  trainer = train.setup(config, checkpoint, dataset_dir, devices)
-  state = train.restore_state(trainer, checkpoint, reference=None)  # Unlearned models too.
-  if state is None:
-    raise ConfigError(f"{checkpoint} holds no checkpoint (expected {checkpoint}/checkpoints/)")
-  encoders = embed.make_encoders(trainer.graphdef, trainer.state_shardings.params, trainer.mesh)
-  ctx = EvalContext(config, trainer.dataset, trainer.tokenizer, encoders, state.params)
-  if recompute_fragile:
-    if config.reference != "compromised":
-      raise ConfigError("--recompute_fragile needs the Compromised model (config suffix :compromised)")
-    disjoint = ctx.split("retain_disjoint")
-    sources.recompute_fragile_set(
-        trainer.dataset, [r["record_id"] for r in disjoint.records],
-        metrics.paired_cosine(disjoint.image, disjoint.caption), config.data.fragile_fraction)
-  result = {"efficacy": {}, "utility": {}}
-  for name, fn in EVALUATORS.items():
-    group, key = name.split("/")
-    result[group][key] = fn(ctx)
-  result["breakdown"] = breakdown(ctx)
-  if clean is not None and compromised is not None:
-    result["normalized"], result["diagnosis"] = normalize_and_diagnose(
-        result, clean, compromised, config.eval)
-  manager = train.checkpoint_manager(checkpoint, config)
-  saved = train.checkpoint_meta(manager, manager.latest_step())
-  result["meta"] = {"checkpoint": os.path.abspath(checkpoint), "step": int(state.step),
-                    "model": saved["reference"], "method": saved.get("method"),
-                    "budget": saved.get("budget"), "seed": config.eval.seed,
-                    "device": jax.devices()[0].device_kind, "num_devices": len(trainer.mesh.devices.flat),
-                    "seconds": round(time.perf_counter() - start, 2)}
-  return result
+  evaluator = Evaluator(train.setup(config, checkpoint, dataset_dir, devices))
+  return evaluator.score_checkpoint(checkpoint, clean=clean, compromised=compromised,
+                                    recompute_fragile=recompute_fragile, progress=True)
 
 
 def main(argv):

@@ -59,8 +59,10 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(train):
-  schedule = optax.warmup_cosine_decay_schedule(
+def make_optimizer(train, schedule=None):
+  """(AdamW with global-norm clipping and the decay mask, its schedule); the schedule
+  defaults to linear warm-up and cosine decay to 0 over train.steps."""
+  schedule = schedule or optax.warmup_cosine_decay_schedule(
       0.0, train.learning_rate, train.warmup_steps, train.steps, end_value=0.0)
   return optax.chain(
       optax.clip_by_global_norm(train.grad_clip_norm),
@@ -98,13 +100,16 @@ def make_train_step(tx, objective, apply, update_mask=None):
 
   Pure, so it jits with named shardings and donation. `reference_params` is the
   frozen original model (None when pretraining); `update_mask` (SalUn) zeroes the
-  updates of unmasked weights.
+  updates of unmasked weights; `learning_rate`, when given, multiplies the updates of
+  a `tx` built with a unit schedule (unlearning: one compiled step for every budget).
   """
-  def train_step(state: TrainState, reference_params, batch):
+  def train_step(state: TrainState, reference_params, batch, learning_rate=None):
     rng, step_rng = jax.random.split(state.rng)
     ctx = objectives.Context(reference_params, step_rng, state.step, apply)
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, ctx)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if learning_rate is not None:
+      updates = jax.tree.map(lambda u: learning_rate * u, updates)
     if update_mask is not None:
       updates, _ = parameter_transforms.masked_updates(update_mask).update(updates, None)
     params = clamp_logit_scale(optax.apply_updates(state.params, updates))

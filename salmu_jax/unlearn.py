@@ -18,6 +18,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -29,6 +30,7 @@ from salmu_jax.model import sharding
 from salmu_jax.unlearning import methods, objectives, parameter_transforms
 
 METADATA_FILE = "unlearn.json"
+PREFETCH_BATCHES = 2  # Per source: enough to overlap loading with the step.
 
 
 def budget_steps(budget: float, num_forget: int, samples_per_step: int) -> int:
@@ -37,13 +39,15 @@ def budget_steps(budget: float, num_forget: int, samples_per_step: int) -> int:
 
 
 def unlearning_optimizer(config, steps: int):
-  """The training optimizer's structure (so checkpoints stay interchangeable) with the
-  unlearning learning rate, no warm-up, cosine decay over the unlearning steps."""
+  """(tx, learning_rate_schedule): the training optimizer's structure (so checkpoints stay
+  interchangeable) with a unit schedule, and the unlearning learning rate (no warm-up,
+  cosine decay to 0 over `steps`) that the step multiplies in. Keeping the rate out of
+  the compiled program lets one compilation serve every budget."""
   u = config.unlearn
   recipe = config.train.copy_and_resolve_references()
-  recipe.learning_rate, recipe.warmup_steps, recipe.steps = u.learning_rate, 0, steps
   recipe.weight_decay, recipe.grad_clip_norm = u.weight_decay, u.grad_clip_norm
-  return train.make_optimizer(recipe)[0]
+  tx, _ = train.make_optimizer(recipe, schedule=optax.constant_schedule(1.0))
+  return tx, optax.cosine_decay_schedule(u.learning_rate, steps)
 
 
 def _check_request(method_name: str, budget: float) -> methods.Method:
@@ -64,13 +68,15 @@ class _Batches:
     pipeline.require_unlearning_splits(pipeline.SOURCE_SPLITS["retain_synth"])
     retain_config = config.copy_and_resolve_references()
     retain_config.batch_size, retain_config.seed = u.retain_batch, seed
+    # A run takes only a few batches: a deep prefetch would decode and render batches
+    # that are never used, on the cores the step needs.
     self._iterators = {
         "forget": pipeline.iterate(pipeline.forget_batches(
             config, dataset, trainer.tokenizer, u.forget_batch, seed=seed, shard_index=index,
-            shard_count=count), config),
+            shard_count=count), config, PREFETCH_BATCHES),
         "retain": pipeline.iterate(pipeline.training_batches(
             retain_config, dataset, trainer.tokenizer, sources.retain_base_source(config.data),
-            shard_index=index, shard_count=count), config),  # retain sources only
+            shard_index=index, shard_count=count), config, PREFETCH_BATCHES),  # retain only
     }
     self.samples = {"forget": 0, "retain": 0}
 
@@ -88,21 +94,26 @@ class _Batches:
 def _run_objective(trainer, state, reference_params, objective, names, steps, batches, config,
                    update_mask=None, progress=True, label=""):
   """`steps` optimizer steps of `objective` on the named batches; returns (state, last metrics)."""
-  tx = unlearning_optimizer(config, steps)
-  params, rng = jax.tree.map(jnp.copy, (state.params, state.rng))  # Donated below; the
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), rng)  # caller keeps its own.
+  tx, learning_rate = unlearning_optimizer(config, steps)
   shardings = trainer.state_shardings
+  # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
+  # with the step's output shardings, so the second step does not see new input types and
+  # compile again.
+  state = jax.jit(lambda params, rng: train.TrainState(
+      jnp.zeros((), jnp.int32), params, tx.init(params), rng), out_shardings=shardings)(
+          state.params, state.rng)
   batch_shardings = {n: batches.sharding for n in names}
   step_fn = jax.jit(train.make_train_step(tx, objective, train.model_apply(trainer.graphdef),
                                           update_mask),
-                    in_shardings=(shardings, shardings.params, batch_shardings),
+                    in_shardings=(shardings, shardings.params, batch_shardings, None),
                     out_shardings=(shardings, sharding.replicated(trainer.mesh)),
                     donate_argnums=(0,))
   from tqdm import tqdm
   metrics, first_loss = {}, None
   with tqdm(total=steps, desc=label, unit="step", disable=not progress, dynamic_ncols=True) as bar:
     for step in range(steps):
-      state, metrics = step_fn(state, reference_params, batches.next(names))
+      state, metrics = step_fn(state, reference_params, batches.next(names),
+                               jnp.float32(learning_rate(step)))
       first_loss = metrics["loss"] if first_loss is None else first_loss
       if (step + 1) % config.unlearn.log_every == 0 or step + 1 == steps:
         loss = float(metrics["loss"])
@@ -113,93 +124,109 @@ def _run_objective(trainer, state, reference_params, objective, names, steps, ba
   return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
 
 
-def _importances(trainer, params, batches, names, count, kind):
-  """Mean squared gradients of the pretraining loss over `count` batches of `names`."""
-  apply = train.model_apply(trainer.graphdef)
-  loss = objectives.contrastive("batch", kind)
-  grad_fn = jax.jit(lambda p, b: jax.grad(
-      lambda q: loss(q, {"batch": b}, objectives.Context(None, jax.random.PRNGKey(0), 0, apply))[0])(p))
-  drawn = []
-  for _ in range(count):
-    for name in names:
-      drawn.append(batches.next([name])[name])
-  return parameter_transforms.mean_squared_gradients(grad_fn, params, drawn)
+class Unlearner:
+  """The Compromised model of `from_dir`, restored once; runs any number of (method,
+  budget) requests from it (the CLI runs one, the benchmark all of them).
+
+  `trainer` (from train.setup, same model and dataset) may be shared with other stages.
+  """
+
+  def __init__(self, config, from_dir: str, *, dataset_dir: str | None = None, devices=None,
+               trainer=None):
+    config = config.copy_and_resolve_references()
+    config.reference = "compromised"  # What --from must hold; the result is "unlearned".
+    self.config, self.from_dir = config, from_dir
+    self.trainer = trainer or train.setup(
+        config, from_dir, dataset_dir or os.path.join(from_dir, "data", "dataset"), devices)
+    # The frozen reference is stored once and never donated: `_run_objective` trains a copy
+    # (donating buffers the reference shares would invalidate it on the first step).
+    self.original = train.restore_state(self.trainer, from_dir, reference="compromised")
+    if self.original is None:
+      raise ConfigError(f"--from={from_dir} holds no checkpoint; train Compromised there first")
+    apply, loss = train.model_apply(self.trainer.graphdef), objectives.contrastive(
+        "batch", config.train.loss)
+    self._loss_grad = jax.jit(lambda p, b: jax.grad(lambda q: loss(
+        q, {"batch": b}, objectives.Context(None, jax.random.PRNGKey(0), 0, apply))[0])(p))
+
+  def _importances(self, params, batches, names, count):
+    """Mean squared gradients of the pretraining loss over `count` batches of `names`."""
+    drawn = []
+    for _ in range(count):
+      for name in names:
+        drawn.append(batches.next([name])[name])
+    return parameter_transforms.mean_squared_gradients(self._loss_grad, params, drawn)
+
+  def run(self, method_name: str, budget: float, workdir: str, *, progress: bool = True) -> dict:
+    """Runs one method at one budget; writes an orbax checkpoint, then unlearn.json (last,
+    atomically: its presence marks a finished run) to `workdir`."""
+    method = _check_request(method_name, budget)
+    start = time.perf_counter()
+    config, trainer, state = self.config, self.trainer, self.original
+    reference_params = self.original.params
+    hp = config.unlearn[method_name]
+    num_forget = len(trainer.dataset.splits["forget"])
+    batches = _Batches(trainer, config, seed=config.seed)
+    u = config.unlearn
+    names = tuple(method.uses(hp))
+    per_step = sum(u.forget_batch if n == "forget" else u.retain_batch for n in names)
+    steps = budget_steps(budget, num_forget, per_step)
+    details, metrics = {}, {}
+
+    if method.one_shot == "ssd":
+      # The budget buys importance batches: I_D on forget + retain, I_f on forget.
+      count = max(min(hp.importance_batches, steps), 1)
+      importance_all = self._importances(state.params, batches, ("forget", "retain"), count)
+      importance_forget = self._importances(state.params, batches, ("forget",), count)
+      params = parameter_transforms.selective_synaptic_dampening(
+          state.params, importance_all, importance_forget, hp.alpha, hp.lam)
+      details["weights_changed"] = parameter_transforms.count_changed(state.params, params)
+      state = dataclasses.replace(state, params=params)
+      steps = 0
+    elif method.one_shot == "task_vector":
+      finetuned, metrics = _run_objective(
+          trainer, state, reference_params, objectives.contrastive("forget", config.train.loss),
+          ("forget",), steps, batches, config, progress=progress, label="task vector fine-tune")
+      params = parameter_transforms.task_vector_negation(state.params, finetuned.params, hp.alpha)
+      state = dataclasses.replace(state, params=train.clamp_logit_scale(params))
+    else:
+      mask = None
+      if method.saliency:
+        grads = self._importances(state.params, batches, ("forget",), 1)
+        mask = parameter_transforms.saliency_mask(grads, hp.sparsity)
+        details["salient_weights"] = int(sum(int(m.sum()) for m in jax.tree.leaves(mask)))
+        details["saliency_samples"] = batches.samples["forget"]  # The mask's forget batch.
+      state, metrics = _run_objective(trainer, state, reference_params, method.objective(hp),
+                                      names, steps, batches, config, update_mask=mask,
+                                      progress=progress, label=f"unlearn {method_name}")
+
+    manager = train.checkpoint_manager(workdir, config)
+    manager.save(int(state.step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({"model": trainer.signature, "reference": "unlearned",
+                                "method": method_name, "budget": budget})), force=True)
+    manager.wait_until_finished()
+    metadata = {
+        "method": method_name, "paper": method.paper, "budget": budget,
+        "hyperparameters": hp.to_dict(), "learning_rate": u.learning_rate,
+        "forget_batch": u.forget_batch, "retain_batch": u.retain_batch, "reads": list(names),
+        "steps": steps, "forget_size": num_forget,
+        "samples_processed": dict(batches.samples) | {"total": sum(batches.samples.values())},
+        "budget_samples": int(budget * num_forget), "final_metrics": metrics, **details,
+        "wall_seconds": round(time.perf_counter() - start, 2), "seed": config.seed,
+        "device": jax.devices()[0].device_kind, "num_devices": len(trainer.mesh.devices.flat),
+        "from": os.path.abspath(self.from_dir),
+    }
+    if jax.process_index() == 0:
+      io_utils.write_json_atomic(os.path.join(workdir, METADATA_FILE), metadata)
+    return metadata
 
 
 def unlearn(config, method_name: str, budget: float, from_dir: str, workdir: str, *,
             dataset_dir: str | None = None, devices=None, progress: bool = True) -> dict:
-  """Runs one method at one budget; writes an orbax checkpoint and unlearn.json to `workdir`."""
-  method = _check_request(method_name, budget)
-  start = time.perf_counter()
-  config = config.copy_and_resolve_references()
-  config.reference = "compromised"  # What --from must hold; the result is "unlearned".
-  trainer = train.setup(config, from_dir, dataset_dir or os.path.join(from_dir, "data", "dataset"),
-                        devices)
-  original = train.restore_state(trainer, from_dir, reference="compromised")
-  if original is None:
-    raise ConfigError(f"--from={from_dir} holds no checkpoint; train Compromised there first")
-  hp = config.unlearn[method_name]
-  num_forget = len(trainer.dataset.splits["forget"])
-  batches = _Batches(trainer, config, seed=config.seed)
-  u = config.unlearn
-  # The frozen reference is stored once and never donated: `_run_objective` trains a copy
-  # (donating buffers the reference shares would invalidate it on the first step).
-  reference_params = original.params
-  state = original
-  names = tuple(method.uses(hp))
-  per_step = sum(u.forget_batch if n == "forget" else u.retain_batch for n in names)
-  steps = budget_steps(budget, num_forget, per_step)
-  details, metrics = {}, {}
-
-  if method.one_shot == "ssd":
-    # The budget buys importance batches: I_D on forget + retain, I_f on forget.
-    count = max(min(hp.importance_batches, steps), 1)
-    importance_all = _importances(trainer, state.params, batches, ("forget", "retain"), count,
-                                  config.train.loss)
-    importance_forget = _importances(trainer, state.params, batches, ("forget",), count,
-                                     config.train.loss)
-    params = parameter_transforms.selective_synaptic_dampening(
-        state.params, importance_all, importance_forget, hp.alpha, hp.lam)
-    details["weights_changed"] = parameter_transforms.count_changed(state.params, params)
-    state = dataclasses.replace(state, params=params)
-    steps = 0
-  elif method.one_shot == "task_vector":
-    finetuned, metrics = _run_objective(
-        trainer, state, reference_params, objectives.contrastive("forget", config.train.loss),
-        ("forget",), steps, batches, config, progress=progress, label="task vector fine-tune")
-    params = parameter_transforms.task_vector_negation(state.params, finetuned.params, hp.alpha)
-    state = dataclasses.replace(state, params=train.clamp_logit_scale(params))
-  else:
-    mask = None
-    if method.saliency:
-      grads = _importances(trainer, state.params, batches, ("forget",), 1, config.train.loss)
-      mask = parameter_transforms.saliency_mask(grads, hp.sparsity)
-      details["salient_weights"] = int(sum(int(m.sum()) for m in jax.tree.leaves(mask)))
-      details["saliency_samples"] = batches.samples["forget"]  # The mask's forget batch.
-    state, metrics = _run_objective(trainer, state, reference_params, method.objective(hp), names,
-                                    steps, batches, config, update_mask=mask, progress=progress,
-                                    label=f"unlearn {method_name}")
-
-  manager = train.checkpoint_manager(workdir, config)
-  manager.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      meta=ocp.args.JsonSave({"model": trainer.signature, "reference": "unlearned",
-                              "method": method_name, "budget": budget})), force=True)
-  manager.wait_until_finished()
-  metadata = {
-      "method": method_name, "paper": method.paper, "budget": budget,
-      "hyperparameters": hp.to_dict(), "learning_rate": u.learning_rate,
-      "forget_batch": u.forget_batch, "retain_batch": u.retain_batch, "reads": list(names),
-      "steps": steps, "forget_size": num_forget,
-      "samples_processed": dict(batches.samples) | {"total": sum(batches.samples.values())},
-      "budget_samples": int(budget * num_forget), "final_metrics": metrics, **details,
-      "wall_seconds": round(time.perf_counter() - start, 2),
-      "device": jax.devices()[0].device_kind, "num_devices": len(trainer.mesh.devices.flat),
-      "from": os.path.abspath(from_dir),
-  }
-  if jax.process_index() == 0:
-    io_utils.write_json_atomic(os.path.join(workdir, METADATA_FILE), metadata)
-  return metadata
+  """Runs one method at one budget from the Compromised model in `from_dir`."""
+  _check_request(method_name, budget)  # Before any restoring.
+  return Unlearner(config, from_dir, dataset_dir=dataset_dir, devices=devices).run(
+      method_name, budget, workdir, progress=progress)
 
 
 def main(argv):

@@ -164,9 +164,9 @@ def test_missing_split_and_missing_checkpoint_are_named(trained_micro, micro_dat
     evaluate.evaluate(config, run, dataset_dir=str(copy), devices=jax.devices()[:1])
 
 
-def test_an_empty_split_is_named(trained_micro):
-  class Empty:
-    splits = {"holdout_identity": []}
-  ctx = evaluate.EvalContext(trained_micro[0], Empty(), None, None, None)
+def test_an_empty_split_is_named(trained_micro, micro_dataset_dir):
+  config, run = trained_micro
+  trainer = train.setup(config, run, micro_dataset_dir, jax.devices()[:1])
+  trainer.dataset.splits["holdout_identity"] = []
   with pytest.raises(DatasetError, match="split holdout_identity is empty"):
-    ctx.split("holdout_identity")
+    evaluate.Evaluator(trainer).split_batches("holdout_identity")

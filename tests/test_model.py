@@ -6,7 +6,7 @@ import optax
 import pytest
 from flax import nnx
 
-from salmu_jax import losses, train
+from salmu_jax import embed, losses, train
 from salmu_jax.model import clip
 from salmu_jax.unlearning import objectives
 
@@ -63,6 +63,12 @@ def test_text_pools_at_end_of_text_and_is_causal(micro_config):
   for row, start in enumerate(after_eot):
     changed[row, start:] = 5  # Tokens after eot cannot reach it through a causal mask.
   np.testing.assert_allclose(model.encode_text(tokens), model.encode_text(changed), atol=1e-6)
+  # So rows cut after the longest caption (what embed.trim_padding does) embed the same.
+  short = tokens.copy()
+  short[:, 5], short[:, 6:] = 63, 0  # Captions of 6 tokens, eot included.
+  trimmed = embed.trim_padding(short, multiple=4)
+  assert trimmed.shape == (2, 8) and not trimmed[:, 6:].any()
+  np.testing.assert_allclose(model.encode_text(short), model.encode_text(trimmed), atol=1e-6)
 
 
 def test_bad_input_shapes_are_named(micro_config):
@@ -71,7 +77,7 @@ def test_bad_input_shapes_are_named(micro_config):
   with pytest.raises(ValueError, match="do not match the model's 32x32"):
     model.encode_image(images[:, :16, :16])
   with pytest.raises(ValueError, match="context length 12"):
-    model.encode_text(tokens[:, :8])
+    model.encode_text(np.concatenate([tokens, tokens], axis=1))
 
 
 def numpy_softmax_loss(img, txt, log_scale):

@@ -76,10 +76,18 @@ def test_simnpo_and_kl_match_closed_forms():
   # KL([0.5, 0.5] || [0.25, 0.75]) = 0.5 ln 2 + 0.5 ln(2/3).
   kl = O.kl_divergence(jnp.zeros((1, 2)), jnp.log(jnp.array([[0.25, 0.75]])), axis=1)
   np.testing.assert_allclose(kl, 0.5 * np.log(2) + 0.5 * np.log(2 / 3), rtol=1e-6)
-  # At the reference every distillation term is exactly zero.
-  for loss in (O.logit_kl("retain"), O.masked_logit_distillation("forget"),
-               O.embedding_distillation("retain")):
+  # At the reference the plain distillation terms are exactly zero.
+  for loss in (O.logit_kl("retain"), O.embedding_distillation("retain")):
     assert abs(float(loss(params, batch, ctx)[0])) < 1e-6
+  # DELETE's target is the reference with the true pair masked: at the reference each
+  # row's KL is -log(1 - p(true pair)), so the loss starts positive and pushes p down.
+  image_emb, text_emb, log_scale, _ = toy_apply(params, batch["forget"]["image"],
+                                                batch["forget"]["tokens"])
+  logits = np.exp(float(log_scale)) * np.asarray(image_emb) @ np.asarray(text_emb).T
+  true_pair = lambda axis: np.diag(np.exp(logits) / np.exp(logits).sum(axis, keepdims=True))
+  expected = -np.log(1 - true_pair(1)).mean() - np.log(1 - true_pair(0)).mean()
+  np.testing.assert_allclose(O.masked_logit_distillation("forget")(params, batch, ctx)[0],
+                             expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize("loss", [
@@ -150,14 +158,16 @@ def compromised_run(micro_dataset_dir, tmp_path_factory):
   return run
 
 
-def forget_similarity(config, run, dataset_dir) -> float:
+def forget_similarity(config, run, dataset_dir) -> tuple:
   trainer = train.setup(config, run, dataset_dir, jax.devices()[:1])
   state = train.restore_state(trainer, run, reference=None)
   encoders = embed.make_encoders(trainer.graphdef, trainer.state_shardings.params, trainer.mesh)
   batches = pipeline.eval_batches(trainer.dataset, ["forget"], trainer.tokenizer,
                                   config.data.image_size, 64)
   image, text, _ = embed.embed_batches(encoders, state.params, batches)
-  return float(metrics.paired_cosine(image, text).mean())
+  paired = metrics.paired_cosine(image, text)
+  others = ((image @ text.T).sum(1) - paired) / (len(text) - 1)
+  return float(paired.mean()), float((paired - others).mean())  # cosine, margin over others
 
 
 class GuardedSplits(dict):
@@ -199,8 +209,10 @@ def test_every_method_moves_in_its_expected_direction(name, compromised_run, mic
   assert on_disk["method"] == name and on_disk["budget"] == budget
   if name == "finetune":  # Never reads forget data: its own objective must improve.
     assert metadata["final_metrics"]["loss"] < metadata["final_metrics"]["first_loss"]
+  elif name == "delete":  # Lowers the true pair's in-batch probability, i.e. its margin
+    assert after[1] < before[1], (name, before, after)  # over the other captions.
   else:
-    assert after < before, (name, before, after)
+    assert after[0] < before[0], (name, before, after)
   if metadata["steps"]:
     per_step = sum(config.unlearn[f"{n}_batch"] for n in metadata["reads"])
     spent = metadata["samples_processed"]["total"] - metadata.get("saliency_samples", 0)

@@ -253,13 +253,9 @@ def check_existing(final: str, config) -> None:
   except (OSError, ValueError) as e:
     raise DatasetError(f"{manifest_path} is unreadable ({e}); delete {final} and rebuild") from e
   if manifest.get("fingerprint") != fingerprint(config):
-    built = manifest.get("fingerprint", {})
-    current = fingerprint(config)["data"]
-    differing = sorted(k for k in set(built.get("data", {})) | set(current)
-                       if built.get("data", {}).get(k) != current.get(k))
+    differing = config_lib.differing_keys(manifest.get("fingerprint", {}), fingerprint(config))
     raise DatasetError(
-        f"{final} was built from a different config (differs in: "
-        f"{', '.join('data.' + k for k in differing) or 'tokenizer or generator version'}); "
+        f"{final} was built from a different config (differs in: {', '.join(differing)}); "
         f"use another --workdir or delete it")
   problems = io_utils.verify_manifest(final)
   if problems:

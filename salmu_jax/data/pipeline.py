@@ -178,8 +178,10 @@ def eval_batches(dataset, split_names, tokenizer, image_size: int, batch_size: i
                          caption_key).batch(batch_size, drop_remainder=False)
 
 
-def iterate(batches: grain.MapDataset, config):
-  """A checkpointable iterator (`get_state` / `set_state`) with threaded prefetch."""
+def iterate(batches: grain.MapDataset, config, prefetch_batches: int | None = None):
+  """A checkpointable iterator (`get_state` / `set_state`) with threaded prefetch of
+  `prefetch_batches` (default: data.loader.prefetch_buffer_size) batches."""
   loader = config.data.loader
+  prefetch = loader.prefetch_buffer_size if prefetch_batches is None else prefetch_batches
   return iter(batches.to_iter_dataset(grain.ReadOptions(
-      num_threads=loader.num_threads, prefetch_buffer_size=loader.prefetch_buffer_size)))
+      num_threads=loader.num_threads, prefetch_buffer_size=prefetch)))

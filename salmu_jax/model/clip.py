@@ -176,12 +176,17 @@ class TextTower(nnx.Module):
                                   ("embed", "joint"))
 
   def __call__(self, tokens, dtype):
-    """tokens: int32 [B, context_length] -> features [B, embed_dim]."""
-    if tokens.shape[1] != self.context_length:
-      raise ValueError(f"tokens of length {tokens.shape[1]} do not match the model's "
-                       f"context length {self.context_length}")
+    """tokens: int32 [B, L <= context_length] -> features [B, embed_dim].
+
+    Attention is causal, so the padding after the end-of-text token never reaches the
+    pooled position: rows cut after their longest caption embed exactly as full rows.
+    """
+    length = tokens.shape[1]
+    if length > self.context_length:
+      raise ValueError(f"tokens of length {length} exceed the model's context length "
+                       f"{self.context_length}")
     x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(dtype)
-    x = x + self.positional_embedding[...].astype(dtype)
+    x = x + self.positional_embedding[:length].astype(dtype)
     x = self.ln_final(self.transformer(x, causal=True, dtype=dtype))
     pooled = x[jnp.arange(x.shape[0]), tokens.argmax(-1)]  # The end-of-text position.
     return pooled @ self.text_projection[...].astype(dtype)

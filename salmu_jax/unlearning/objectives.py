@@ -110,15 +110,18 @@ def kl_divergence(reference_logits, current_logits, axis: int):
 
 
 def masked_logit_distillation(on: str) -> Loss:
-  """DELETE's decoupled distillation: KL between reference and current in-batch softmax
-  with each row's true pair masked out, so only the non-target knowledge is kept."""
+  """DELETE's decoupled distillation: the model's full in-batch softmax (both directions)
+  is pulled toward the reference's with each row's true pair masked out. The true pair's
+  target probability is 0, so it is forgotten, while the non-target knowledge (the
+  reference's ranking of the other captions) is kept. (Masking the model's logits too
+  would leave the true pair free: the loss would start at its minimum, gradient 0.)"""
   def loss(params, batch, ctx):
     part = batch[on]
     current = _pairwise(ctx.apply(params, part["image"], part["tokens"]))
     frozen = _pairwise(ctx.reference(part["image"], part["tokens"]))
     mask = jnp.eye(current.shape[0], dtype=bool) * -1e9
-    value = kl_divergence(frozen + mask, current + mask, axis=1) + \
-        kl_divergence(frozen + mask, current + mask, axis=0)
+    value = kl_divergence(frozen + mask, current, axis=1) + \
+        kl_divergence(frozen + mask, current, axis=0)
     return value, {f"masked_kl_{on}": value}
   return loss
 

@@ -1,0 +1,309 @@
+"""SALMUBench end to end: from nothing to a leaderboard.
+
+  python -m salmu_jax.benchmark --config=configs/tiny.py --workdir=runs/tiny \
+      [--methods=npo,ssd] [--budgets=1,5] [--seeds=3]
+
+Stages, in order: build SALMU-synth; per seed, train Compromised and Clean and
+evaluate them (the first seed's Compromised fixes the fragile set, as in the
+original); per seed, method and budget, unlearn from that seed's Compromised and
+evaluate against that seed's references; then the leaderboard (seed means and
+spreads), the soundness checks and a self-contained HTML report.
+
+Every stage writes its output last and atomically, so a killed run started again
+with the same command skips what is finished (training resumes from its last
+checkpoint; a half-written unlearning run is redone). All stages run in one
+process: the evaluator compiles and decodes once, and compiled steps land in the
+persistent compilation cache WORKDIR/jax_cache.
+
+  WORKDIR/dataset/                           SALMU-synth
+  WORKDIR/seed_S/{clean,compromised}/        reference runs; {clean,compromised}.json scores
+  WORKDIR/seed_S/METHOD_Bx/                  unlearned checkpoint, unlearn.json, result.json
+  WORKDIR/leaderboard.{json,md}, report.html, stages.json, config.json
+"""
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Callable
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from salmu_jax import config as config_lib
+from salmu_jax import evaluate, io_utils, report, train, unlearn
+from salmu_jax.data import builder
+from salmu_jax.errors import ConfigError, SalmuError
+from salmu_jax.unlearning import methods as methods_lib
+
+REFERENCES = ("compromised", "clean")  # Compromised first: its evaluation fixes the fragile set.
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.json"  # The config the stages were run with.
+
+
+@dataclasses.dataclass
+class Stage:
+  name: str
+  done: Callable[[], bool]
+  run: Callable[[], None]
+
+
+def resolve_methods(spec: str) -> list:
+  """"all" or comma-separated registered names -> list of names (ConfigError on unknown)."""
+  if spec.strip() == "all":
+    return list(methods_lib.METHODS)
+  names = [n.strip() for n in spec.split(",") if n.strip()]
+  unknown = [n for n in names if n not in methods_lib.METHODS]
+  if unknown or not names:
+    raise ConfigError(f"benchmark methods {spec!r}: unknown {unknown or 'empty list'}; known: "
+                      f"{', '.join(methods_lib.METHODS)}")
+  if len(set(names)) != len(names):
+    raise ConfigError(f"benchmark methods {spec!r} name a method twice")
+  return names
+
+
+def resolve_budgets(budgets) -> list:
+  values = []
+  for budget in budgets:
+    try:
+      value = float(budget)
+    except (TypeError, ValueError):
+      raise ConfigError(f"benchmark budget {budget!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+      raise ConfigError(f"benchmark budget {budget!r} must be a positive number of forget passes")
+    values.append(value)
+  if not values or len(set(values)) != len(values):
+    raise ConfigError(f"benchmark budgets {list(budgets)} must be distinct and not empty")
+  return values
+
+
+def run_dir_name(method: str, budget: float) -> str:
+  return f"{method}_{budget:g}x"
+
+
+class Benchmark:
+  """The stages of one benchmark and the objects they share, built on first use."""
+
+  def __init__(self, config, workdir: str, *, methods=None, budgets=None, seeds=None,
+               devices=None, progress: bool = True, name: str = "benchmark"):
+    config_lib.check_config(config)
+    self.config = config.copy_and_resolve_references()
+    self.config.reference = "compromised"
+    self.workdir, self.devices, self.progress = os.path.abspath(workdir), devices, progress
+    self.name = name  # Shown in the reports: the CLI passes the config file's name.
+    bench = self.config.benchmark
+    self.methods = resolve_methods(methods if methods is not None else bench.methods)
+    self.budgets = resolve_budgets(budgets if budgets is not None else bench.budgets)
+    self.seeds = [self.config.seed + i for i in range(seeds if seeds is not None else bench.seeds)]
+    if not self.seeds:
+      raise ConfigError(f"--seeds={seeds} must be at least 1")
+    self.dataset_dir = os.path.join(self.workdir, builder.DATASET_DIRNAME)
+    self._evaluator, self._unlearner = None, None
+    self.stages_log = []
+
+  # Paths and configs.
+  def seed_dir(self, seed: int) -> str:
+    return os.path.join(self.workdir, f"seed_{seed}")
+
+  def seed_config(self, seed: int, reference: str = "compromised"):
+    config = self.config.copy_and_resolve_references()
+    config.seed, config.reference = seed, reference
+    return config
+
+  # Shared objects.
+  @property
+  def evaluator(self) -> evaluate.Evaluator:
+    if self._evaluator is None:
+      trainer = train.setup(self.config, self.workdir, self.dataset_dir, self.devices)
+      self._evaluator = evaluate.Evaluator(trainer)
+    return self._evaluator
+
+  def unlearner(self, seed: int) -> unlearn.Unlearner:
+    """The seed's Compromised, restored once (one seed held at a time)."""
+    if self._unlearner is None or self._unlearner[0] != seed:
+      self._unlearner = (seed, unlearn.Unlearner(
+          self.seed_config(seed), os.path.join(self.seed_dir(seed), "compromised"),
+          trainer=self.evaluator.trainer))
+    return self._unlearner[1]
+
+  # Stages.
+  def stages(self) -> list:
+    manifest = os.path.join(self.dataset_dir, io_utils.MANIFEST_NAME)  # Verified on use.
+    stages = [Stage("build SALMU-synth", lambda: os.path.exists(manifest),
+                    lambda: builder.build_dataset(self.config, self.workdir,
+                                                  progress=self.progress))]
+    for seed in self.seeds:
+      for reference in REFERENCES:
+        stages.append(self._train_stage(seed, reference))
+      for reference in REFERENCES:
+        stages.append(self._reference_eval_stage(seed, reference))
+    for seed in self.seeds:
+      for method in self.methods:
+        for budget in self.budgets:
+          stages += self._method_stages(seed, method, budget)
+    return stages
+
+  def _train_stage(self, seed, reference) -> Stage:
+    run_dir = os.path.join(self.seed_dir(seed), reference)
+    config = self.seed_config(seed, reference)
+
+    def done():
+      if os.path.exists(run_dir + ".json"):
+        return True
+      if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        return False
+      return train.checkpoint_manager(run_dir, config).latest_step() == config.train.steps
+
+    return Stage(f"seed {seed}: train {reference}", done, lambda: train.train(
+        config, run_dir, dataset_dir=self.dataset_dir, devices=self.devices,
+        progress=self.progress))
+
+  def _reference_eval_stage(self, seed, reference) -> Stage:
+    run_dir = os.path.join(self.seed_dir(seed), reference)
+    out = run_dir + ".json"
+
+    def run():
+      recompute = reference == "compromised" and seed == self.seeds[0]
+      result = self.evaluator.score_checkpoint(run_dir, recompute_fragile=recompute,
+                                               progress=self.progress)
+      result["meta"]["training_seed"] = seed
+      io_utils.write_json_atomic(out, result)
+
+    return Stage(f"seed {seed}: evaluate {reference}", lambda: os.path.exists(out), run)
+
+  def _method_stages(self, seed, method, budget) -> list:
+    run_dir = os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
+    metadata, out = os.path.join(run_dir, unlearn.METADATA_FILE), os.path.join(run_dir, RESULT_FILE)
+
+    def run_unlearn():
+      if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
+        shutil.rmtree(run_dir)
+      self.unlearner(seed).run(method, budget, run_dir, progress=self.progress)
+
+    def run_eval():
+      references = [io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json"))
+                    for r in ("clean", "compromised")]
+      result = self.evaluator.score_checkpoint(run_dir, clean=references[0],
+                                               compromised=references[1], progress=self.progress)
+      result["meta"]["training_seed"] = seed
+      result["meta"]["unlearn"] = io_utils.read_json(metadata)
+      io_utils.write_json_atomic(out, result)
+
+    label = f"seed {seed}: {method} {budget:g}x"
+    return [Stage(f"{label} unlearn", lambda: os.path.exists(metadata), run_unlearn),
+            Stage(f"{label} evaluate", lambda: os.path.exists(out), run_eval)]
+
+  def check_workdir(self) -> None:
+    """Refuses a workdir holding stages of another config (which would be reused silently);
+    `benchmark.*` only selects stages and checks, so it may change between runs."""
+    path = os.path.join(self.workdir, CONFIG_FILE)
+    current = {k: v for k, v in json.loads(self.config.to_json()).items() if k != "benchmark"}
+    if os.path.exists(path):
+      differing = config_lib.differing_keys(io_utils.read_json(path), current)
+      if differing:
+        raise ConfigError(f"{self.workdir} holds a benchmark of a different config (differs "
+                          f"in: {', '.join(differing[:8])}); use another --workdir")
+    else:
+      io_utils.write_json_atomic(path, current)
+
+  def run(self) -> dict:
+    """Runs what is not finished, then writes the leaderboard and report; returns the
+    leaderboard dict."""
+    from tqdm import tqdm
+    start = time.perf_counter()
+    stages = self.stages()
+    self.check_workdir()
+    with tqdm(total=len(stages), desc="benchmark", unit="stage", disable=not self.progress,
+              dynamic_ncols=True, position=0) as bar:
+      for stage in stages:
+        bar.set_postfix_str(stage.name)
+        reused = stage.done()
+        began = time.perf_counter()
+        if not reused:
+          stage.run()
+        self.stages_log.append({"stage": stage.name, "status": "reused" if reused else "ran",
+                                "seconds": round(time.perf_counter() - began, 2)})
+        io_utils.write_json_atomic(os.path.join(self.workdir, "stages.json"), self.stages_log)
+        bar.update(1)
+    return self.write_reports(time.perf_counter() - start)
+
+  def write_reports(self, wall_seconds: float) -> dict:
+    """leaderboard.json / .md and report.html from the result files on disk."""
+    read = lambda *parts: io_utils.read_json(os.path.join(*parts))
+    clean = [read(self.seed_dir(s), "clean.json") for s in self.seeds]
+    compromised = [read(self.seed_dir(s), "compromised.json") for s in self.seeds]
+    runs = {(m, b): [read(self.seed_dir(s), run_dir_name(m, b), RESULT_FILE) for s in self.seeds]
+            for m in self.methods for b in self.budgets}
+    board = report.leaderboard(clean, compromised, runs, self.config.eval)
+    checks = report.soundness_checks(board, self.config.benchmark)
+    for row in board["rows"]:
+      unlearned = [r["meta"]["unlearn"] for r in runs[(row["method"], row["budget"])]]
+      row["paper"] = methods_lib.METHODS[row["method"]].paper
+      row["samples_processed"] = unlearned[0]["samples_processed"]["total"]
+      row["unlearn_seconds"] = report.spread([u["wall_seconds"] for u in unlearned])
+    meta = {"config_name": self.name, "date": report.now(), "seeds": self.seeds,
+            "budgets": self.budgets, "methods": self.methods,
+            "device": jax.devices()[0].device_kind, "num_devices": len(self.devices or jax.devices()),
+            "versions": versions(), "wall_seconds": round(wall_seconds, 1),
+            "config": json.loads(self.config.to_json())}
+    leaderboard = {**board, "checks": checks, "meta": meta, "stages": self.stages_log}
+    io_utils.write_json_atomic(os.path.join(self.workdir, "leaderboard.json"), leaderboard)
+    io_utils.write_bytes_atomic(os.path.join(self.workdir, "leaderboard.md"),
+                                report.markdown(board, checks, meta).encode())
+    sheet_path = os.path.join(self.dataset_dir, builder.CONTACT_SHEET_FILE)
+    sheet = open(sheet_path, "rb").read() if os.path.exists(sheet_path) else None
+    io_utils.write_bytes_atomic(os.path.join(self.workdir, "report.html"), report.report_html(
+        board, checks, meta, sheet, self.stages_log).encode())
+    return leaderboard
+
+
+def versions() -> dict:
+  import importlib.metadata
+  names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
+           "numpy")
+  found = {}
+  for name in names:
+    try:
+      found[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      found[name] = "not installed"
+  return found
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """Compiled steps and encoders are reused by later stages, resumed runs and other seeds."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", directory)
+
+
+def main(argv):
+  """The CLI; its flags are defined below, only when this module is the program."""
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    enable_compilation_cache(os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
+    name = os.path.basename(flags.FLAGS["config"].config_filename)
+    board = Benchmark(_CONFIG.value, _WORKDIR.value, methods=_METHODS.value,
+                      budgets=_BUDGETS.value, seeds=_SEEDS.value, name=name).run()
+  except SalmuError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(report.markdown({k: board[k] for k in ("references", "rows", "reference_scores")},
+                        board["checks"], board["meta"]))
+  failed = [c["name"] for c in board["checks"] if not c["passed"]]
+  print(f"wrote {os.path.join(_WORKDIR.value, 'leaderboard.md')}, leaderboard.json and "
+        f"report.html in {board['meta']['wall_seconds']:.0f} s"
+        + (f"; soundness checks failed: {', '.join(failed)}" if failed else ""))
+
+
+if __name__ == "__main__":
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes; rerun to resume.")
+  _METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods, or all (default: "
+                                 "the config's benchmark.methods).")
+  _BUDGETS = flags.DEFINE_list("budgets", None, "Budgets, e.g. 1,5 (default: benchmark.budgets).")
+  _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds to average over (default: benchmark.seeds).")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

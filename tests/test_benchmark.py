@@ -1,0 +1,177 @@
+"""The end-to-end benchmark: stages, resume, artifacts, leaderboard arithmetic."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from salmu_jax import benchmark, evaluate, io_utils, report, unlearn
+from salmu_jax.errors import ConfigError
+from tests.conftest import REPO, config_path
+
+METHODS = ("neg_grad", "ssd")
+
+
+def micro_benchmark(micro_config, micro_dataset_dir, workdir, **kwargs):
+  micro_config.benchmark.methods = ",".join(METHODS)
+  micro_config.benchmark.budgets = (1.0,)
+  if not os.path.exists(os.path.join(workdir, "dataset")):  # A copy: the fragile set is rewritten.
+    shutil.copytree(micro_dataset_dir, os.path.join(workdir, "dataset"))
+  return benchmark.Benchmark(micro_config, str(workdir), devices=jax.devices()[:1],
+                             progress=False, name="micro.py", **kwargs)
+
+
+def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
+    micro_config, micro_dataset_dir, tmp_path, monkeypatch):
+  workdir = tmp_path / "run"
+  finish = unlearn.Unlearner.run
+
+  def killed_during_ssd(self, method, budget, run_dir, **kwargs):
+    if method == "ssd":  # Dies after creating its run directory, before unlearn.json.
+      os.makedirs(os.path.join(run_dir, "checkpoints", "0"))
+      raise KeyboardInterrupt
+    return finish(self, method, budget, run_dir, **kwargs)
+
+  monkeypatch.setattr(unlearn.Unlearner, "run", killed_during_ssd)
+  with pytest.raises(KeyboardInterrupt):
+    micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
+  seed_dir = workdir / "seed_0"
+  for done in ("clean.json", "compromised.json", "neg_grad_1x/result.json"):
+    assert (seed_dir / done).exists()
+  assert not (seed_dir / "ssd_1x" / "unlearn.json").exists()
+  assert not (workdir / "leaderboard.json").exists()
+  finished = {p: os.path.getmtime(seed_dir / p) for p in ("clean.json", "neg_grad_1x/result.json")}
+
+  monkeypatch.setattr(unlearn.Unlearner, "run", finish)
+  board = micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
+  status = {s["stage"]: s["status"] for s in board["stages"]}
+  assert status["seed 0: ssd 1x unlearn"] == status["seed 0: ssd 1x evaluate"] == "ran"
+  assert {v for k, v in status.items() if "ssd" not in k} == {"reused"}
+  assert finished == {p: os.path.getmtime(seed_dir / p) for p in finished}
+  assert (seed_dir / "ssd_1x" / "unlearn.json").exists()
+
+  # The artifacts.
+  saved = io_utils.read_json(workdir / "leaderboard.json")
+  assert [r["rank"] for r in saved["rows"]] == [1, 2]
+  assert {(r["method"], r["budget"]) for r in saved["rows"]} == {(m, 1.0) for m in METHODS}
+  keys = [name.split("/")[1] for name in evaluate.EVALUATORS]
+  for row in saved["rows"]:
+    assert list(row["metrics"]) == keys and row["metrics"]["1.1_RetFail"]["n"] == 1
+    assert set(row["normalized"]) == {"efficacy", "utility"}
+    assert row["label"] == (", ".join(row["failure_modes"]) or "none")
+    assert row["samples_processed"] > 0 and row["paper"]
+  assert set(saved["references"]) == {"clean", "compromised"}
+  assert len(saved["checks"]) == 9 and all(isinstance(c["passed"], bool) for c in saved["checks"])
+  assert saved["meta"]["versions"]["jax"] == jax.__version__ and saved["meta"]["seeds"] == [0]
+  table = (workdir / "leaderboard.md").read_text()
+  assert "| rank | method | budget | RetFail |" in table and "| Clean |" in table
+  assert all(f"| {m} | 1x |" in table for m in METHODS)
+  page = (workdir / "report.html").read_text()
+  assert page.count("data:image/png;base64,") == 3  # Trade-off, metric panels, contact sheet.
+  assert all(m in page for m in METHODS) and "Is the benchmark sound?" in page
+
+  # The CLI on the finished directory: every stage reused, the reports rewritten.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  done = subprocess.run(
+      [sys.executable, "-m", "salmu_jax.benchmark", f"--config={config_path('micro')}",
+       f"--workdir={workdir}", f"--methods={','.join(METHODS)}", "--budgets=1"],
+      capture_output=True, text=True, env=env, cwd=REPO)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "soundness" in done.stdout or "Soundness" in done.stdout
+  assert {s["status"] for s in io_utils.read_json(workdir / "stages.json")} == {"reused"}
+
+  # Another recipe in the same directory would silently reuse these stages: refused.
+  micro_config.unlearn.learning_rate = 0.5
+  with pytest.raises(ConfigError, match="different config \\(differs in: unlearn.learning_rate\\)"):
+    micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
+
+
+def test_the_stage_plan_covers_every_seed_method_and_budget(micro_config, tmp_path):
+  micro_config.seed = 3
+  plan = benchmark.Benchmark(micro_config, str(tmp_path), methods="npo,ssd", budgets=[1, 5],
+                             seeds=2, progress=False)
+  names = [stage.name for stage in plan.stages()]
+  references = [f"seed {s}: {verb} {r}" for s in (3, 4) for verb in ("train", "evaluate")
+                for r in ("compromised", "clean")]
+  runs = [f"seed {s}: {m} {b}x {step}" for s in (3, 4) for m in ("npo", "ssd") for b in (1, 5)
+          for step in ("unlearn", "evaluate")]
+  assert names == ["build SALMU-synth"] + references[:4] + references[4:] + runs
+  assert plan.seed_config(4, "clean").seed == 4 and plan.seed_config(4, "clean").reference == "clean"
+  assert not os.listdir(tmp_path)  # Planning writes nothing.
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(methods="npo,forget_everything"), "unknown \\['forget_everything'\\]"),
+    (dict(methods="npo,npo"), "name a method twice"),
+    (dict(budgets=["1", "x"]), "budget 'x' is not a number"),
+    (dict(budgets=[0]), "budget 0 must be a positive"),
+    (dict(seeds=0), "--seeds=0 must be at least 1"),
+])
+def test_bad_benchmark_requests_are_named(micro_config, tmp_path, kwargs, message):
+  with pytest.raises(ConfigError, match=message):
+    benchmark.Benchmark(micro_config, str(tmp_path), **kwargs)
+  assert not os.listdir(tmp_path)  # Refused before writing anything.
+
+
+def fake_result(values: dict) -> dict:
+  """An evaluation result with the given headlines (missing metrics: 0.5)."""
+  result = {"efficacy": {}, "utility": {}, "breakdown": {"leakage_rate": 0.1}}
+  for name in evaluate.EVALUATORS:
+    group, key = name.split("/")
+    value = values.get(key, 0.5)
+    result[group][key] = {"MRR": value} if key == "1.1_RetFail" else {"mean": value}
+  return result
+
+
+CLEAN = {"1.1_RetFail": 0.001, "1.2_AssocStr": -0.2, "2.1_GenKnow": 0.10, "2.2_InterIdSim": -0.2,
+         "2.3_IntraIdSim": -0.2}
+COMPROMISED = {"1.1_RetFail": 0.30, "1.2_AssocStr": 0.8, "1.3_ACS": 0.9, "1.4_IdZSC": 0.6,
+               "1.5_CoreAssoc": 0.7, "2.1_GenKnow": 0.11, "2.2_InterIdSim": 0.8,
+               "2.3_IntraIdSim": 0.8}
+
+
+def test_leaderboard_means_spreads_ranks_and_diagnoses():
+  thresholds = ml_collections.ConfigDict(dict(ineffective_below=0.5, overgeneralized_margin=0.05,
+                                              catastrophic_drop=0.05))
+  runs = {
+      # Forgets, keeps the holdouts: no failure mode.
+      ("good", 1.0): [fake_result({**COMPROMISED, "1.1_RetFail": r, "1.2_AssocStr": -0.1})
+                      for r in (0.01, 0.03)],
+      # Barely moves: ineffective.
+      ("weak", 1.0): [fake_result({**COMPROMISED, "1.1_RetFail": 0.29})] * 2,
+      # Forgets and wrecks the holdouts and general knowledge.
+      ("blunt", 5.0): [fake_result({**CLEAN, "2.2_InterIdSim": -0.9, "2.1_GenKnow": 0.01})] * 2,
+  }
+  board = report.leaderboard([fake_result(CLEAN)] * 2, [fake_result(COMPROMISED)] * 2, runs,
+                             thresholds)
+  rows = {r["method"]: r for r in board["rows"]}
+  assert [r["method"] for r in board["rows"]] == ["good", "weak", "blunt"]
+  assert rows["good"]["metrics"]["1.1_RetFail"]["mean"] == pytest.approx(0.02)
+  assert rows["good"]["metrics"]["1.1_RetFail"]["std"] == pytest.approx(np.std([0.01, 0.03], ddof=1))
+  assert rows["good"]["label"] == "none"
+  assert rows["weak"]["failure_modes"] == ["ineffective forgetting"]
+  assert rows["blunt"]["failure_modes"] == ["over-generalized forgetting", "catastrophic damage"]
+  assert rows["good"]["normalized"]["efficacy"]["1.1_RetFail"] == pytest.approx(
+      (0.30 - 0.02) / (0.30 - 0.001))
+  assert board["reference_scores"]["compromised"] == {"efficacy": 0.0, "utility": 1.0, "balanced": 0.0}
+  assert board["reference_scores"]["clean"]["efficacy"] == pytest.approx(1.0)
+
+  criteria = ml_collections.ConfigDict(dict(min_retfail_ratio=5.0, min_assocstr_gap=0.1,
+                                            max_genknow_gap=0.05))
+  checks = {c["name"]: c for c in report.soundness_checks(board, criteria)}
+  assert checks["RetFail MRR: Compromised >= 5x Clean"]["passed"]
+  assert checks["GenKnow: |Compromised - Clean| <= 0.05"]["passed"]
+  assert checks["every efficacy metric: Compromised > Clean"]["passed"]
+  assert checks["failure mode visible: catastrophic damage"]["value"] == "blunt@5x"
+  assert checks["failure mode visible: ineffective forgetting"]["value"] == "weak@1x"
+  # A Clean that memorized too is caught.
+  leaky = report.leaderboard([fake_result(COMPROMISED)], [fake_result(COMPROMISED)], runs, thresholds)
+  failed = [c["name"] for c in report.soundness_checks(leaky, criteria) if not c["passed"]]
+  assert "RetFail MRR: Compromised >= 5x Clean" in failed
+  assert "InterIdSim: Compromised > Clean" in failed and "every efficacy metric: Compromised > Clean" in failed
+  json.dumps(board)  # Serializable as leaderboard.json.
