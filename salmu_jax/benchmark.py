@@ -33,9 +33,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from salmu_jax import config as config_lib
-from salmu_jax import evaluate, io_utils, report, train, unlearn
+from salmu_jax import distributed, evaluate, io_utils, report, train, unlearn
 from salmu_jax.data import builder
-from salmu_jax.errors import ConfigError, SalmuError
+from salmu_jax.errors import ConfigError, Preempted, SalmuError
 from salmu_jax.unlearning import methods as methods_lib
 
 REFERENCES = ("compromised", "clean")  # Compromised first: its evaluation fixes the fragile set.
@@ -283,6 +283,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
+    distributed.initialize_from_flags()
     enable_compilation_cache(os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
     name = os.path.basename(flags.FLAGS["config"].config_filename)
     board = Benchmark(_CONFIG.value, _WORKDIR.value, methods=_METHODS.value,
@@ -290,6 +291,9 @@ def main(argv):
   except SalmuError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Preempted as e:  # During training; other stages are atomic and simply redone.
+    print(str(e), file=sys.stderr)
+    sys.exit(train.PREEMPTED_EXIT_CODE)
   print(report.markdown({k: board[k] for k in ("references", "rows", "reference_scores")},
                         board["checks"], board["meta"]))
   failed = [c["name"] for c in board["checks"] if not c["passed"]]
@@ -299,6 +303,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes; rerun to resume.")
   _METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods, or all (default: "

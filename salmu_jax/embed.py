@@ -2,13 +2,16 @@
 
 Used by the trainer's retrieval check and by the evaluator: embeddings are
 computed once per split, then every metric is matrix arithmetic on them. A last
-batch smaller than the data-parallel size is padded and trimmed.
+batch smaller than the data-parallel size is padded and trimmed. With several
+processes every process embeds the same inputs as one global array and gets the whole
+result.
 """
 import dataclasses
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from salmu_jax.model import sharding
 
@@ -43,12 +46,19 @@ def trim_padding(tokens: np.ndarray, multiple: int = 8) -> np.ndarray:
   return tokens[:, :min(-(-length // multiple) * multiple, tokens.shape[1])]
 
 
-def _padded_call(fn, params, array, multiple: int) -> np.ndarray:
+def _padded_call(fn, params, array, mesh) -> np.ndarray:
   n = len(array)
-  pad = -n % multiple
+  pad = -n % sharding.data_parallel_size(mesh)
   if pad:
     array = np.concatenate([array, np.repeat(array[-1:], pad, 0)])
-  return np.asarray(fn(params, array))[:n]
+  if jax.process_count() == 1:
+    return np.asarray(fn(params, array))[:n]
+  # Several processes: each holds the whole array; it becomes one global array, and every
+  # process gathers the whole result.
+  whole = array
+  array = jax.make_array_from_callback(whole.shape, sharding.batch_sharding(mesh),
+                                       lambda index: whole[index])
+  return np.asarray(multihost_utils.process_allgather(fn(params, array), tiled=True))[:n]
 
 
 def embed_batches(encoders: Encoders, params, batches, texts: bool = True):
@@ -56,12 +66,12 @@ def embed_batches(encoders: Encoders, params, batches, texts: bool = True):
 
   Returns (image_emb [N, D], text_emb [N, D] or None, metadata {key: [N]}) as NumPy.
   """
-  multiple = sharding.data_parallel_size(encoders.mesh)
   images, captions, meta = [], [], {}
   for batch in batches:
-    images.append(_padded_call(encoders.image, params, batch["image"], multiple))
+    images.append(_padded_call(encoders.image, params, batch["image"], encoders.mesh))
     if texts:
-      captions.append(_padded_call(encoders.text, params, trim_padding(batch["tokens"]), multiple))
+      captions.append(_padded_call(encoders.text, params, trim_padding(batch["tokens"]),
+                                   encoders.mesh))
     for key, value in batch.items():
       if key not in ("image", "tokens"):
         meta.setdefault(key, []).append(np.asarray(value))
@@ -71,9 +81,8 @@ def embed_batches(encoders: Encoders, params, batches, texts: bool = True):
 
 def embed_texts(encoders: Encoders, params, tokenizer, texts, batch_size: int) -> np.ndarray:
   """Embeds a list of strings (prompts, names, galleries)."""
-  multiple = sharding.data_parallel_size(encoders.mesh)
   chunks = [_padded_call(encoders.text, params, trim_padding(tokenizer.encode(texts[i:i + batch_size])),
-                         multiple)
+                         encoders.mesh)
             for i in range(0, len(texts), batch_size)]
   return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 

@@ -14,3 +14,18 @@ class ConfigError(SalmuError):
 
 class DatasetError(SalmuError):
   """A dataset directory is missing, incomplete, corrupted or mismatched."""
+
+
+class NonFiniteLoss(SalmuError):
+  """The loss became NaN or infinite (usually a learning rate too high); the last good
+  checkpoint is kept."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint of the last finished step was written. Not a user error:
+  the same command resumes from it."""
+
+  def __init__(self, step: int, run_dir: str):
+    super().__init__(f"preempted (SIGTERM) at step {step}; checkpoint saved in {run_dir}; "
+                     f"run the same command to resume")
+    self.step = step

@@ -25,6 +25,9 @@ from salmu_jax.errors import ConfigError, DatasetError, SalmuError
 from salmu_jax.evaluation import metrics
 
 IDENTITY_PROMPT = "a photo of {}."  # 1.4_IdZSC: one prompt per identity name.
+# The original's three failure modes (docs/protocol.md §3), as diagnosis labels.
+INEFFECTIVE, OVERGENERALIZED, CATASTROPHIC = FAILURE_MODES = (
+    "ineffective forgetting", "over-generalized forgetting", "catastrophic damage")
 EVALUATORS = {}  # "group/key" -> fn(ctx) -> dict, in registration (official) order.
 
 
@@ -329,14 +332,14 @@ def normalize_and_diagnose(result: dict, clean: dict, compromised: dict, thresho
       group) for key in result[group]} for group in ("efficacy", "utility")}
   modes = []
   if normalized["efficacy"]["1.1_RetFail"] < thresholds.ineffective_below:
-    modes.append("ineffective forgetting")
+    modes.append(INEFFECTIVE)
   for key in ("2.2_InterIdSim", "2.3_IntraIdSim"):
     if headline(result, "utility", key) < headline(clean, "utility", key) - thresholds.overgeneralized_margin:
-      modes.append("over-generalized forgetting")
+      modes.append(OVERGENERALIZED)
       break
   if headline(result, "utility", "2.1_GenKnow") < \
       headline(compromised, "utility", "2.1_GenKnow") - thresholds.catastrophic_drop:
-    modes.append("catastrophic damage")
+    modes.append(CATASTROPHIC)
   return normalized, {"failure_modes": modes, "label": ", ".join(modes) or "none"}
 
 

@@ -16,10 +16,9 @@ from salmu_jax import evaluate
 
 METRICS = [name.split("/") for name in evaluate.EVALUATORS]  # [(group, key)] official order.
 SHORT = {key: key.split("_", 1)[1] for _, key in METRICS}  # "1.1_RetFail" -> "RetFail"
-MODE_COLORS = {"none": "#2a9d8f", "ineffective forgetting": "#8d99ae",
-               "over-generalized forgetting": "#e76f51", "catastrophic damage": "#9b2226",
+MODE_COLORS = {"none": "#2a9d8f", evaluate.INEFFECTIVE: "#8d99ae",
+               evaluate.OVERGENERALIZED: "#e76f51", evaluate.CATASTROPHIC: "#9b2226",
                "several": "#6a4c93"}
-FAILURE_MODES = ("ineffective forgetting", "over-generalized forgetting", "catastrophic damage")
 
 
 def spread(values) -> dict:
@@ -108,7 +107,7 @@ def soundness_checks(board: dict, criteria) -> list:
     checks.append({"name": f"{SHORT[key]}: Compromised > Clean",
                    "value": f"{mean(compromised, key):.3f} vs {mean(clean, key):.3f}",
                    "passed": bool(mean(compromised, key) > mean(clean, key))})
-  for mode in FAILURE_MODES:
+  for mode in evaluate.FAILURE_MODES:
     shown = [f"{r['method']}@{r['budget']:g}x" for r in board["rows"] if mode in r["failure_modes"]]
     listed = ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
     checks.append({"name": f"failure mode visible: {mode}",
@@ -265,7 +264,7 @@ budgets {esc(', '.join(f'{b:g}x' for b in meta['budgets']))}; {esc(versions)}.</
 <img src="data:image/png;base64,{images['metrics']}" style="max-width:100%">
 <h2>Leaderboard</h2>
 <p>Ranked by the number of failure modes, then by the harmonic mean of efficacy and utility
-(docs/protocol.md §5). Failure modes: {esc(', '.join(FAILURE_MODES))}.</p>
+(docs/protocol.md §5). Failure modes: {esc(', '.join(evaluate.FAILURE_MODES))}.</p>
 {table}
 {sheet}
 <h2>Stages</h2>

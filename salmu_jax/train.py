@@ -10,11 +10,15 @@ data, Clean never reads a sensitive record (`pipeline.reference_mixture`).
 Read top to bottom: data -> mesh -> model, optimizer and shardings -> restore ->
 jitted step -> loop with logging, held-out retrieval and checkpoints.
 """
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 
 import flax
@@ -28,15 +32,16 @@ from flax import nnx
 from ml_collections import config_flags
 
 from salmu_jax import config as config_lib
-from salmu_jax import embed
+from salmu_jax import distributed, embed
 from salmu_jax.data import builder, pipeline, scenes, sources, splits
 from salmu_jax.data.tokenizer import load_tokenizer
-from salmu_jax.errors import ConfigError, SalmuError
+from salmu_jax.errors import ConfigError, NonFiniteLoss, Preempted, SalmuError
 from salmu_jax.model import sharding
 from salmu_jax.model.clip import CLIP
 from salmu_jax.unlearning import objectives, parameter_transforms
 
 MAX_LOGIT_SCALE = math.log(100)  # OpenCLIP clamps the temperature to 1/100.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # What a shell reports for a SIGTERM'd program.
 
 
 @flax.struct.dataclass
@@ -197,26 +202,58 @@ def check_signature(manager, step: int, signature: dict, reference: str | None,
                       f"use another --workdir")
 
 
+CORRUPT_DIRNAME = "checkpoints.corrupt"  # Unreadable checkpoints are moved here, not deleted.
+
+
 def restore_state(trainer: Trainer, run_dir: str, iterator=None, reference="config"):
-  """The latest checkpoint of `run_dir` with the trainer's shardings (None if there is none).
+  """The latest readable checkpoint of `run_dir` with the trainer's shardings (None if
+  there is none).
 
   Refuses checkpoints of another model shape, and of another reference model than
   `reference` ("config": the config's; None: any, e.g. an unlearned model); restores
-  the grain iterator too when one is given.
+  the grain iterator too when one is given. A checkpoint that cannot be read (truncated
+  or damaged files) is moved to `run_dir/checkpoints.corrupt/` with a warning and the one
+  before it is used.
   """
-  manager = checkpoint_manager(run_dir, trainer.config)
-  latest = manager.latest_step()
-  if latest is None:
-    return None
   expected = trainer.config.reference if reference == "config" else reference
-  check_signature(manager, latest, trainer.signature, expected, run_dir)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           jax.eval_shape(trainer.init_state, jax.random.PRNGKey(0)),
                           trainer.state_shardings)
-  items = {"state": ocp.args.StandardRestore(abstract)}
-  if iterator is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-  return manager.restore(latest, args=ocp.args.Composite(**items))["state"]
+  manager = checkpoint_manager(run_dir, trainer.config)
+  for step in sorted(manager.all_steps(), reverse=True):
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    try:
+      check_signature(manager, step, trainer.signature, expected, run_dir)
+      return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    except SalmuError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- any failure to read it means it is damaged.
+      aside = os.path.join(run_dir, CORRUPT_DIRNAME, str(step))
+      logging.warning("checkpoint step %d in %s is unreadable (%s: %s); moved to %s, "
+                      "trying the one before", step, run_dir, type(e).__name__,
+                      str(e).splitlines()[0][:200] if str(e) else "", aside)
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      shutil.rmtree(aside, ignore_errors=True)
+      shutil.move(os.path.join(run_dir, "checkpoints", str(step)), aside)
+      manager = checkpoint_manager(run_dir, trainer.config)
+  return None
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+  """Yields a callable telling whether SIGTERM (preemption) arrived. The handler only sets
+  a flag, so the loop finishes its step and saves a checkpoint before it stops."""
+  received = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield received.is_set  # Signals reach only the main thread.
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
+  try:
+    yield received.is_set
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
@@ -242,8 +279,8 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
   iterator = pipeline.iterate(batches, config)
 
   # State: restored from the latest checkpoint, else initialized from the seed.
-  manager = checkpoint_manager(workdir, config)
   state = restore_state(trainer, workdir, iterator)
+  manager = checkpoint_manager(workdir, config)  # After restore: it may set steps aside.
   if state is None:
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
 
@@ -280,50 +317,61 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
   bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {config.reference}",
              unit="step", disable=not progress or process_index != 0, dynamic_ncols=True)
   pending, window_start, window_steps = [], time.perf_counter(), 0
-  for step in range(start, end):
-    local = next(iterator)
-    global_batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k])
-                    for k in ("image", "tokens")}
-    state, metrics = step_fn(state, None, {"train": global_batch})
-    pending.append((step + 1, metrics))
-    window_steps += 1
-    done = step + 1
-    if done % train_cfg.log_every == 0 or done == end:
-      jax.block_until_ready(metrics)  # Dispatch is asynchronous: time finished steps.
-      rate = window_steps * config.batch_size / (time.perf_counter() - window_start)
-      for logged_step, m in pending:
-        loss = float(m["loss"])
-        if not math.isfinite(loss):
-          raise FloatingPointError(f"loss is {loss} at step {logged_step}; the last checkpoint "
-                                   f"({manager.latest_step()}) is kept")
-        history["losses"][logged_step] = loss
-        if metrics_file:
-          metrics_file.write(json.dumps({"step": logged_step, "loss": loss}) + "\n")
-      if writer:
-        writer.add_scalar("train/loss", loss, done)
-        writer.add_scalar("train/grad_norm", float(m["grad_norm"]), done)
-        writer.add_scalar("train/samples_per_second", rate, done)
-      bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
-      bar.update(window_steps)
-      pending, window_start, window_steps = [], time.perf_counter(), 0
-    if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
-      scores = {}
-      for name, eval_batches in eval_sets.items():
-        image_emb, text_emb, _ = embed.embed_batches(encoders, state.params, eval_batches)
-        scores[name] = history[name][done] = embed.retrieval_at_1(image_emb, text_emb)
-      if writer:
-        for name, score in scores.items():
-          writer.add_scalar(f"eval/{name}", score, done)
-        metrics_file.write(json.dumps({"step": done, **scores}) + "\n")
-        metrics_file.flush()
-      window_start = time.perf_counter()  # Evaluation time is not training throughput.
-    if done % train_cfg.checkpoint_every == 0 or done == end:
-      save(done)
+  stopping = False
+  try:  # Checkpoints are written asynchronously: finish the ones begun, even on an error.
+    with sigterm_flag() as preempted:
+      for step in range(start, end):
+        local = next(iterator)
+        global_batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k])
+                        for k in ("image", "tokens")}
+        state, metrics = step_fn(state, None, {"train": global_batch})
+        pending.append((step + 1, metrics))
+        window_steps += 1
+        done = step + 1
+        stopping = preempted()  # Then log, checkpoint and leave after this step.
+        if done % train_cfg.log_every == 0 or done == end or stopping:
+          jax.block_until_ready(metrics)  # Dispatch is asynchronous: time finished steps.
+          rate = window_steps * config.batch_size / (time.perf_counter() - window_start)
+          for logged_step, m in pending:
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+              manager.wait_until_finished()  # The last good checkpoint is still being written.
+              raise NonFiniteLoss(f"loss is {loss} at step {logged_step}; the last checkpoint "
+                                  f"(step {manager.latest_step()}) is kept; lower "
+                                  f"train.learning_rate and run again to resume from it")
+            history["losses"][logged_step] = loss
+            if metrics_file:
+              metrics_file.write(json.dumps({"step": logged_step, "loss": loss}) + "\n")
+          if writer:
+            writer.add_scalar("train/loss", loss, done)
+            writer.add_scalar("train/grad_norm", float(m["grad_norm"]), done)
+            writer.add_scalar("train/samples_per_second", rate, done)
+          bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
+          bar.update(window_steps)
+          pending, window_start, window_steps = [], time.perf_counter(), 0
+        if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
+          scores = {}
+          for name, eval_batches in eval_sets.items():
+            image_emb, text_emb, _ = embed.embed_batches(encoders, state.params, eval_batches)
+            scores[name] = history[name][done] = embed.retrieval_at_1(image_emb, text_emb)
+          if writer:
+            for name, score in scores.items():
+              writer.add_scalar(f"eval/{name}", score, done)
+            metrics_file.write(json.dumps({"step": done, **scores}) + "\n")
+            metrics_file.flush()
+          window_start = time.perf_counter()  # Evaluation time is not training throughput.
+        if done % train_cfg.checkpoint_every == 0 or done == end or stopping:
+          save(done)
+        if stopping:
+          break
+  finally:
+    manager.wait_until_finished()
   bar.close()
-  manager.wait_until_finished()
   if writer:
     writer.close()
     metrics_file.close()
+  if stopping:
+    raise Preempted(int(state.step), workdir)
   history.update(state=state, trainer=trainer, steps_done=int(state.step))
   return history
 
@@ -333,10 +381,14 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
+    distributed.initialize_from_flags()
     history = train(_CONFIG.value, _WORKDIR.value, dataset_dir=_DATASET.value)
   except SalmuError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_CODE)
   summary = [f"{_CONFIG.value.reference} is at step {history['steps_done']}"]
   if history["losses"]:
     summary.append(f"last loss {history['losses'][max(history['losses'])]:.4f}")
@@ -347,6 +399,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py:clean|compromised",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard, metrics.")

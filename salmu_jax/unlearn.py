@@ -9,6 +9,8 @@ counted alike. A method reading forget_batch forget and retain_batch retain pair
 step runs floor(B x |forget| / (forget_batch + retain_batch)) steps. One-shot methods
 spend the same budget on what they need (importance estimation, the fine-tune of a
 task vector) and report it. A method sees only the forget split and retain data.
+`--forget=FILE` is a deletion request: only the named identities or (identity, field)
+associations are unlearned, and |forget| is their number of pairs (data/requests.py).
 """
 import dataclasses
 import math
@@ -23,9 +25,9 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from salmu_jax import io_utils, train
-from salmu_jax.data import pipeline, sources
-from salmu_jax.errors import ConfigError, SalmuError
+from salmu_jax import distributed, io_utils, train
+from salmu_jax.data import pipeline, requests, sources
+from salmu_jax.errors import ConfigError, NonFiniteLoss, SalmuError
 from salmu_jax.model import sharding
 from salmu_jax.unlearning import methods, objectives, parameter_transforms
 
@@ -61,7 +63,7 @@ def _check_request(method_name: str, budget: float) -> methods.Method:
 class _Batches:
   """This process's forget and retain batches as global arrays; counts samples drawn."""
 
-  def __init__(self, trainer, config, seed: int):
+  def __init__(self, trainer, config, seed: int, forget_indices=None):
     u, dataset = config.unlearn, trainer.dataset
     count, index = jax.process_count(), jax.process_index()
     self.sharding = sharding.batch_sharding(trainer.mesh)
@@ -73,7 +75,7 @@ class _Batches:
     self._iterators = {
         "forget": pipeline.iterate(pipeline.forget_batches(
             config, dataset, trainer.tokenizer, u.forget_batch, seed=seed, shard_index=index,
-            shard_count=count), config, PREFETCH_BATCHES),
+            shard_count=count, indices=forget_indices), config, PREFETCH_BATCHES),
         "retain": pipeline.iterate(pipeline.training_batches(
             retain_config, dataset, trainer.tokenizer, sources.retain_base_source(config.data),
             shard_index=index, shard_count=count), config, PREFETCH_BATCHES),  # retain only
@@ -118,7 +120,8 @@ def _run_objective(trainer, state, reference_params, objective, names, steps, ba
       if (step + 1) % config.unlearn.log_every == 0 or step + 1 == steps:
         loss = float(metrics["loss"])
         if not math.isfinite(loss):
-          raise FloatingPointError(f"unlearning loss is {loss} at step {step + 1}")
+          raise NonFiniteLoss(f"unlearning loss is {loss} at step {step + 1}; nothing was "
+                              f"written; lower unlearn.learning_rate")
         bar.set_postfix(loss=f"{loss:.4f}")
       bar.update(1)
   return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
@@ -156,16 +159,25 @@ class Unlearner:
         drawn.append(batches.next([name])[name])
     return parameter_transforms.mean_squared_gradients(self._loss_grad, params, drawn)
 
-  def run(self, method_name: str, budget: float, workdir: str, *, progress: bool = True) -> dict:
+  def run(self, method_name: str, budget: float, workdir: str, *, progress: bool = True,
+          forget_request: list | None = None) -> dict:
     """Runs one method at one budget; writes an orbax checkpoint, then unlearn.json (last,
-    atomically: its presence marks a finished run) to `workdir`."""
+    atomically: its presence marks a finished run) to `workdir`.
+
+    `forget_request` (entries of requests.read_request) restricts the forget data to the
+    requested pairs, and the budget to multiples of their number; it is checked entirely
+    before anything runs.
+    """
     method = _check_request(method_name, budget)
     start = time.perf_counter()
     config, trainer, state = self.config, self.trainer, self.original
     reference_params = self.original.params
     hp = config.unlearn[method_name]
-    num_forget = len(trainer.dataset.splits["forget"])
-    batches = _Batches(trainer, config, seed=config.seed)
+    indices = None
+    if forget_request is not None:
+      indices = requests.resolve_request(trainer.dataset, forget_request, "--forget")
+    num_forget = len(indices) if indices is not None else len(trainer.dataset.splits["forget"])
+    batches = _Batches(trainer, config, seed=config.seed, forget_indices=indices)
     u = config.unlearn
     names = tuple(method.uses(hp))
     per_step = sum(u.forget_batch if n == "forget" else u.retain_batch for n in names)
@@ -215,6 +227,9 @@ class Unlearner:
         "wall_seconds": round(time.perf_counter() - start, 2), "seed": config.seed,
         "device": jax.devices()[0].device_kind, "num_devices": len(trainer.mesh.devices.flat),
         "from": os.path.abspath(self.from_dir),
+        "request": None if forget_request is None else {
+            "entries": [list(e) if isinstance(e, tuple) else e for e in forget_request],
+            "forget_pairs": num_forget},
     }
     if jax.process_index() == 0:
       io_utils.write_json_atomic(os.path.join(workdir, METADATA_FILE), metadata)
@@ -222,11 +237,12 @@ class Unlearner:
 
 
 def unlearn(config, method_name: str, budget: float, from_dir: str, workdir: str, *,
-            dataset_dir: str | None = None, devices=None, progress: bool = True) -> dict:
+            dataset_dir: str | None = None, devices=None, progress: bool = True,
+            forget_request: list | None = None) -> dict:
   """Runs one method at one budget from the Compromised model in `from_dir`."""
   _check_request(method_name, budget)  # Before any restoring.
   return Unlearner(config, from_dir, dataset_dir=dataset_dir, devices=devices).run(
-      method_name, budget, workdir, progress=progress)
+      method_name, budget, workdir, progress=progress, forget_request=forget_request)
 
 
 def main(argv):
@@ -234,8 +250,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
+    distributed.initialize_from_flags()
+    request = requests.read_request(_FORGET.value) if _FORGET.value else None
     metadata = unlearn(_CONFIG.value, _METHOD.value, _BUDGET.value, _FROM.value, _WORKDIR.value,
-                       dataset_dir=_DATASET.value)
+                       dataset_dir=_DATASET.value, forget_request=request)
   except SalmuError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -245,11 +263,15 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  distributed.define_flags()
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py", lock_config=True)
   _METHOD = flags.DEFINE_string("method", None, "One of: " + ", ".join(methods.METHODS))
   _BUDGET = flags.DEFINE_float("budget", 1.0, "Passes' worth of forget samples (> 0).")
   _FROM = flags.DEFINE_string("from", None, "Run directory of the Compromised model.")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Where the unlearned checkpoint goes.")
   _DATASET = flags.DEFINE_string("dataset_dir", None, "The SALMU-synth Compromised trained on.")
+  _FORGET = flags.DEFINE_string("forget", None, "A deletion request: a JSON list of identity "
+                                "ids and [identity, field] pairs, or one per line (`7` or "
+                                "`7,iban`); default: the whole forget split.")
   flags.mark_flags_as_required(["config", "method", "from", "workdir"])
   app.run(main)

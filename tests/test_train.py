@@ -1,6 +1,11 @@
 """Sharded training, checkpoints and resumption, on fake CPU devices."""
+import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +14,10 @@ import pytest
 from flax import nnx
 
 from salmu_jax import config as config_lib, train
-from salmu_jax.errors import ConfigError
+from salmu_jax.errors import ConfigError, NonFiniteLoss
 from salmu_jax.model import sharding
 from salmu_jax.unlearning import objectives
-from tests.conftest import config_path
+from tests.conftest import REPO, config_path
 from tests.test_model import random_pairs
 
 
@@ -145,3 +150,93 @@ def test_bad_training_inputs(micro_config, micro_dataset_dir, tmp_path, one_devi
 def test_config_suffix_selects_the_reference():
   assert config_lib.load_config(config_path("tiny") + ":clean").reference == "clean"
   assert config_lib.load_config(config_path("tiny") + ":compromised").reference == "compromised"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_dataset_dir, tmp_path):
+  run = tmp_path / "run"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "salmu_jax.train", f"--config={config_path('micro')}:clean",
+       f"--workdir={run}", f"--dataset_dir={micro_dataset_dir}", "--config.train.steps=100000",
+       "--config.train.checkpoint_every=100000", "--config.train.eval_every=100000"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:  # Until a few steps are logged.
+    if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().split()) >= 3:
+      break
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == train.PREEMPTED_EXIT_CODE, stderr[-2000:]
+  assert "preempted (SIGTERM) at step" in stderr and "Traceback" not in stderr
+  step = int(stderr.split("at step ")[1].split(";")[0])
+  logged = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
+  assert step >= 3 and logged[-1] == step  # Every finished step logged, none lost.
+  assert train.checkpoint_manager(str(run), config_lib.load_config(config_path("micro"))
+                                  ).latest_step() == step
+
+
+def test_a_damaged_checkpoint_is_set_aside_for_the_one_before(micro_config, micro_dataset_dir,
+                                                               tmp_path, one_device):
+  run = str(tmp_path / "run")
+  full = train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                     progress=False)  # Checkpoints at steps 3 and 6.
+  for path in glob.glob(os.path.join(run, "checkpoints", "6", "state", "**", "*"), recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 64:
+      with open(path, "r+b") as f:  # Damaged bytes, as a failing disk or copy would leave.
+        f.write(b"\0" * 64)
+  again = train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                      progress=False)
+  assert os.path.isdir(os.path.join(run, train.CORRUPT_DIRNAME, "6"))
+  assert sorted(again["losses"]) == [4, 5, 6]  # Resumed from step 3 and redone.
+  for step in (4, 5, 6):
+    assert again["losses"][step] == pytest.approx(full["losses"][step], rel=1e-6, abs=1e-6)
+
+
+def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+    micro_config, micro_dataset_dir, tmp_path, one_device, monkeypatch):
+  contrastive = objectives.contrastive
+
+  def diverging(on, kind="softmax"):  # Finite for steps 0-3, NaN from the fifth step on.
+    loss = contrastive(on, kind)
+    def nan_later(params, batch, ctx):
+      value, aux = loss(params, batch, ctx)
+      return jnp.where(ctx.step >= 4, jnp.nan, value), aux
+    return nan_later
+
+  monkeypatch.setattr(train.objectives, "contrastive", diverging)
+  run = str(tmp_path / "run")
+  with pytest.raises(NonFiniteLoss, match="loss is nan at step 5; the last checkpoint "
+                                          "\\(step 3\\) is kept"):
+    train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                progress=False)
+  assert train.checkpoint_manager(run, micro_config).all_steps() == [3]
+
+
+def test_kill_9_then_the_same_command_continues_like_an_uninterrupted_run(
+    micro_config, micro_dataset_dir, tmp_path, one_device):
+  run = tmp_path / "killed"
+  overrides = {"steps": 100_000, "checkpoint_every": 2, "eval_every": 100_000, "log_every": 1}
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "salmu_jax.train", f"--config={config_path('micro')}:clean",
+       f"--workdir={run}", f"--dataset_dir={micro_dataset_dir}"]
+      + [f"--config.train.{k}={v}" for k, v in overrides.items()],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:  # Until checkpoint 4 is committed.
+    if (run / "checkpoints" / "4" / "commit_success.txt").exists():
+      break
+    time.sleep(0.2)
+  process.kill()  # SIGKILL: no handler runs; a checkpoint may be half-written.
+  process.wait(timeout=60)
+  micro_config.reference = "clean"
+  micro_config.train.update(overrides)
+  resumed = train.train(micro_config, str(run), dataset_dir=micro_dataset_dir, devices=one_device,
+                        stop_after=2, progress=False)
+  first = min(resumed["losses"])
+  assert first >= 5 and first % 2 == 1  # Continued after a committed (even) checkpoint.
+  uninterrupted = train.train(micro_config, str(tmp_path / "full"), dataset_dir=micro_dataset_dir,
+                              devices=one_device, stop_after=first + 1, progress=False)
+  for step, loss in resumed["losses"].items():
+    assert loss == pytest.approx(uninterrupted["losses"][step], rel=1e-5, abs=1e-6)

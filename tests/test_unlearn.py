@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from salmu_jax import config as config_lib, embed, train, unlearn
-from salmu_jax.data import pipeline
+from salmu_jax.data import pipeline, requests, sources
 from salmu_jax.errors import ConfigError, DatasetError
 from salmu_jax.evaluation import metrics
 from salmu_jax.unlearning import methods, objectives as O, parameter_transforms as T
@@ -189,7 +189,6 @@ def test_every_method_moves_in_its_expected_direction(name, compromised_run, mic
   overrides = {f"unlearn.{m}.retain_weight": 0.0 for m in methods.METHODS
                if "retain_weight" in base[m]}
   config = config_lib.load_config(config_path("micro"), overrides)
-  from salmu_jax.data import sources
   opened = sources.open_dataset
   monkeypatch.setattr(sources, "open_dataset", lambda *a, **k: (
       lambda d: setattr(d, "splits", GuardedSplits(d.splits)) or d)(opened(*a, **k)))
@@ -263,3 +262,73 @@ def test_readme_example_runs_as_written():
   exec(compile(code, "README example", "exec"), namespace)
   np.testing.assert_allclose(namespace["aux"]["npo_forget"], 20 * np.log(2), rtol=1e-6)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(namespace["grads"]))
+
+
+def request_cases(dataset_dir):
+  """Persona ids of each role in the micro dataset, and one forgotten and one kept field."""
+  personas = json.load(open(os.path.join(dataset_dir, "personas.json")))
+  by_role = {}
+  for p in personas:
+    by_role.setdefault(p["role"], p)
+  partial = by_role["forget_association"]
+  kept = next(f for f in config_lib.SENSITIVE_FIELDS if f not in partial["forgotten_fields"])
+  return by_role, partial["identity"], partial["forgotten_fields"][0], kept
+
+
+def test_deletion_requests_are_checked_before_anything_runs(compromised_run, micro_dataset_dir,
+                                                            tmp_path):
+  by_role, partial, forgotten, kept = request_cases(micro_dataset_dir)
+  config = config_lib.load_config(config_path("micro"))
+  unlearner = unlearn.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                                devices=jax.devices()[:1])
+  holdout, unseen = by_role["holdout_identity"]["identity"], by_role["unseen_identity"]["identity"]
+  for entries, message in [
+      ([], "--forget is empty"),
+      ([9999], "identity 9999, which does not exist"),
+      ([holdout], f"identity {holdout}, which is in holdout_identity"),
+      ([unseen], f"identity {unseen}, which is in unseen_identity"),
+      ([(partial, kept)], f"\\({partial}, '{kept}'\\), which is in holdout_association"),
+      ([(partial, "shoe_size")], "field 'shoe_size'; known: "),
+      ([partial, partial], f"names {partial} twice"),
+  ]:
+    with pytest.raises(requests.RequestError, match=message):
+      unlearner.run("neg_grad", 1.0, str(tmp_path / "out"), forget_request=entries, progress=False)
+    assert not (tmp_path / "out").exists()  # Nothing written, nothing partially applied.
+  (tmp_path / "bad.txt").write_text("7\nseven\n")
+  with pytest.raises(requests.RequestError, match="'seven' is not an identity id"):
+    requests.read_request(str(tmp_path / "bad.txt"))
+  with pytest.raises(requests.RequestError, match="cannot read the deletion request"):
+    requests.read_request(str(tmp_path / "missing.json"))
+  result = subprocess.run(  # The CLI: one line, exit 2.
+      [sys.executable, "-m", "salmu_jax.unlearn", f"--config={config_path('micro')}",
+       "--method=npo", f"--from={compromised_run}", f"--workdir={tmp_path / 'cli'}",
+       f"--dataset_dir={micro_dataset_dir}", f"--forget={tmp_path / 'missing.json'}"],
+      capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), cwd=REPO)
+  assert result.returncode == 2 and "cannot read the deletion request" in result.stderr
+  assert "Traceback" not in result.stderr and not (tmp_path / "cli").exists()
+
+
+def test_a_deletion_request_unlearns_only_its_pairs(compromised_run, micro_dataset_dir, tmp_path):
+  by_role, partial, forgotten, _ = request_cases(micro_dataset_dir)
+  whole = by_role["forget_identity"]["identity"]
+  (tmp_path / "request.txt").write_text(f"# two deletion requests\n{whole}\n{partial}, {forgotten}\n")
+  entries = requests.read_request(str(tmp_path / "request.txt"))
+  assert entries == [whole, (partial, forgotten)]
+  config = config_lib.load_config(config_path("micro"))
+  trainer = train.setup(config, compromised_run, micro_dataset_dir, jax.devices()[:1])
+  indices = requests.resolve_request(trainer.dataset, entries)
+  forget = [sources.record_metadata(trainer.dataset.splits["forget"][i])
+            for i in range(len(trainer.dataset.splits["forget"]))]
+  expected = [i for i, r in enumerate(forget) if r["identity"] == whole
+              or (r["identity"], r["field"]) == (partial, forgotten)]
+  assert indices.tolist() == expected
+  batch = pipeline.forget_batches(config, trainer.dataset, trainer.tokenizer, 8, seed=0,
+                                  indices=indices)[0]
+  assert set(batch["identity"].tolist()) <= {whole, partial}
+  metadata = unlearn.unlearn(config, "neg_grad", 2.0, compromised_run, str(tmp_path / "out"),
+                             dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+                             progress=False, forget_request=entries)
+  assert metadata["request"] == {"entries": [whole, [partial, forgotten]],
+                                 "forget_pairs": len(expected)}
+  assert metadata["forget_size"] == len(expected)
+  assert metadata["samples_processed"]["forget"] <= max(2 * len(expected), 8)

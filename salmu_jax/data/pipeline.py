@@ -66,10 +66,24 @@ def _example(image, caption, tokenizer, size, source_id, record_id=-1, identity=
           "identity": np.int32(identity)}
 
 
+class SubsetSource:
+  """The records of a random-access source at `indices`, in that order."""
+
+  def __init__(self, source, indices):
+    self._source, self._indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[int(self._indices[index])]
+
+
 def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_key="caption",
-                    with_generic=False) -> grain.MapDataset:
+                    with_generic=False, indices=None) -> grain.MapDataset:
   """Stored SALMU-synth records of `split_names` as model examples, in record order;
-  `with_generic` adds each record's generic caption as `generic_tokens`."""
+  `with_generic` adds each record's generic caption as `generic_tokens`; `indices`
+  keeps only those records (of the concatenated splits)."""
   def to_example(raw):
     record = sources.decode_record(raw)
     example = _example(record["image"], record[caption_key], tokenizer, size, source_id,
@@ -77,7 +91,10 @@ def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_ke
     if with_generic:
       example["generic_tokens"] = tokenizer.encode([record["generic_caption"]])[0]
     return example
-  return grain.MapDataset.source(ConcatSource(dataset.splits[s] for s in split_names)).map(to_example)
+  source = ConcatSource(dataset.splits[s] for s in split_names)
+  if indices is not None:
+    source = SubsetSource(source, indices)
+  return grain.MapDataset.source(source).map(to_example)
 
 
 def _base_examples(retain_base, tokenizer, size) -> grain.MapDataset:
@@ -162,11 +179,13 @@ def require_unlearning_splits(split_names) -> None:
 
 
 def forget_batches(config, dataset, tokenizer, batch_size: int, *, seed: int,
-                   shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
-  """Infinite shuffled forget batches with association and generic captions tokenized."""
+                   shard_index: int = 0, shard_count: int = 1,
+                   indices=None) -> grain.MapDataset:
+  """Infinite shuffled forget batches with association and generic captions tokenized;
+  `indices` (a deletion request, see data/requests.py) keeps only those forget pairs."""
   require_unlearning_splits(["forget"])
   examples = _synth_examples(dataset, ["forget"], tokenizer, config.data.image_size,
-                             SOURCE_IDS["sensitive"], with_generic=True)
+                             SOURCE_IDS["sensitive"], with_generic=True, indices=indices)
   return examples.shuffle(seed=seed).repeat()[shard_index::shard_count].batch(
       batch_size // shard_count, drop_remainder=True)
 

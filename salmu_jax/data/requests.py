@@ -1,0 +1,87 @@
+"""Deletion requests: which forget pairs an unlearning run removes (`unlearn --forget=FILE`).
+
+A request names whole identities or single (identity, field) associations, as a JSON list
+(`[12, 40, [7, "iban"]]`) or as lines of text (`12`, `7,iban`). It may only name what
+the forget split holds: the holdout and unseen splits are what the benchmark measures
+as kept, so a request touching them is refused, as are unknown ids, unknown fields,
+duplicates and an empty request. Every entry is checked before anything runs.
+"""
+import json
+
+import numpy as np
+
+from salmu_jax.data import sources
+from salmu_jax.errors import SalmuError
+
+
+class RequestError(SalmuError):
+  """A deletion request names something that is not in the forget split."""
+
+
+def read_request(path: str) -> list:
+  """Entries of a request file: identity ids (int) and (identity, field) pairs."""
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError as e:
+    raise RequestError(f"cannot read the deletion request {path}: {e.strerror}") from None
+  try:
+    raw = json.loads(text)
+  except ValueError:
+    raw = [line.split("#")[0].strip() for line in text.splitlines()]
+    raw = [[part.strip() for part in line.split(",")] if "," in line else line
+           for line in raw if line]
+  if not isinstance(raw, list):
+    raise RequestError(f"{path} must hold a list of identity ids or [identity, field] pairs")
+  return [_entry(item, path) for item in raw]
+
+
+def _entry(item, path):
+  def identity(value):
+    try:
+      number = int(value)
+    except (TypeError, ValueError):
+      raise RequestError(f"{path}: {value!r} is not an identity id") from None
+    if isinstance(value, float) and value != number:
+      raise RequestError(f"{path}: {value!r} is not an identity id")
+    return number
+  if isinstance(item, (list, tuple)):
+    if len(item) != 2 or not isinstance(item[1], str):
+      raise RequestError(f"{path}: {item!r} is not an [identity, field] pair")
+    return identity(item[0]), item[1].strip()
+  return identity(item)
+
+
+def resolve_request(dataset, entries: list, source: str = "the request") -> np.ndarray:
+  """Indices into the forget split of the pairs `entries` names (sorted, unique)."""
+  if not entries:
+    raise RequestError(f"{source} is empty: name at least one identity or association")
+  seen = set()
+  for entry in entries:
+    if entry in seen:
+      raise RequestError(f"{source} names {entry!r} twice")
+    seen.add(entry)
+  personas = {p["identity"]: p for p in dataset.personas}
+  fields = set(dataset.card["fingerprint"]["data"]["fields"])
+  forget = dataset.splits["forget"]
+  pairs = [(r["identity"], r["field"]) for r in map(sources.record_metadata,
+                                                    (forget[i] for i in range(len(forget))))]
+  rows = np.zeros(len(pairs), bool)
+  for entry in entries:
+    identity, field = entry if isinstance(entry, tuple) else (entry, None)
+    if identity not in personas:
+      raise RequestError(f"{source} names identity {identity}, which does not exist "
+                         f"(ids run from 0 to {max(personas)})")
+    role = personas[identity]["role"]
+    if role in ("holdout_identity", "unseen_identity"):
+      raise RequestError(f"{source} names identity {identity}, which is in {role}: only "
+                         f"forget identities can be unlearned (holdouts measure what is kept)")
+    if field is not None and field not in fields:
+      raise RequestError(f"{source} names field {field!r}; known: {', '.join(sorted(fields))}")
+    matches = np.array([i == identity and (field is None or f == field) for i, f in pairs])
+    if field is not None and not matches.any():
+      raise RequestError(f"{source} names ({identity}, {field!r}), which is in "
+                         f"holdout_association: identity {identity} forgets only "
+                         f"{', '.join(personas[identity]['forgotten_fields'])}")
+    rows |= matches
+  return np.flatnonzero(rows)
