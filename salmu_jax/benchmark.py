@@ -260,16 +260,10 @@ class Benchmark:
 
 
 def versions() -> dict:
-  import importlib.metadata
-  names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
-           "numpy")
-  found = {}
-  for name in names:
-    try:
-      found[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      found[name] = "not installed"
-  return found
+  from importlib import metadata
+  return {name: metadata.version(name) for name in (
+      "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
+      "numpy")}
 
 
 def enable_compilation_cache(directory: str) -> None:

@@ -58,7 +58,7 @@ class Evaluator:
     self.dataset, self.tokenizer = trainer.dataset, trainer.tokenizer
     self.encoders = embed.make_encoders(trainer.graphdef, trainer.state_shardings.params,
                                         trainer.mesh)
-    self._inputs, self._records = {}, {}
+    self._inputs, self._records, self._genknow = {}, {}, None
     self._cache_left = self.config.eval.input_cache_mb * 2 ** 20
 
   def _cached(self, key, make, count: int):
@@ -86,13 +86,16 @@ class Evaluator:
     return self._records[name]
 
   def genknow(self) -> tuple:
-    """(batches of images and labels, class names) of the 2.1_GenKnow task."""
-    genknow = self.config.eval.genknow
-    if genknow.kind == "procedural":
-      source, class_names = sources.zeroshot_source(self.config.data), scenes.CLASS_NAMES
-    else:
-      source = TfdsClassification(genknow)
-      class_names = source.class_names
+    """(batches of images and labels, class names) of the 2.1_GenKnow task; its source
+    (a tfds dataset, possibly) is opened once per evaluator."""
+    if self._genknow is None:
+      genknow = self.config.eval.genknow
+      if genknow.kind == "procedural":
+        self._genknow = sources.zeroshot_source(self.config.data), scenes.CLASS_NAMES
+      else:
+        source = TfdsClassification(genknow)
+        self._genknow = source, source.class_names
+    source, class_names = self._genknow
     size = self.config.data.image_size
     return self._cached("genknow", lambda: grain.MapDataset.source(source).map(
         lambda item: {"image": pipeline.fit_image(item["image"], size),

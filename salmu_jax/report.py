@@ -168,11 +168,17 @@ def _png(figure) -> str:
   return base64.b64encode(buffer.getvalue()).decode()
 
 
-def plot_tradeoff(board: dict):
-  """Efficacy (x) against utility (y), with Clean and Compromised; colour = failure mode."""
+def _pyplot():
+  """pyplot on the file-only Agg backend (no display on servers and CI)."""
   import matplotlib
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
+  from matplotlib import pyplot
+  return pyplot
+
+
+def plot_tradeoff(board: dict):
+  """Efficacy (x) against utility (y), with Clean and Compromised; colour = failure mode."""
+  plt = _pyplot()
   figure, axis = plt.subplots(figsize=(7.5, 5.5))
   for name, color in (("clean", "#1d3557"), ("compromised", "#d62828")):
     s = board["reference_scores"][name]
@@ -200,9 +206,7 @@ def plot_tradeoff(board: dict):
 
 def plot_metrics(board: dict):
   """One panel per metric: every run's headline, with Clean and Compromised drawn as lines."""
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
+  plt = _pyplot()
   rows = board["rows"]
   labels = [f"{r['method']} {r['budget']:g}x" for r in rows]
   figure, axes = plt.subplots(2, 5, figsize=(20, 8.5), sharey=False)
@@ -228,7 +232,7 @@ def plot_metrics(board: dict):
 def report_html(board: dict, checks: list, meta: dict, contact_sheet_png: bytes | None,
                 stages: list) -> str:
   """A self-contained page (PNGs embedded): checks, plots, leaderboard, data, timings."""
-  from matplotlib import pyplot as plt
+  plt = _pyplot()
   images = {}
   for name, make in (("tradeoff", plot_tradeoff), ("metrics", plot_metrics)):
     figure = make(board)

@@ -64,9 +64,10 @@ def resolve_request(dataset, entries: list, source: str = "the request") -> np.n
   personas = {p["identity"]: p for p in dataset.personas}
   fields = set(dataset.card["fingerprint"]["data"]["fields"])
   forget = dataset.splits["forget"]
-  pairs = [(r["identity"], r["field"]) for r in map(sources.record_metadata,
-                                                    (forget[i] for i in range(len(forget))))]
-  rows = np.zeros(len(pairs), bool)
+  records = [sources.record_metadata(forget[i]) for i in range(len(forget))]
+  identities = np.array([r["identity"] for r in records])
+  record_fields = np.array([r["field"] for r in records])
+  rows = np.zeros(len(records), bool)
   for entry in entries:
     identity, field = entry if isinstance(entry, tuple) else (entry, None)
     if identity not in personas:
@@ -78,7 +79,7 @@ def resolve_request(dataset, entries: list, source: str = "the request") -> np.n
                          f"forget identities can be unlearned (holdouts measure what is kept)")
     if field is not None and field not in fields:
       raise RequestError(f"{source} names field {field!r}; known: {', '.join(sorted(fields))}")
-    matches = np.array([i == identity and (field is None or f == field) for i, f in pairs])
+    matches = (identities == identity) & ((record_fields == field) if field is not None else True)
     if field is not None and not matches.any():
       raise RequestError(f"{source} names ({identity}, {field!r}), which is in "
                          f"holdout_association: identity {identity} forgets only "
