@@ -4,19 +4,20 @@
 
 Builds a small SALMU-synth at each resolution (tiny config, fewer personas at
 224 px so the build stays short), then times `pipeline.iterate` over the default
-mixture and over each source alone, warm-up excluded. Prints a markdown table
-with the machine, library versions and date; paste it into benchmarks/RESULTS.md.
+mixture and over each source alone, warm-up excluded. Against it, what training
+consumes: the tiny model's train step alone on an in-memory batch, and the step fed
+by the loader (both sharing the cores, as in `salmu_jax.train`). Prints markdown
+tables with the machine, library versions and date; paste them into
+benchmarks/RESULTS.md.
 """
 import argparse
-import datetime
 import os
-import platform
-import statistics
 import sys
 import time
-from importlib import metadata
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import (REPO, command_line, cpu_name, header, markdown_table, median_spread,
+                    usable_cores)
+from train_throughput import FlaxStep
 
 from salmu_jax import config as config_lib  # noqa: E402
 from salmu_jax.data import builder, pipeline, sources  # noqa: E402
@@ -42,33 +43,38 @@ def time_pipeline(config, dataset, tokenizer, base, mixture, batches, repeats):
     for _ in range(batches):
       next(iterator)
     rates.append(batches * config.batch_size / (time.perf_counter() - start))
-  return statistics.median(rates), min(rates), max(rates)
+  spread = median_spread(rates)
+  return spread["median"], spread["min"], spread["max"]
 
 
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
+def time_training(config, dataset, tokenizer, base, steps, repeats):
+  """(step alone, step fed by the loader) samples/s, medians of `repeats` runs."""
+  iterator = pipeline.iterate(pipeline.training_batches(config, dataset, tokenizer, base), config)
+  step = FlaxStep(config, next(iterator))
+  step.run(2, iterator)  # Warm-up: compilation, the loader's threads.
+  alone, fed = [], []
+  for _ in range(repeats):
+    alone.append(steps * config.batch_size / step.run(steps))
+    fed.append(steps * config.batch_size / step.run(steps, iterator))
+  return median_spread(alone), median_spread(fed)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default=os.path.join(REPO, "configs", "tiny.py"))
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--sizes", default="64,224")
   parser.add_argument("--batches", type=int, default=20)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--threads", type=int, default=2)
   args = parser.parse_args()
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  rows = []
+  rows, training = [], []
   for size in (int(s) for s in args.sizes.split(",")):
     overrides = {"data.image_size": size, "data.loader.num_threads": args.threads,
                  "data.image_format": "png" if size <= 64 else "jpeg"}
-    if size > 64:
+    if size > 64:  # Fewer people at high resolution, so that the build stays short.
       overrides |= {"data.num_personas": 32, "data.num_unseen": 4, "data.num_disjoint_people": 128}
-    config = config_lib.load_config(os.path.join(repo, "configs", "tiny.py"), overrides)
+    config = config_lib.load_config(args.config, overrides)
     root = builder.build_dataset(config, os.path.join(args.workdir, f"{size}px"))
     dataset = sources.open_dataset(root)
     tokenizer = load_tokenizer(config.tokenizer, root)
@@ -78,15 +84,21 @@ def main():
                                         args.repeats)
       rows.append((size, config.data.image_format, name, median, low, high))
       print(f"{size}px {name}: {median:,.0f} samples/s", file=sys.stderr)
-  versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("grain", "numpy", "pillow", "tokenizers"))
-  print(f"\nData loader throughput, {datetime.date.today()}, {cpu_name()}, "
-        f"{os.cpu_count()} cores, {args.threads} grain threads, batch {config.batch_size}; {versions}; "
-        f"`python benchmarks/data_throughput.py --workdir=... --sizes={args.sizes} "
-        f"--batches={args.batches} --repeats={args.repeats} --threads={args.threads}`\n")
-  print("| px | stored as | source | samples/s (median) | min | max |")
-  print("|---|---|---|---|---|---|")
-  for size, fmt, name, median, low, high in rows:
-    print(f"| {size} | {fmt} | {name} | {median:,.0f} | {low:,.0f} | {high:,.0f} |")
+    loader = next(r[3] for r in rows if r[0] == size and r[2] == "default mixture")
+    alone, fed = time_training(config, dataset, tokenizer, base, args.batches, args.repeats)
+    training.append([size, f"{loader:,.0f}", f"{alone['median']:,.0f}", f"{fed['median']:,.0f}",
+                     f"{fed['median'] / alone['median']:.2f}"])
+    print(f"{size}px training: step alone {alone['median']:,.0f}, fed {fed['median']:,.0f}",
+          file=sys.stderr)
+  device = f"{cpu_name()}, {usable_cores()} cores, CPU only"
+  print(header(f"Data loader throughput, batch {config.batch_size}, {args.threads} grain threads",
+               device, ("grain", "numpy", "pillow", "tokenizers", "jax"), command_line()) + "\n")
+  print(markdown_table(["px", "stored as", "source", "samples/s (median)", "min", "max"],
+                       [(size, fmt, name, f"{m:,.0f}", f"{lo:,.0f}", f"{hi:,.0f}")
+                        for size, fmt, name, m, lo, hi in rows]))
+  print("\nWhat training consumes (tiny model, float32), samples/s, medians:\n")
+  print(markdown_table(["px", "loader alone (default mixture)", "train step alone",
+                        "train step fed by the loader", "fed / alone"], training))
 
 
 if __name__ == "__main__":

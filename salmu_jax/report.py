@@ -162,13 +162,13 @@ def _mode_color(row) -> str:
   return MODE_COLORS["several" if len(modes) > 1 else (modes[0] if modes else "none")]
 
 
-def _png(figure) -> str:
+def png_bytes(figure) -> bytes:
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-  return base64.b64encode(buffer.getvalue()).decode()
+  return buffer.getvalue()
 
 
-def _pyplot():
+def pyplot():
   """pyplot on the file-only Agg backend (no display on servers and CI)."""
   import matplotlib
   matplotlib.use("Agg")
@@ -178,7 +178,7 @@ def _pyplot():
 
 def plot_tradeoff(board: dict):
   """Efficacy (x) against utility (y), with Clean and Compromised; colour = failure mode."""
-  plt = _pyplot()
+  plt = pyplot()
   figure, axis = plt.subplots(figsize=(7.5, 5.5))
   for name, color in (("clean", "#1d3557"), ("compromised", "#d62828")):
     s = board["reference_scores"][name]
@@ -206,7 +206,7 @@ def plot_tradeoff(board: dict):
 
 def plot_metrics(board: dict):
   """One panel per metric: every run's headline, with Clean and Compromised drawn as lines."""
-  plt = _pyplot()
+  plt = pyplot()
   rows = board["rows"]
   labels = [f"{r['method']} {r['budget']:g}x" for r in rows]
   figure, axes = plt.subplots(2, 5, figsize=(20, 8.5), sharey=False)
@@ -232,11 +232,11 @@ def plot_metrics(board: dict):
 def report_html(board: dict, checks: list, meta: dict, contact_sheet_png: bytes | None,
                 stages: list) -> str:
   """A self-contained page (PNGs embedded): checks, plots, leaderboard, data, timings."""
-  plt = _pyplot()
+  plt = pyplot()
   images = {}
   for name, make in (("tradeoff", plot_tradeoff), ("metrics", plot_metrics)):
     figure = make(board)
-    images[name] = _png(figure)
+    images[name] = base64.b64encode(png_bytes(figure)).decode()
     plt.close(figure)
   esc = html.escape
   header, rows = table_rows(board)

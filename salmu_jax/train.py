@@ -123,6 +123,16 @@ def make_train_step(tx, objective, apply, update_mask=None):
   return train_step
 
 
+def pretraining_step(config, graphdef, tx, state_shardings, mesh):
+  """The jitted contrastive step `train` runs, state donated; (state, None, {"train": batch})
+  -> (state, metrics). benchmarks/train_throughput.py times this same function."""
+  return jax.jit(
+      make_train_step(tx, objectives.contrastive("train", config.train.loss), model_apply(graphdef)),
+      in_shardings=(state_shardings, None, {"train": sharding.batch_sharding(mesh)}),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+
 @dataclasses.dataclass
 class Trainer:
   """Everything a run needs, built once: mesh, model definition, shardings, data."""
@@ -290,12 +300,7 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
   if state is None:
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
 
-  step_fn = jax.jit(
-      make_train_step(trainer.tx, objectives.contrastive("train", train_cfg.loss),
-                      model_apply(trainer.graphdef)),
-      in_shardings=(state_shardings, None, {"train": batch_sharding}),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  step_fn = pretraining_step(config, trainer.graphdef, trainer.tx, state_shardings, mesh)
   encoders = embed.make_encoders(trainer.graphdef, state_shardings.params, mesh)
   # Held-out general knowledge, and the memorization that separates the references:
   # forget images against all forget association captions (chance: 1 / forget size).

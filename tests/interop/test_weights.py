@@ -23,6 +23,7 @@ from salmu_jax import config as config_lib  # noqa: E402
 from salmu_jax import convert, train  # noqa: E402
 from salmu_jax.data.tokenizer import CLIP_VOCAB_SIZE, CLIPTokenizer, find_clip_vocab  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
+from salmu_jax.interop import openclip_peer  # noqa: E402
 from salmu_jax.model.clip import IMAGE_MEAN, IMAGE_STD  # noqa: E402
 from tests.conftest import REPO, config_path  # noqa: E402
 
@@ -40,18 +41,7 @@ def interop_config(size: str, *, image_size: int = 224, activation: str = "gelu"
 
 
 def openclip_model(config, seed: int = 0):
-  m = config.model
-  torch.manual_seed(seed)
-  model = open_clip.model.CLIP(
-      m.embed_dim,
-      open_clip.model.CLIPVisionCfg(layers=m.vision_layers, width=m.vision_width,
-                                    head_width=m.vision_width // m.vision_heads,
-                                    mlp_ratio=m.vision_mlp_ratio, patch_size=m.patch_size,
-                                    image_size=config.data.image_size),
-      open_clip.model.CLIPTextCfg(context_length=77, vocab_size=CLIP_VOCAB_SIZE,
-                                  width=m.text_width, heads=m.text_heads, layers=m.text_layers,
-                                  mlp_ratio=m.text_mlp_ratio),
-      quick_gelu=m.activation == "quick_gelu")
+  model = openclip_peer.openclip_model(config, CLIP_VOCAB_SIZE, 77, seed)
   perturb(model)
   return model.eval()
 

@@ -1,0 +1,72 @@
+"""What every benchmark script shares: the repository on sys.path, the machine and library
+versions its table names, dotted config overrides, and median/min/max of repeated runs."""
+import datetime
+import os
+import platform
+import statistics
+import sys
+from importlib import metadata
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+  """Cores this process may run on (the CI container's 2, not the host's count)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def versions(*packages) -> str:
+  found = []
+  for package in packages:
+    try:
+      found.append(f"{package} {metadata.version(package)}")
+    except metadata.PackageNotFoundError:
+      pass
+  return ", ".join(found)
+
+
+def header(title: str, device: str, packages, command: str) -> str:
+  """The line above a results table: what, when, where, with which versions, how."""
+  return (f"{title}, {datetime.date.today()}, {device}; Python {platform.python_version()}, "
+          f"{versions(*packages)}.\nCommand: `{command}`")
+
+
+def command_line() -> str:
+  return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+
+
+def parse_overrides(items) -> dict:
+  """["model.dtype=bfloat16", "batch_size=64"] -> {dotted key: value}, values as Python
+  literals where they parse (numbers, booleans), strings otherwise."""
+  import ast
+  overrides = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"error: override {item!r} is not KEY=VALUE")
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return overrides
+
+
+def median_spread(values) -> dict:
+  return {"median": statistics.median(values), "min": min(values), "max": max(values),
+          "runs": len(values)}
+
+
+def markdown_table(columns, rows) -> str:
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+  return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""The scripts in benchmarks/ run and report what they measured; timings are never asserted.
+
+Also the analytic FLOPs behind MFU (salmu_jax/model/flops.py), checked against XLA's
+own count of the compiled train step.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from salmu_jax import config as config_lib
+from salmu_jax.model import flops
+from tests.conftest import REPO, config_path
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import train_throughput  # noqa: E402
+
+
+def run_script(name, *args, timeout=600):
+  return subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", name), *args],
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # tiny: 64 px, patch 16, gelu
+    {"data.image_size": 32, "model.patch_size": 8, "model.text_width": 96, "model.text_heads": 3,
+     "model.text_layers": 1, "model.vision_mlp_ratio": 2.0, "model.embed_dim": 64,
+     "model.activation": "quick_gelu", "tokenizer.context_length": 24},
+])
+def test_analytic_flops_match_xla_cost_analysis(overrides):
+  config = config_lib.load_config(config_path("tiny"), overrides)
+  batch = 16
+  step = train_throughput.FlaxStep(config, train_throughput.random_batch(config, batch),
+                                   devices=jax.devices()[:1])
+  analytic = flops.train_flops_per_example(config.model, config.data.image_size,
+                                           config.tokenizer.context_length, batch)
+  xla = step.xla_flops() / batch
+  # XLA also counts norms, activations, softmax and the optimizer: a little more, never less.
+  assert 1.0 <= xla / analytic <= 1.1, (xla, analytic)
+
+
+def test_train_throughput_sweeps_batch_sizes_and_writes_table_json_and_plot(tmp_path):
+  out, png = tmp_path / "train.json", tmp_path / "train.png"
+  result = run_script("train_throughput.py", f"--config={config_path('micro')}",
+                      "--batch_sizes=8,16", "--steps=1", "--repeats=2", "--warmup=1",
+                      "--peer=none", f"--json={out}", f"--plot={png}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| 8 |" in result.stdout and "| 16 |" in result.stdout
+  assert "Command: `python benchmarks/train_throughput.py" in result.stdout
+  figures = json.loads(out.read_text())
+  assert [row["batch_size"] for row in figures["rows"]] == [8, 16]
+  for row in figures["rows"]:
+    assert row["salmu_jax"]["runs"] == 2 and row["salmu_jax"]["median"] > 0
+    assert row["analytic_flops_per_example"] > 0 and row["xla_flops_per_example"] > 0
+  assert figures["peak_source"] == "measured float32 matmul rate"
+  assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_train_throughput_names_a_bad_batch_list():
+  result = run_script("train_throughput.py", "--batch_sizes=8,big", "--peer=none")
+  assert result.returncode != 0
+  assert "--batch_sizes='8,big'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_throughput_scores_cold_then_warm(tmp_path):
+  result = run_script("eval_throughput.py", f"--config={config_path('micro')}",
+                      f"--workdir={tmp_path}", "--models=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "model 0:" in result.stdout and "model 1:" in result.stdout
+  assert "split sizes: " in result.stdout and "forget " in result.stdout
+
+
+def test_data_throughput_compares_the_loader_with_the_train_step(tmp_path):
+  result = run_script("data_throughput.py", f"--config={config_path('micro')}",
+                      f"--workdir={tmp_path}", "--sizes=32", "--batches=2", "--repeats=1",
+                      "--threads=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| 32 | png | default mixture |" in result.stdout
+  assert "train step fed by the loader" in result.stdout
+
+
+def test_unlearn_cost_runs_each_method_and_budget_from_one_compromised(tmp_path):
+  result = run_script("unlearn_cost.py", f"--config={config_path('micro')}",
+                      f"--workdir={tmp_path}", "--methods=neg_grad,ssd", "--budgets=1,2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines()
+          if line.startswith("| neg_grad") or line.startswith("| ssd")]
+  assert len(rows) == 4
+  for budget in ("1x", "2x"):
+    assert os.path.exists(tmp_path / "unlearn_cost" / f"neg_grad_{budget}" / "unlearn.json")
