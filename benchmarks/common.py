@@ -25,6 +25,16 @@ def usable_cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def device_name() -> str:
+  """The machine a table's figures come from: the CPU and its usable cores, or the
+  accelerators JAX sees."""
+  import jax
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return f"{cpu_name()}, {usable_cores()} cores, CPU only"
+  return f"{jax.device_count()} x {device.device_kind}"
+
+
 def versions(*packages) -> str:
   found = []
   for package in packages:

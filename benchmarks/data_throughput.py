@@ -15,8 +15,7 @@ import os
 import sys
 import time
 
-from common import (REPO, command_line, cpu_name, header, markdown_table, median_spread,
-                    usable_cores)
+from common import REPO, command_line, device_name, header, markdown_table, median_spread
 from train_throughput import FlaxStep
 
 from salmu_jax import config as config_lib  # noqa: E402
@@ -43,8 +42,7 @@ def time_pipeline(config, dataset, tokenizer, base, mixture, batches, repeats):
     for _ in range(batches):
       next(iterator)
     rates.append(batches * config.batch_size / (time.perf_counter() - start))
-  spread = median_spread(rates)
-  return spread["median"], spread["min"], spread["max"]
+  return median_spread(rates)
 
 
 def time_training(config, dataset, tokenizer, base, steps, repeats):
@@ -80,22 +78,20 @@ def main():
     tokenizer = load_tokenizer(config.tokenizer, root)
     base = sources.retain_base_source(config.data)
     for name, mixture in MIXTURES.items():
-      median, low, high = time_pipeline(config, dataset, tokenizer, base, mixture, args.batches,
-                                        args.repeats)
-      rows.append((size, config.data.image_format, name, median, low, high))
-      print(f"{size}px {name}: {median:,.0f} samples/s", file=sys.stderr)
-    loader = next(r[3] for r in rows if r[0] == size and r[2] == "default mixture")
+      rate = time_pipeline(config, dataset, tokenizer, base, mixture, args.batches, args.repeats)
+      rows.append((size, config.data.image_format, name, rate))
+      print(f"{size}px {name}: {rate['median']:,.0f} samples/s", file=sys.stderr)
+    loader = next(r[3]["median"] for r in rows if r[0] == size and r[2] == "default mixture")
     alone, fed = time_training(config, dataset, tokenizer, base, args.batches, args.repeats)
     training.append([size, f"{loader:,.0f}", f"{alone['median']:,.0f}", f"{fed['median']:,.0f}",
                      f"{fed['median'] / alone['median']:.2f}"])
     print(f"{size}px training: step alone {alone['median']:,.0f}, fed {fed['median']:,.0f}",
           file=sys.stderr)
-  device = f"{cpu_name()}, {usable_cores()} cores, CPU only"
   print(header(f"Data loader throughput, batch {config.batch_size}, {args.threads} grain threads",
-               device, ("grain", "numpy", "pillow", "tokenizers", "jax"), command_line()) + "\n")
+               device_name(), ("grain", "numpy", "pillow", "tokenizers", "jax"), command_line()) + "\n")
   print(markdown_table(["px", "stored as", "source", "samples/s (median)", "min", "max"],
-                       [(size, fmt, name, f"{m:,.0f}", f"{lo:,.0f}", f"{hi:,.0f}")
-                        for size, fmt, name, m, lo, hi in rows]))
+                       [(size, fmt, name, f"{r['median']:,.0f}", f"{r['min']:,.0f}",
+                         f"{r['max']:,.0f}") for size, fmt, name, r in rows]))
   print("\nWhat training consumes (tiny model, float32), samples/s, medians:\n")
   print(markdown_table(["px", "loader alone (default mixture)", "train step alone",
                         "train step fed by the loader", "fed / alone"], training))

@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 
-from common import REPO, command_line, cpu_name, header, markdown_table, usable_cores
+from common import REPO, command_line, device_name, header, markdown_table
 
 import jax  # noqa: E402
 
@@ -49,10 +49,7 @@ def main():
     seconds.append(time.perf_counter() - begin)
     print(f"model {index}: {seconds[-1]:.1f} s", flush=True)
   sizes = {name: len(source) for name, source in trainer.dataset.splits.items()}
-  device = (f"{cpu_name()}, {usable_cores()} cores, CPU only"
-            if jax.devices()[0].platform == "cpu" else
-            f"{jax.device_count()} x {jax.devices()[0].device_kind}")
-  print("\n" + header(f"Ten-metric evaluation, {os.path.basename(args.config)}", device,
+  print("\n" + header(f"Ten-metric evaluation, {os.path.basename(args.config)}", device_name(),
                       PACKAGES, command_line()))
   print(f"Model {config.model.size} at {config.data.image_size} px ({config.model.dtype}), "
         f"eval batch {config.eval.batch_size}; split sizes: "

@@ -25,8 +25,8 @@ import os
 import sys
 import time
 
-from common import (REPO, command_line, cpu_name, header, markdown_table, median_spread,
-                    parse_overrides, usable_cores)
+from common import (REPO, command_line, device_name, header, markdown_table, median_spread,
+                    parse_overrides)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -183,13 +183,6 @@ def device_peak(config) -> tuple:
     if name in device.device_kind:
       return peak, f"{device.device_kind} dense bf16 datasheet peak"
   return None, f"no datasheet peak for {device.device_kind}"
-
-
-def device_name() -> str:
-  device = jax.devices()[0]
-  if device.platform == "cpu":
-    return f"{cpu_name()}, {usable_cores()} cores, CPU only"
-  return f"{jax.device_count()} x {device.device_kind}"
 
 
 def measure(batch_size: int, args) -> dict:

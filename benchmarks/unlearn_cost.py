@@ -14,9 +14,7 @@ import os
 import shutil
 import time
 
-from common import REPO, command_line, cpu_name, header, markdown_table, usable_cores
-
-import jax  # noqa: E402
+from common import REPO, command_line, device_name, header, markdown_table
 
 from salmu_jax import benchmark, config as config_lib  # noqa: E402
 
@@ -57,9 +55,7 @@ def main():
       rows.append([method, f"{budget:g}x", meta["steps"], f"{samples:,}",
                    f"{seconds:.1f}", f"{samples / seconds:,.0f}"])
       print(" | ".join(str(c) for c in rows[-1]), flush=True)
-  device = (f"{cpu_name()}, {usable_cores()} cores, CPU only"
-            if jax.devices()[0].platform == "cpu" else jax.devices()[0].device_kind)
-  print("\n" + header(f"Unlearning cost, {os.path.basename(args.config)}", device, PACKAGES,
+  print("\n" + header(f"Unlearning cost, {os.path.basename(args.config)}", device_name(), PACKAGES,
                       command_line()))
   print(f"Forget set {meta['forget_size']:,} pairs; forget batch {meta['forget_batch']}, "
         f"retain batch {meta['retain_batch']}; wall time includes compiling (first budget of "
