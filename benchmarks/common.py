@@ -11,6 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+import salmu_jax  # noqa: E402,F401 -- first: its host-memory setting precedes NumPy's threads.
+
 
 def cpu_name() -> str:
   try:

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import math
 import os
+import resource
 import sys
 import time
 
@@ -206,16 +207,21 @@ def measure(batch_size: int, args) -> dict:
                                            config.tokenizer.context_length, batch_size)
   row["analytic_flops_per_example"] = analytic
   rates = {side.name: [] for side in sides}
+  faults = {side.name: 0 for side in sides}
   for repeat in range(args.repeats):
     for side in sides if repeat % 2 == 0 else sides[::-1]:
       profile = (jax.profiler.trace(os.path.join(args.profile_dir, f"batch{batch_size}"))
                  if args.profile_dir and side.name == "salmu_jax" and repeat == 0
                  else contextlib.nullcontext())
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       with profile:
         seconds = side.run(args.steps)
+      faults[side.name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
       rates[side.name].append(args.steps * batch_size / seconds)
   for side in sides:
     row[side.name] = median_spread(rates[side.name])
+    # Memory the step maps afresh each time (salmu_jax/host_memory.py): the kernel's time.
+    row[f"{side.name}_page_faults_per_step"] = faults[side.name] / (args.repeats * args.steps)
     if side.name == "salmu_jax":
       xla = side.xla_flops()
       row["xla_flops_per_example"] = xla / batch_size if xla else None
@@ -237,12 +243,15 @@ def summarize(rows, peak, peak_source) -> str:
     mfu = (f"{100 * ours['median'] * row['analytic_flops_per_example'] / peak:.1f}%"
            if isinstance(ours, dict) and peak else "-")
     xla = row.get("xla_flops_per_example")
+    faults = "/".join(f"{row[key]:,.0f}" if key in row else "-" for key in (
+        "salmu_jax_page_faults_per_step", "open_clip_page_faults_per_step"))
     table.append([row["batch_size"], fmt_rate(ours), fmt_rate(theirs), ratio, mfu,
                   f"{row['analytic_flops_per_example'] / 1e9:.3f}",
-                  f"{xla / 1e9:.3f}" if xla else "-"])
+                  f"{xla / 1e9:.3f}" if xla else "-", faults])
   peak_text = f"{peak / 1e12:.3g} TFLOP/s ({peak_source})" if peak else peak_source
   return (markdown_table(["batch", "salmu_jax samples/s", "open_clip samples/s", "ratio",
-                          "MFU", "GFLOP/example (analytic)", "GFLOP/example (XLA)"], table)
+                          "MFU", "GFLOP/example (analytic)", "GFLOP/example (XLA)",
+                          "page faults/step (ours/theirs)"], table)
           + f"\n\nMFU over {peak_text}.")
 
 

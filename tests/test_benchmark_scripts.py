@@ -55,6 +55,7 @@ def test_train_throughput_sweeps_batch_sizes_and_writes_table_json_and_plot(tmp_
   for row in figures["rows"]:
     assert row["salmu_jax"]["runs"] == 2 and row["salmu_jax"]["median"] > 0
     assert row["analytic_flops_per_example"] > 0 and row["xla_flops_per_example"] > 0
+    assert row["salmu_jax_page_faults_per_step"] >= 0
   assert figures["peak_source"] == "measured float32 matmul rate"
   assert png.read_bytes().startswith(b"\x89PNG")
 

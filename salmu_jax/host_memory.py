@@ -1,0 +1,35 @@
+"""Keep freed host memory mapped, so XLA:CPU steps stop page-faulting their temporaries.
+
+XLA:CPU allocates each step's temporaries as one buffer (335 MB for the tiny config's
+train step at batch 128) with malloc, from its worker threads. glibc serves a request
+that large from a fresh mmap and unmaps it on free, so every step faults every page of
+it in again: about 80k page faults and 230 ms of kernel time in each 850 ms step on one core,
+a quarter of the step (benchmarks/RESULTS.md). Serving every thread from the main arena,
+never with mmap, and never trimming the heap keeps those pages mapped from one step to
+the next, as the caching allocators of GPU runtimes and PyTorch do for theirs.
+
+The setting is process-wide and only holds for threads that have not used malloc yet,
+so `salmu_jax/__init__.py` applies it on import, before NumPy starts its BLAS threads
+or JAX its CPU backend: import salmu_jax first. SALMU_JAX_SYSTEM_MALLOC=1 opts out.
+"""
+import ctypes
+import os
+import sys
+
+OPT_OUT_VARIABLE = "SALMU_JAX_SYSTEM_MALLOC"
+# mallopt parameters from glibc's <malloc.h>.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_NEVER_TRIM = 2 ** 31 - 1  # mallopt takes an int.
+
+
+def retain_freed_memory() -> bool:
+  """Applies the setting; False where opted out or the C library is not glibc."""
+  if os.environ.get(OPT_OUT_VARIABLE) == "1" or not sys.platform.startswith("linux"):
+    return False
+  libc = ctypes.CDLL(None)
+  if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: no such knobs.
+    return False
+  return all(libc.mallopt(parameter, value) == 1 for parameter, value in (
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM)))
