@@ -8,6 +8,10 @@ a quarter of the step (benchmarks/RESULTS.md). Serving every thread from the mai
 never with mmap, and never trimming the heap keeps those pages mapped from one step to
 the next, as the caching allocators of GPU runtimes and PyTorch do for theirs.
 
+The price is a single malloc arena for all threads: compiling got ~15% slower in the same
+measurements (XLA's compiler threads allocate a lot), so it pays off for runs of many
+steps, not for compile-bound ones (the test suite opts out).
+
 The setting is process-wide and only holds for threads that have not used malloc yet,
 so `salmu_jax/__init__.py` applies it on import, before NumPy starts its BLAS threads
 or JAX its CPU backend: import salmu_jax first. SALMU_JAX_SYSTEM_MALLOC=1 opts out.

@@ -3,6 +3,10 @@ import os
 # Eight fake CPU devices for the sharding tests; set before anything imports JAX.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
+# The suite is mostly compilation, which salmu_jax/host_memory.py's single malloc arena
+# slows by ~15%; its steady-state gain needs long runs. tests/test_host_memory.py sets
+# its own. Before anything imports salmu_jax; SALMU_JAX_SYSTEM_MALLOC=0 tests with it.
+os.environ.setdefault("SALMU_JAX_SYSTEM_MALLOC", "1")
 
 import pytest  # noqa: E402
 
