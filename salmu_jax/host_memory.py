@@ -28,12 +28,18 @@ _M_ARENA_MAX = -8
 _NEVER_TRIM = 2 ** 31 - 1  # mallopt takes an int.
 
 
+def glibc():
+  """The process's C library if it is glibc, else None (musl and others lack these knobs)."""
+  if not sys.platform.startswith("linux"):
+    return None
+  libc = ctypes.CDLL(None)
+  return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 def retain_freed_memory() -> bool:
   """Applies the setting; False where opted out or the C library is not glibc."""
-  if os.environ.get(OPT_OUT_VARIABLE) == "1" or not sys.platform.startswith("linux"):
-    return False
-  libc = ctypes.CDLL(None)
-  if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: no such knobs.
+  libc = glibc()
+  if os.environ.get(OPT_OUT_VARIABLE) == "1" or libc is None:
     return False
   return all(libc.mallopt(parameter, value) == 1 for parameter, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM)))

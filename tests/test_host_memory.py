@@ -1,5 +1,4 @@
 """salmu_jax keeps XLA:CPU's per-call buffers mapped: repeated calls stop page-faulting."""
-import ctypes
 import os
 import subprocess
 import sys
@@ -7,8 +6,6 @@ import sys
 import pytest
 
 from salmu_jax import host_memory
-
-GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
 # Minor page faults per call of a jitted function whose temporaries (16 MB each) exceed
 # what glibc serves without mmap: the least of three windows of five calls after warm-up
@@ -41,7 +38,7 @@ def faults_per_call(opt_out: bool) -> float:
   return float(result.stdout.split()[-1])
 
 
-@pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
+@pytest.mark.skipif(host_memory.glibc() is None, reason="the setting is glibc's")
 def test_repeated_calls_stop_faulting_in_their_buffers():
   default_malloc = faults_per_call(opt_out=True)
   assert default_malloc > 2_000  # 16 MB per temporary: glibc maps and unmaps them each call.
