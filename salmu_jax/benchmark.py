@@ -101,6 +101,7 @@ class Benchmark:
       raise ConfigError(f"--seeds={seeds} must be at least 1")
     self.dataset_dir = os.path.join(self.workdir, builder.DATASET_DIRNAME)
     self._evaluator, self._unlearner = None, None
+    self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
     self.stages_log = []
 
   # Paths and configs.
@@ -125,7 +126,7 @@ class Benchmark:
     if self._unlearner is None or self._unlearner[0] != seed:
       self._unlearner = (seed, unlearn.Unlearner(
           self.seed_config(seed), os.path.join(self.seed_dir(seed), "compromised"),
-          trainer=self.evaluator.trainer))
+          trainer=self.evaluator.trainer, compiled=self._compiled_steps))
     return self._unlearner[1]
 
   # Stages.
@@ -236,7 +237,8 @@ class Benchmark:
     compromised = [read(self.seed_dir(s), "compromised.json") for s in self.seeds]
     runs = {(m, b): [read(self.seed_dir(s), run_dir_name(m, b), RESULT_FILE) for s in self.seeds]
             for m in self.methods for b in self.budgets}
-    board = report.leaderboard(clean, compromised, runs, self.config.eval)
+    board = report.leaderboard(clean, compromised, runs, self.config.eval,
+                               self.config.benchmark.rank_confidence)
     checks = report.soundness_checks(board, self.config.benchmark)
     for row in board["rows"]:
       unlearned = [r["meta"]["unlearn"] for r in runs[(row["method"], row["budget"])]]
@@ -288,8 +290,7 @@ def main(argv):
   except Preempted as e:  # During training; other stages are atomic and simply redone.
     print(str(e), file=sys.stderr)
     sys.exit(train.PREEMPTED_EXIT_CODE)
-  print(report.markdown({k: board[k] for k in ("references", "rows", "reference_scores")},
-                        board["checks"], board["meta"]))
+  print(report.markdown(board, board["checks"], board["meta"]))
   failed = [c["name"] for c in board["checks"] if not c["passed"]]
   print(f"wrote {os.path.join(_WORKDIR.value, 'leaderboard.md')}, leaderboard.json and "
         f"report.html in {board['meta']['wall_seconds']:.0f} s"

@@ -173,19 +173,30 @@ def base_config() -> ml_collections.ConfigDict:
   genknow.image_key = "image"
   genknow.label_key = "label"
   genknow.max_examples = 10_000
-  # Failure-mode thresholds (docs/protocol.md §3).
+  # Failure-mode thresholds (docs/protocol.md §3), each relative to the references so
+  # that it means the same at every scale.
   evaluation.ineffective_below = 0.5  # Normalized RetFail MRR: under half-way to Clean.
-  evaluation.overgeneralized_margin = 0.05  # Holdout similarity this far below Clean's.
-  evaluation.catastrophic_drop = 0.05  # GenKnow this far below Compromised's.
+  # Holdout retrieval MRR kept, 0 = Clean (never learned), 1 = Compromised: under this on
+  # either holdout split, more than half of what only Compromised knew is gone.
+  evaluation.overgeneralized_below = 0.5
+  # GenKnow above chance lost, as a share of Compromised's (the original's 0.05 absolute
+  # on ImageNet's 0.638 is 0.08 of it).
+  evaluation.catastrophic_drop_fraction = 0.1
+  # Image or caption spread (1 - mean cosine between different items) under this share
+  # of the lower reference's: the representation has collapsed.
+  evaluation.collapse_spread_ratio = 0.5
 
   # salmu_jax.benchmark: what it runs, and the soundness criteria it checks (docs/protocol.md §5).
   benchmark = config.benchmark = ml_collections.ConfigDict()
   benchmark.methods = "all"  # Comma-separated names of unlearning.methods.METHODS, or "all".
   benchmark.budgets = (1.0, 5.0)  # Multiples of |forget| samples (docs/protocol.md §4).
   benchmark.seeds = 1  # Training and unlearning seeds config.seed, config.seed + 1, ...
-  benchmark.min_retfail_ratio = 5.0  # Compromised's RetFail MRR over Clean's, at least.
+  # Compromised's RetFail MRR, and its holdout retrieval MRR, over Clean's, at least.
+  benchmark.min_retfail_ratio = 5.0
   benchmark.min_assocstr_gap = 0.1  # Compromised's AssocStr minus Clean's, at least.
-  benchmark.max_genknow_gap = 0.05  # |Compromised - Clean| on GenKnow, at most.
+  # |Compromised - Clean| on GenKnow as a share of their mean accuracy above chance, at most.
+  benchmark.max_genknow_gap_fraction = 0.1
+  benchmark.rank_confidence = 0.9  # Rank intervals: the central share of the seed bootstrap.
 
   tokenizer = config.tokenizer = ml_collections.ConfigDict()
   # "dataset_bpe": a BPE trained on the dataset's captions (vocab_size below);
@@ -289,6 +300,12 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     _require(train[name] >= 1, f"train.{name}={train[name]} must be at least 1")
   _require(config.eval.genknow.kind in ("procedural", "tfds"),
            f"eval.genknow.kind={config.eval.genknow.kind!r} is not one of ('procedural', 'tfds')")
+  for name in ("ineffective_below", "overgeneralized_below", "catastrophic_drop_fraction",
+               "collapse_spread_ratio"):
+    _require(0 < config.eval[name] < 1, f"eval.{name}={config.eval[name]} must lie strictly "
+                                        f"between 0 and 1")
+  _require(0 < config.benchmark.rank_confidence < 1, f"benchmark.rank_confidence="
+           f"{config.benchmark.rank_confidence} must lie strictly between 0 and 1")
   _require(0 < config.eval.probe_fraction < 1,
            f"eval.probe_fraction={config.eval.probe_fraction} must lie strictly between 0 and 1")
   unlearn = config.unlearn

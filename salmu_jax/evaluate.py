@@ -25,15 +25,34 @@ from salmu_jax.errors import ConfigError, DatasetError, SalmuError
 from salmu_jax.evaluation import metrics
 
 IDENTITY_PROMPT = "a photo of {}."  # 1.4_IdZSC: one prompt per identity name.
-# The original's three failure modes (docs/protocol.md §3), as diagnosis labels.
-INEFFECTIVE, OVERGENERALIZED, CATASTROPHIC = FAILURE_MODES = (
-    "ineffective forgetting", "over-generalized forgetting", "catastrophic damage")
+# The original's three failure modes and ours, representation collapse (docs/protocol.md
+# §3), as diagnosis labels.
+INEFFECTIVE, OVERGENERALIZED, CATASTROPHIC, COLLAPSE = FAILURE_MODES = (
+    "ineffective forgetting", "over-generalized forgetting", "catastrophic damage",
+    "representation collapse")
 EVALUATORS = {}  # "group/key" -> fn(ctx) -> dict, in registration (official) order.
+# The `extended` block beside the official ten (docs/protocol.md §3): metrics that tell a
+# model that still discriminates from one that maps everything close together.
+EXTENDED = {}  # key -> fn(ctx) -> dict
+# Each image's own caption retrieved in a gallery built like 1.1_RetFail's; the splits a
+# model must keep (holdouts: what only Compromised learned; retain: what both learned).
+RETRIEVAL_SPLITS = ("holdout_identity", "holdout_association", "retain_joint", "fragile")
+# Those the utility summary reads. Not the fragile set: it is chosen as the retain pairs
+# Compromised knows least (its retrieval MRR is a few times chance), so a ratio to
+# Compromised's would mostly measure noise; it stays in the extended block and the tables.
+KEPT_RETRIEVAL = ("holdout_identity", "holdout_association", "retain_joint")
+MARGIN_SPLITS = ("forget", "holdout_identity", "holdout_association", "retain_joint",
+                 "retain_disjoint")
+# What the collapse statistics pool: every split a model should keep apart.
+SPREAD_SPLITS = ("holdout_identity", "holdout_association", "retain_joint", "retain_disjoint")
 
 
 def register(group: str, key: str):
   def wrap(fn):
-    EVALUATORS[f"{group}/{key}"] = fn
+    if group == "extended":
+      EXTENDED[key] = fn
+    else:
+      EVALUATORS[f"{group}/{key}"] = fn
     return fn
   return wrap
 
@@ -86,21 +105,22 @@ class Evaluator:
     return self._records[name]
 
   def genknow(self) -> tuple:
-    """(batches of images and labels, class names) of the 2.1_GenKnow task; its source
-    (a tfds dataset, possibly) is opened once per evaluator."""
+    """(batches of images and labels, each class's prompt ensemble) of the 2.1_GenKnow
+    task; its source (a tfds dataset, possibly) is opened once per evaluator."""
     if self._genknow is None:
       genknow = self.config.eval.genknow
       if genknow.kind == "procedural":
-        self._genknow = sources.zeroshot_source(self.config.data), scenes.CLASS_NAMES
+        self._genknow = sources.zeroshot_source(self.config.data), [
+            scenes.zeroshot_prompts(c) for c in range(len(scenes.CLASSES))]
       else:
         source = TfdsClassification(genknow)
-        self._genknow = source, source.class_names
-    source, class_names = self._genknow
+        self._genknow = source, [scenes.class_prompts(name) for name in source.class_names]
+    source, class_prompts = self._genknow
     size = self.config.data.image_size
     return self._cached("genknow", lambda: grain.MapDataset.source(source).map(
         lambda item: {"image": pipeline.fit_image(item["image"], size),
                       "label": np.int32(item["label"])}).batch(self.config.eval.batch_size),
-        len(source)), class_names
+        len(source)), class_prompts
 
   def score(self, params, *, clean: dict | None = None, compromised: dict | None = None,
             progress: bool = False) -> dict:
@@ -113,10 +133,11 @@ class Evaluator:
                          disable=not progress, dynamic_ncols=True):
       group, key = name.split("/")
       result[group][key] = fn(ctx)
+    result["extended"] = {key: fn(ctx) for key, fn in EXTENDED.items()}
     result["breakdown"] = breakdown(ctx)
     if clean is not None and compromised is not None:
       result["normalized"], result["diagnosis"] = normalize_and_diagnose(
-          result, clean, compromised, self.config.eval)
+          headlines(result), headlines(clean), headlines(compromised), self.config.eval)
     return result
 
   def recompute_fragile(self, params) -> list:
@@ -190,27 +211,42 @@ def _mean_paired(ctx, split: str, rows=None) -> dict:
   return {"mean": float(cos.mean()), "count": int(cos.size)}
 
 
+def own_caption_ranks(ctx, split: str, stream: int, exclude_same_text: bool = False) -> tuple:
+  """(ranks, gallery size): each image of `split` ranks its own caption among itself and a
+  gallery drawn once with the seed, as 1.1_RetFail's: up to `eval.gallery_forget` captions
+  of the same split and up to `eval.gallery_retain` retain_disjoint captions (for
+  retain_disjoint itself, both shares come from it). An image's own caption drawn into the
+  gallery is masked out; with `exclude_same_text`, so is any caption with the same text
+  (generic captions repeat, and a copy of the true caption is not a wrong answer)."""
+  data, disjoint = ctx.split(split), ctx.split("retain_disjoint")
+  gallery_same, gallery_retain = ctx.config.eval.gallery_forget, ctx.config.eval.gallery_retain
+  if split == "retain_disjoint":
+    gallery_same, gallery_retain = gallery_same + gallery_retain, 0
+  rng = ctx.rng(stream)
+  n_same = min(gallery_same, len(data.records) - 1)
+  n_retain = min(gallery_retain, len(disjoint.records))
+  same_idx = rng.choice(len(data.records), n_same, replace=False)
+  retain_idx = rng.choice(len(disjoint.records), n_retain, replace=False)
+  gallery = np.concatenate([data.caption[same_idx], disjoint.caption[retain_idx]])
+  exclude = np.zeros((len(data.records), len(gallery)), bool)
+  exclude[same_idx, np.arange(n_same)] = True
+  if exclude_same_text:
+    texts = np.array([r["caption"] for r in data.records])
+    gallery_texts = np.concatenate([texts[same_idx], np.array(
+        [r["caption"] for r in disjoint.records])[retain_idx]])
+    exclude |= texts[:, None] == gallery_texts[None, :]
+  return metrics.retrieval_ranks(data.image, data.caption, gallery, exclude=exclude), len(gallery) + 1
+
+
 def forget_ranks(ctx) -> np.ndarray:
   """1.1's ranks: each forget image's true caption among 1 + gallery_forget + gallery_retain."""
-  forget, disjoint = ctx.split("forget"), ctx.split("retain_disjoint")
-  rng = ctx.rng(11)
-  n_forget = min(ctx.config.eval.gallery_forget, len(forget.records) - 1)
-  n_retain = min(ctx.config.eval.gallery_retain, len(disjoint.records))
-  forget_idx = rng.choice(len(forget.records), n_forget, replace=False)
-  retain_idx = rng.choice(len(disjoint.records), n_retain, replace=False)
-  gallery = np.concatenate([forget.caption[forget_idx], disjoint.caption[retain_idx]])
-  # An image's own caption may be among the sampled forget captions: it is the true item,
-  # not a distractor, so it is masked out of the gallery for that image.
-  own = np.zeros((len(forget.records), len(gallery)), bool)
-  own[forget_idx, np.arange(n_forget)] = True
-  return metrics.retrieval_ranks(forget.image, forget.caption, gallery, exclude=own)
+  return own_caption_ranks(ctx, "forget", 11)[0]
 
 
 @register("efficacy", "1.1_RetFail")
 def ret_fail(ctx):
-  return metrics.recall_and_mrr(forget_ranks(ctx)) | {"gallery_size": int(
-      1 + min(ctx.config.eval.gallery_forget, len(ctx.split("forget").records) - 1)
-      + min(ctx.config.eval.gallery_retain, len(ctx.split("retain_disjoint").records)))}
+  ranks, gallery_size = own_caption_ranks(ctx, "forget", 11)
+  return metrics.recall_and_mrr(ranks) | {"gallery_size": int(gallery_size)}
 
 
 @register("efficacy", "1.2_AssocStr")
@@ -250,14 +286,13 @@ def core_assoc(ctx):
 
 @register("utility", "2.1_GenKnow")
 def gen_know(ctx):
-  batches, class_names = ctx.evaluator.genknow()
-  # One prompt ensemble for every zero-shot task (scenes.PROMPT_TEMPLATES).
-  prompts = [p for name in class_names for p in scenes.class_prompts(name)]
+  batches, class_prompts = ctx.evaluator.genknow()
   image_emb, _, meta = embed.embed_batches(ctx.evaluator.encoders, ctx.params, batches,
                                            texts=False)
-  class_emb = metrics.class_embeddings(ctx.texts(prompts), len(scenes.PROMPT_TEMPLATES))
+  class_emb = metrics.class_embeddings(ctx.texts(p for prompts in class_prompts for p in prompts),
+                                       len(class_prompts[0]))
   return {"accuracy": metrics.zero_shot_accuracy(image_emb, class_emb, meta["label"]),
-          "classes": len(class_names), "count": int(len(image_emb))}
+          "classes": len(class_prompts), "count": int(len(image_emb))}
 
 
 @register("utility", "2.2_InterIdSim")
@@ -275,11 +310,49 @@ def vis_id_int(ctx):
   return _mean_paired(ctx, "retain_joint")
 
 
+def fragile_rows(ctx) -> np.ndarray:
+  """Which retain_disjoint rows are in the fragile set."""
+  fragile = set(ctx.dataset.fragile_ids)
+  return np.array([r["record_id"] in fragile for r in ctx.split("retain_disjoint").records])
+
+
 @register("utility", "2.5_FragSim")
 def frag_sim(ctx):
-  fragile = set(ctx.dataset.fragile_ids)
-  rows = np.array([r["record_id"] in fragile for r in ctx.split("retain_disjoint").records])
-  return _mean_paired(ctx, "retain_disjoint", rows)
+  return _mean_paired(ctx, "retain_disjoint", fragile_rows(ctx))
+
+
+@register("extended", "retrieval")
+def own_caption_retrieval(ctx):
+  """R@1 and MRR of each image's own caption (association captions on the holdouts,
+  generic captions on retain_joint and the fragile set) among RetFail-like distractors."""
+  retrieval = {}
+  for stream, split in enumerate(RETRIEVAL_SPLITS, 101):
+    source = "retain_disjoint" if split == "fragile" else split
+    ranks, gallery_size = own_caption_ranks(ctx, source, stream, exclude_same_text=True)
+    if split == "fragile":
+      ranks = ranks[fragile_rows(ctx)]
+    retrieval[split] = metrics.recall_and_mrr(ranks) | {"gallery_size": int(gallery_size),
+                                                        "count": int(len(ranks))}
+  return retrieval
+
+
+@register("extended", "margin")
+def margins(ctx):
+  """Per split: mean cos(own caption) - mean cos(the split's other captions)."""
+  return {split: metrics.cosine_margin(ctx.split(split).image, ctx.split(split).caption)
+          for split in MARGIN_SPLITS}
+
+
+@register("extended", "collapse")
+def collapse(ctx):
+  """Mean cosine between different images, between different captions, and between an
+  image and other images' captions, pooled over SPREAD_SPLITS."""
+  images = np.concatenate([ctx.split(s).image for s in SPREAD_SPLITS])
+  texts = np.concatenate([ctx.split(s).caption for s in SPREAD_SPLITS])
+  return {"image_cosine": metrics.mean_offdiagonal_cosine(images),
+          "caption_cosine": metrics.mean_offdiagonal_cosine(texts),
+          "mismatched_cosine": metrics.mean_offdiagonal_cosine(images, texts),
+          "count": int(len(images))}
 
 
 class TfdsClassification:
@@ -329,20 +402,64 @@ def headline(result: dict, group: str, key: str) -> float:
   return value["MRR"] if key == "1.1_RetFail" else value.get("mean", value.get("accuracy"))
 
 
-def normalize_and_diagnose(result: dict, clean: dict, compromised: dict, thresholds) -> tuple:
-  normalized = {group: {key: metrics.normalized_score(
-      headline(result, group, key), headline(compromised, group, key), headline(clean, group, key),
-      group) for key in result[group]} for group in ("efficacy", "utility")}
+def headlines(result: dict) -> dict:
+  """The flat numbers that normalization, diagnosis and the leaderboard read: each official
+  metric's headline, own-caption MRR per RETRIEVAL_SPLITS ("retrieval/SPLIT"), the spread
+  of images and of captions (1 - mean cosine between different items) and GenKnow's
+  chance level. Seed means of these are what a leaderboard row is judged by."""
+  if "extended" not in result:
+    raise ConfigError("a result without the `extended` block (written by an older version); "
+                      "evaluate its checkpoint again")
+  flat = {key: headline(result, group, key) for group in ("efficacy", "utility")
+          for key in result[group]}
+  extended = result["extended"]
+  for split in RETRIEVAL_SPLITS:
+    flat[f"retrieval/{split}"] = extended["retrieval"][split]["MRR"]
+  flat["spread/image"] = 1 - extended["collapse"]["image_cosine"]
+  flat["spread/caption"] = 1 - extended["collapse"]["caption_cosine"]
+  flat["genknow_chance"] = 1 / result["utility"]["2.1_GenKnow"]["classes"]
+  return flat
+
+
+def knowledge_kept(values: dict, clean: dict, compromised: dict) -> dict:
+  """What a model still tells apart, 1 = Compromised's level: GenKnow above chance as a
+  share of Compromised's; holdout retrieval between Clean (0: never learned) and
+  Compromised (1); retain_joint retrieval (both references learned it) as a ratio."""
+  chance = compromised["genknow_chance"]
+  kept = {"2.1_GenKnow": metrics.kept_above_chance(values["2.1_GenKnow"],
+                                                   compromised["2.1_GenKnow"], chance)}
+  for split in KEPT_RETRIEVAL:
+    key = f"retrieval/{split}"
+    if split.startswith("holdout"):
+      kept[key] = 1 - metrics.normalized_score(values[key], compromised[key], clean[key],
+                                               "efficacy")
+    else:
+      kept[key] = metrics.normalized_score(values[key], compromised[key], clean[key], "utility")
+  return kept
+
+
+def normalize_and_diagnose(values: dict, clean: dict, compromised: dict, thresholds) -> tuple:
+  """Normalized scores and failure modes from `headlines(...)` of a model and the two
+  references (docs/protocol.md §3). The official ten are normalized as before; the
+  diagnosis reads what the model still discriminates (`kept`), not mean cosines, which
+  a collapsed model keeps high."""
+  normalized = {"efficacy": {}, "utility": {}}
+  for name in EVALUATORS:
+    group, key = name.split("/")
+    normalized[group][key] = metrics.normalized_score(values[key], compromised[key], clean[key],
+                                                      group)
+  normalized["kept"] = kept = knowledge_kept(values, clean, compromised)
   modes = []
   if normalized["efficacy"]["1.1_RetFail"] < thresholds.ineffective_below:
     modes.append(INEFFECTIVE)
-  for key in ("2.2_InterIdSim", "2.3_IntraIdSim"):
-    if headline(result, "utility", key) < headline(clean, "utility", key) - thresholds.overgeneralized_margin:
-      modes.append(OVERGENERALIZED)
-      break
-  if headline(result, "utility", "2.1_GenKnow") < \
-      headline(compromised, "utility", "2.1_GenKnow") - thresholds.catastrophic_drop:
+  if min(kept["retrieval/holdout_identity"], kept["retrieval/holdout_association"]) < \
+      thresholds.overgeneralized_below:
+    modes.append(OVERGENERALIZED)
+  if kept["2.1_GenKnow"] < 1 - thresholds.catastrophic_drop_fraction:
     modes.append(CATASTROPHIC)
+  if any(values[key] < thresholds.collapse_spread_ratio * min(clean[key], compromised[key])
+         for key in ("spread/image", "spread/caption")):
+    modes.append(COLLAPSE)
   return normalized, {"failure_modes": modes, "label": ", ".join(modes) or "none"}
 
 
@@ -373,6 +490,10 @@ def main(argv):
   io_utils.write_json_atomic(_OUT.value, result)
   for group in ("efficacy", "utility"):
     print(group + ": " + ", ".join(f"{k} {headline(result, group, k):.4f}" for k in result[group]))
+  print("extended: " + ", ".join(f"{k} {v:.4f}" for k, v in headlines(result).items()
+                                 if k.startswith(("retrieval/", "spread/"))))
+  if "diagnosis" in result:
+    print(f"diagnosis: {result['diagnosis']['label']}")
   print(f"written to {_OUT.value} in {result['meta']['seconds']} s")
 
 

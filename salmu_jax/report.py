@@ -8,6 +8,7 @@ import base64
 import datetime
 import html
 import io
+import itertools
 import math
 
 import numpy as np
@@ -16,9 +17,17 @@ from salmu_jax import evaluate
 
 METRICS = [name.split("/") for name in evaluate.EVALUATORS]  # [(group, key)] official order.
 SHORT = {key: key.split("_", 1)[1] for _, key in METRICS}  # "1.1_RetFail" -> "RetFail"
+# The discriminative numbers (evaluate.headlines) shown beside the official ten.
+EXTENDED_COLUMNS = {"retrieval/holdout_identity": "holdout_identity MRR",
+                    "retrieval/holdout_association": "holdout_association MRR",
+                    "retrieval/retain_joint": "retain_joint MRR",
+                    "retrieval/fragile": "fragile MRR",
+                    "spread/image": "image spread", "spread/caption": "caption spread"}
 MODE_COLORS = {"none": "#2a9d8f", evaluate.INEFFECTIVE: "#8d99ae",
                evaluate.OVERGENERALIZED: "#e76f51", evaluate.CATASTROPHIC: "#9b2226",
-               "several": "#6a4c93"}
+               evaluate.COLLAPSE: "#f4a261", "several": "#6a4c93"}
+# Exact bootstrap over seeds up to this many seeds (462 resamples at 6); Monte Carlo above.
+EXACT_BOOTSTRAP_SEEDS, MONTE_CARLO_RESAMPLES = 6, 1000
 
 
 def spread(values) -> dict:
@@ -27,92 +36,167 @@ def spread(values) -> dict:
           "n": int(len(values))}
 
 
-def summarize(results: list) -> dict:
-  """Headline of each metric over seeds: {key: {mean, std, n}}."""
-  return {key: spread([evaluate.headline(r, group, key) for r in results]) for group, key in METRICS}
-
-
-def _as_result(summary: dict) -> dict:
-  """A result dict of seed-mean headlines, in the shape evaluate.headline reads."""
-  result = {"efficacy": {}, "utility": {}}
-  for group, key in METRICS:
-    result[group][key] = {"MRR" if key == "1.1_RetFail" else "mean": summary[key]["mean"]}
-  return result
+def summarize(flat_results: list) -> dict:
+  """{key: {mean, std, n}} over seeds of evaluate.headlines(...) dicts."""
+  return {key: spread([r[key] for r in flat_results]) for key in flat_results[0]}
 
 
 def scores(normalized: dict) -> dict:
-  """Two summary numbers: mean normalized efficacy (0 = Compromised, 1 = Clean) and mean
-  utility kept (1 = Compromised's level), each metric clipped to [0, 1] first so that
-  overshooting Clean or beating Compromised on one metric cannot hide another; and
-  their harmonic mean, which is high only when both are."""
+  """Two summary numbers: mean normalized efficacy over the official five (0 =
+  Compromised, 1 = Clean) and mean knowledge kept (normalized["kept"]: GenKnow above
+  chance and own-caption retrieval on the holdouts and retain_joint, 1 = Compromised),
+  each clipped to [0, 1] first so that overshooting on one cannot hide another; and
+  their harmonic mean, which is high only when both are. Utility reads what a model
+  still tells apart, not mean cosines, which a collapsed model keeps high."""
   efficacy = float(np.mean([np.clip(v, 0, 1) for v in normalized["efficacy"].values()]))
-  utility = float(np.mean([np.clip(v, 0, 1) for v in normalized["utility"].values()]))
+  utility = float(np.mean([np.nan_to_num(np.clip(v, 0, 1)) for v in normalized["kept"].values()]))
   balanced = 2 * efficacy * utility / (efficacy + utility) if efficacy + utility > 0 else 0.0
   return {"efficacy": efficacy, "utility": utility, "balanced": float(balanced)}
 
 
-def leaderboard(clean: list, compromised: list, runs: dict, thresholds) -> dict:
-  """clean/compromised: per-seed results; runs: {(method, budget): [per-seed results]}.
+def _judge(values: dict, clean: dict, compromised: dict, thresholds) -> tuple:
+  normalized, diagnosis = evaluate.normalize_and_diagnose(values, clean, compromised, thresholds)
+  return normalized, diagnosis, scores(normalized)
 
-  Rows are ordered by the number of failure modes, then by the balanced score.
-  Normalization and diagnosis use seed means (references of the same seeds).
+
+def _rank_order(judged: dict) -> list:
+  """Row keys best first: fewer failure modes, then a higher balanced score."""
+  return sorted(judged, key=lambda k: (len(judged[k][1]["failure_modes"]),
+                                       -judged[k][2]["balanced"], k[0], k[1]))
+
+
+def _weighted_mean(flat_results: list, weights) -> dict:
+  return {key: float(np.dot(weights, [r[key] for r in flat_results])) for key in flat_results[0]}
+
+
+def seed_resamples(n: int) -> list:
+  """(weights over the n seeds, probability) of every bootstrap resample: exact (each
+  multiset of seeds with its multinomial probability) up to EXACT_BOOTSTRAP_SEEDS seeds,
+  else MONTE_CARLO_RESAMPLES draws with a fixed seed. Seeds are paired: a resample takes
+  a seed's references and unlearned models together."""
+  if n <= EXACT_BOOTSTRAP_SEEDS:
+    resamples = []
+    for combo in itertools.combinations_with_replacement(range(n), n):
+      counts = np.bincount(combo, minlength=n)
+      ways = math.factorial(n) / np.prod([math.factorial(c) for c in counts])
+      resamples.append((counts / n, ways / n ** n))
+    return resamples
+  rng = np.random.default_rng(0)
+  return [(np.bincount(rng.integers(n, size=n), minlength=n) / n, 1 / MONTE_CARLO_RESAMPLES)
+          for _ in range(MONTE_CARLO_RESAMPLES)]
+
+
+def rank_intervals(clean: list, compromised: list, runs: dict, thresholds, confidence: float) -> dict:
+  """{row key: (low, high)}: the central `confidence` share of each row's rank over the
+  seed bootstrap. Two rows whose intervals overlap are not told apart by these seeds."""
+  ranks = {key: [] for key in runs}
+  for weights, probability in seed_resamples(len(clean)):
+    clean_mean, compromised_mean = (_weighted_mean(r, weights) for r in (clean, compromised))
+    judged = {key: _judge(_weighted_mean(results, weights), clean_mean, compromised_mean,
+                          thresholds) for key, results in runs.items()}
+    for rank, key in enumerate(_rank_order(judged), 1):
+      ranks[key].append((rank, probability))
+  intervals = {}
+  for key, draws in ranks.items():
+    values = np.array(sorted(draws))
+    cumulative = np.cumsum(values[:, 1]) / values[:, 1].sum()
+    low = values[np.searchsorted(cumulative, (1 - confidence) / 2 - 1e-12), 0]
+    high = values[np.searchsorted(cumulative, (1 + confidence) / 2 - 1e-12), 0]
+    intervals[key] = (int(low), int(high))
+  return intervals
+
+
+def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
+                confidence: float = 0.9) -> dict:
+  """clean/compromised: per-seed results; runs: {(method, budget): [per-seed results]},
+  seed lists in the same order.
+
+  Normalization and diagnosis use seed means (references of the same seeds). Rows are
+  ordered by the number of failure modes, then by the balanced score; each carries the
+  rank interval of the seed bootstrap (`rank_intervals`).
   """
-  references = {"clean": summarize(clean), "compromised": summarize(compromised)}
-  clean_mean, compromised_mean = (_as_result(references[n]) for n in ("clean", "compromised"))
-  rows = []
-  for (method, budget), results in runs.items():
+  uneven = [key for key, results in runs.items() if len(results) != len(clean)]
+  if len(compromised) != len(clean) or uneven:
+    raise ValueError(f"every row needs one result per seed ({len(clean)}); uneven: "
+                     f"{uneven or 'compromised'}")
+  flat = lambda results: [evaluate.headlines(r) for r in results]
+  clean_flat, compromised_flat = flat(clean), flat(compromised)
+  runs_flat = {key: flat(results) for key, results in runs.items()}
+  references = {"clean": summarize(clean_flat), "compromised": summarize(compromised_flat)}
+  mean = lambda summary: {key: value["mean"] for key, value in summary.items()}
+  clean_mean, compromised_mean = mean(references["clean"]), mean(references["compromised"])
+  judged, rows = {}, {}
+  for key, results in runs_flat.items():
     summary = summarize(results)
-    normalized, diagnosis = evaluate.normalize_and_diagnose(
-        _as_result(summary), clean_mean, compromised_mean, thresholds)
-    rows.append({"method": method, "budget": budget, "metrics": summary,
-                 "normalized": normalized, "scores": scores(normalized),
+    judged[key] = _judge(mean(summary), clean_mean, compromised_mean, thresholds)
+    normalized, diagnosis, row_scores = judged[key]
+    rows[key] = {"method": key[0], "budget": key[1], "metrics": summary,
+                 "normalized": normalized, "scores": row_scores,
                  "failure_modes": diagnosis["failure_modes"], "label": diagnosis["label"],
-                 "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in results])})
-  rows.sort(key=lambda r: (len(r["failure_modes"]), -r["scores"]["balanced"], r["method"],
-                           r["budget"]))
-  for rank, row in enumerate(rows, 1):
-    row["rank"] = rank
-  normalized_clean, _ = evaluate.normalize_and_diagnose(clean_mean, clean_mean, compromised_mean,
-                                                        thresholds)
-  return {"references": references, "rows": rows,
-          "reference_scores": {"clean": scores(normalized_clean),
+                 "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]])}
+  intervals = rank_intervals(clean_flat, compromised_flat, runs_flat, thresholds, confidence)
+  ordered = []
+  for rank, key in enumerate(_rank_order(judged), 1):
+    rows[key]["rank"], rows[key]["rank_interval"] = rank, list(intervals[key])
+    ordered.append(rows[key])
+  normalized_clean, _, clean_scores = _judge(clean_mean, clean_mean, compromised_mean, thresholds)
+  return {"references": references, "rows": ordered,
+          "per_seed": {"clean": clean_flat, "compromised": compromised_flat},
+          "rank_confidence": confidence,
+          "reference_scores": {"clean": clean_scores,
                                "compromised": {"efficacy": 0.0, "utility": 1.0, "balanced": 0.0}}}
 
 
-def soundness_checks(board: dict, criteria) -> list:
-  """Does the benchmark measure what it claims? Compromised must have memorized the
-  associations and Clean not, with general knowledge equal; the failure modes of the
-  original should be visible among the baselines. Each check: name, value, passed."""
-  clean, compromised = (board["references"][n] for n in ("clean", "compromised"))
-  mean = lambda summary, key: summary[key]["mean"]
+def _reference_checks(clean: dict, compromised: dict, criteria) -> list:
+  """(name, value, passed) of each check on one seed's references."""
   checks = []
-  retfail_clean, retfail_comp = mean(clean, "1.1_RetFail"), mean(compromised, "1.1_RetFail")
-  ratio = retfail_comp / retfail_clean if retfail_clean > 0 else math.inf
-  checks.append({"name": f"RetFail MRR: Compromised >= {criteria.min_retfail_ratio:g}x Clean",
-                 "value": f"{retfail_comp:.4f} vs {retfail_clean:.4f} ({ratio:.0f}x)",
-                 "passed": bool(ratio >= criteria.min_retfail_ratio)})
-  gap = mean(compromised, "1.2_AssocStr") - mean(clean, "1.2_AssocStr")
-  checks.append({"name": f"AssocStr: Compromised >= Clean + {criteria.min_assocstr_gap:g}",
-                 "value": f"gap {gap:+.3f}", "passed": bool(gap >= criteria.min_assocstr_gap)})
-  efficacy_keys = [key for group, key in METRICS if group == "efficacy"]
-  below = [SHORT[k] for k in efficacy_keys if mean(compromised, k) <= mean(clean, k)]
-  checks.append({"name": "every efficacy metric: Compromised > Clean",
-                 "value": "all" if not below else "not " + ", ".join(below),
-                 "passed": not below})
-  genknow_gap = mean(compromised, "2.1_GenKnow") - mean(clean, "2.1_GenKnow")
-  checks.append({"name": f"GenKnow: |Compromised - Clean| <= {criteria.max_genknow_gap:g}",
-                 "value": f"{genknow_gap:+.3f}",
-                 "passed": bool(abs(genknow_gap) <= criteria.max_genknow_gap)})
+  ratio = lambda a, b: a / b if b > 0 else math.inf
+  for key, label in (("1.1_RetFail", "RetFail MRR"),
+                     ("retrieval/holdout_identity", "holdout_identity retrieval MRR"),
+                     ("retrieval/holdout_association", "holdout_association retrieval MRR")):
+    r = ratio(compromised[key], clean[key])
+    checks.append((f"{label}: Compromised >= {criteria.min_retfail_ratio:g}x Clean",
+                   f"{compromised[key]:.3f} vs {clean[key]:.4f} ({r:.0f}x)",
+                   bool(r >= criteria.min_retfail_ratio)))
+  gap = compromised["1.2_AssocStr"] - clean["1.2_AssocStr"]
+  checks.append((f"AssocStr: Compromised >= Clean + {criteria.min_assocstr_gap:g}",
+                 f"{gap:+.3f}", bool(gap >= criteria.min_assocstr_gap)))
+  below = [SHORT[k] for group, k in METRICS if group == "efficacy" and compromised[k] <= clean[k]]
+  checks.append(("every efficacy metric: Compromised > Clean",
+                 "all" if not below else "not " + ", ".join(below), not below))
+  chance = compromised["genknow_chance"]
+  above = (compromised["2.1_GenKnow"] + clean["2.1_GenKnow"]) / 2 - chance
+  difference = compromised["2.1_GenKnow"] - clean["2.1_GenKnow"]
+  gap = difference / above if above > 0 else (0.0 if difference == 0 else math.inf)
+  checks.append((f"GenKnow: |Compromised - Clean| <= {criteria.max_genknow_gap_fraction:g} of "
+                 f"their accuracy above chance",
+                 f"{compromised['2.1_GenKnow']:.3f} vs {clean['2.1_GenKnow']:.3f} ({gap:+.3f})",
+                 bool(abs(gap) <= criteria.max_genknow_gap_fraction)))
   for key in ("2.2_InterIdSim", "2.3_IntraIdSim"):
-    checks.append({"name": f"{SHORT[key]}: Compromised > Clean",
-                   "value": f"{mean(compromised, key):.3f} vs {mean(clean, key):.3f}",
-                   "passed": bool(mean(compromised, key) > mean(clean, key))})
-  for mode in evaluate.FAILURE_MODES:
+    checks.append((f"{SHORT[key]}: Compromised > Clean",
+                   f"{compromised[key]:.3f} vs {clean[key]:.3f}", bool(compromised[key] > clean[key])))
+  return checks
+
+
+def soundness_checks(board: dict, criteria) -> list:
+  """Does the benchmark measure what it claims? On every seed, Compromised must have
+  memorized the associations (forget and holdouts) and Clean not, with general knowledge
+  equal; over the seed means, the original's failure modes should be visible among the
+  baselines. Each check: name, value (per seed), passed (on every seed)."""
+  per_seed = [_reference_checks(c, p, criteria) for c, p in
+              zip(board["per_seed"]["clean"], board["per_seed"]["compromised"])]
+  checks = []
+  for i, (name, _, _) in enumerate(per_seed[0]):
+    values = [seed_checks[i] for seed_checks in per_seed]
+    value = values[0][1] if len(values) == 1 else "; ".join(
+        f"seed {n}: {v[1]}" for n, v in enumerate(values))
+    checks.append({"name": name, "value": value, "passed": all(v[2] for v in values),
+                   "per_seed": [v[2] for v in values]})
+  for mode in evaluate.FAILURE_MODES[:3]:  # The original's three; collapse is ours.
     shown = [f"{r['method']}@{r['budget']:g}x" for r in board["rows"] if mode in r["failure_modes"]]
     listed = ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
     checks.append({"name": f"failure mode visible: {mode}",
-                   "value": listed if shown else "no method shows it",
-                   "passed": bool(shown)})
+                   "value": listed if shown else "no method shows it", "passed": bool(shown)})
   return checks
 
 
@@ -120,6 +204,11 @@ def _cell(spread: dict) -> str:
   if spread["n"] > 1:
     return f"{spread['mean']:.3f} ± {spread['std']:.3f}"
   return f"{spread['mean']:.4f}" if abs(spread["mean"]) < 0.01 else f"{spread['mean']:.3f}"
+
+
+def _rank_cell(row: dict) -> str:
+  low, high = row["rank_interval"]
+  return str(row["rank"]) if low == high else f"{row['rank']} ({low}-{high})"
 
 
 def table_rows(board: dict) -> tuple:
@@ -134,25 +223,53 @@ def table_rows(board: dict) -> tuple:
                 + [f"{s['efficacy']:.2f}", f"{s['utility']:.2f}", f"{s['balanced']:.2f}", ""])
   for row in board["rows"]:
     s = row["scores"]
-    rows.append([str(row["rank"]), row["method"], f"{row['budget']:g}x"]
+    rows.append([_rank_cell(row), row["method"], f"{row['budget']:g}x"]
                 + [_cell(row["metrics"][k]) for _, k in METRICS]
                 + [f"{s['efficacy']:.2f}", f"{s['utility']:.2f}", f"{s['balanced']:.2f}", row["label"]])
   return header, rows
 
 
+def extended_rows(board: dict) -> tuple:
+  """(header, rows of strings) of the discriminative numbers behind utility and diagnosis."""
+  header = ["rank", "method", "budget"] + list(EXTENDED_COLUMNS.values())
+  rows = [["", name.capitalize(), ""] + [_cell(board["references"][name][k]) for k in EXTENDED_COLUMNS]
+          for name in ("clean", "compromised")]
+  rows += [[str(row["rank"]), row["method"], f"{row['budget']:g}x"]
+           + [_cell(row["metrics"][k]) for k in EXTENDED_COLUMNS] for row in board["rows"]]
+  return header, rows
+
+
+def _markdown_table(header: list, rows: list) -> list:
+  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+          + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def markdown(board: dict, checks: list, meta: dict) -> str:
-  header, rows = table_rows(board)
+  seeds = len(meta["seeds"])
+  confidence = f"{board['rank_confidence']:.0%}"
   lines = [f"# SALMUBench leaderboard: {meta['config_name']}", "",
            f"{meta['date']}; {meta['device']}; seeds {meta['seeds']}; "
            f"jax {meta['versions']['jax']}, flax {meta['versions']['flax']}.", "",
-           "Headline of each metric (RetFail: MRR); mean ± std over seeds when there are several. "
-           "efficacy = mean normalized efficacy (0 = Compromised, 1 = Clean), utility = mean "
-           "utility kept (1 = Compromised), both clipped to [0, 1] per metric; balanced = their "
-           "harmonic mean. Ranked by the number of failure modes, then balanced "
-           "(docs/protocol.md §5).", "",
-           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(row) + " |" for row in rows]
-  lines += ["", "## Soundness checks", "", "| check | value | passed |", "|---|---|---|"]
+           "Headline of each official metric (RetFail: MRR); mean ± std over seeds when there "
+           "are several. efficacy = mean normalized efficacy of the official five (0 = "
+           "Compromised, 1 = Clean); utility = mean knowledge kept (GenKnow above chance, "
+           "own-caption retrieval on the holdouts and retain_joint; 1 = "
+           "Compromised), each clipped to [0, 1]; balanced = their harmonic mean. Ranked by the "
+           "number of failure modes, then balanced (docs/protocol.md §5). "
+           + (f"Rank (low-high): the central {confidence} of the rank over a bootstrap of the "
+              f"{seeds} seeds; rows whose intervals overlap are not told apart by these seeds."
+              if seeds > 1 else "One seed: no spread measured, so no rank is known to be "
+                                "resolved; run with --seeds=3."), ""]
+  lines += _markdown_table(*table_rows(board))
+  lines += ["", "## What the models still tell apart (extended metrics)", "",
+            "Own-caption retrieval MRR per split (gallery built like RetFail's) and the spread "
+            "of images and captions (1 - mean cosine between different items; near 0 = "
+            "collapsed). Utility and the over-generalization and collapse diagnoses read these "
+            "(docs/protocol.md §3).", ""]
+  lines += _markdown_table(*extended_rows(board))
+  lines += ["", "## Soundness checks", "",
+            f"Reference checks hold on every seed separately ({seeds} seed{'s' * (seeds > 1)}).",
+            "", "| check | value | passed |", "|---|---|---|"]
   lines += [f"| {c['name']} | {c['value']} | {'yes' if c['passed'] else 'NO'} |" for c in checks]
   return "\n".join(lines) + "\n"
 
@@ -239,9 +356,12 @@ def report_html(board: dict, checks: list, meta: dict, contact_sheet_png: bytes 
     images[name] = base64.b64encode(png_bytes(figure)).decode()
     plt.close(figure)
   esc = html.escape
-  header, rows = table_rows(board)
-  table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" + "".join(
-      "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
+
+  def html_table(header, rows):
+    return "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
+
+  table, extended = html_table(*table_rows(board)), html_table(*extended_rows(board))
   check_rows = "".join(
       f"<tr class='{'pass' if c['passed'] else 'fail'}'><td>{esc(c['name'])}</td>"
       f"<td>{esc(c['value'])}</td><td>{'yes' if c['passed'] else 'NO'}</td></tr>" for c in checks)
@@ -268,8 +388,13 @@ budgets {esc(', '.join(f'{b:g}x' for b in meta['budgets']))}; {esc(versions)}.</
 <img src="data:image/png;base64,{images['metrics']}" style="max-width:100%">
 <h2>Leaderboard</h2>
 <p>Ranked by the number of failure modes, then by the harmonic mean of efficacy and utility
-(docs/protocol.md §5). Failure modes: {esc(', '.join(evaluate.FAILURE_MODES))}.</p>
+(docs/protocol.md §5); rank (low-high) is the central {board['rank_confidence']:.0%} over a
+bootstrap of the seeds. Failure modes: {esc(', '.join(evaluate.FAILURE_MODES))}.</p>
 {table}
+<h2>What the models still tell apart</h2>
+<p>Own-caption retrieval MRR per split and the spread of images and captions (1 - mean cosine
+between different items); utility, over-generalization and collapse read these.</p>
+{extended}
 {sheet}
 <h2>Stages</h2>
 <table><tr><th>stage</th><th>status</th><th>seconds</th></tr>{stage_rows}</table>

@@ -13,6 +13,7 @@ task vector) and report it. A method sees only the forget split and retain data.
 associations are unlearned, and |forget| is their number of pairs (data/requests.py).
 """
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -93,40 +94,6 @@ class _Batches:
     return batch
 
 
-def _run_objective(trainer, state, reference_params, objective, names, steps, batches, config,
-                   update_mask=None, progress=True, label=""):
-  """`steps` optimizer steps of `objective` on the named batches; returns (state, last metrics)."""
-  tx, learning_rate = unlearning_optimizer(config, steps)
-  shardings = trainer.state_shardings
-  # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
-  # with the step's output shardings, so the second step does not see new input types and
-  # compile again.
-  state = jax.jit(lambda params, rng: train.TrainState(
-      jnp.zeros((), jnp.int32), params, tx.init(params), rng), out_shardings=shardings)(
-          state.params, state.rng)
-  batch_shardings = {n: batches.sharding for n in names}
-  step_fn = jax.jit(train.make_train_step(tx, objective, train.model_apply(trainer.graphdef),
-                                          update_mask),
-                    in_shardings=(shardings, shardings.params, batch_shardings, None),
-                    out_shardings=(shardings, sharding.replicated(trainer.mesh)),
-                    donate_argnums=(0,))
-  from tqdm import tqdm
-  metrics, first_loss = {}, None
-  with tqdm(total=steps, desc=label, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-    for step in range(steps):
-      state, metrics = step_fn(state, reference_params, batches.next(names),
-                               jnp.float32(learning_rate(step)))
-      first_loss = metrics["loss"] if first_loss is None else first_loss
-      if (step + 1) % config.unlearn.log_every == 0 or step + 1 == steps:
-        loss = float(metrics["loss"])
-        if not math.isfinite(loss):
-          raise NonFiniteLoss(f"unlearning loss is {loss} at step {step + 1}; nothing was "
-                              f"written; lower unlearn.learning_rate")
-        bar.set_postfix(loss=f"{loss:.4f}")
-      bar.update(1)
-  return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
-
-
 class Unlearner:
   """The Compromised model of `from_dir`, restored once; runs any number of (method,
   budget) requests from it (the CLI runs one, the benchmark all of them).
@@ -135,21 +102,68 @@ class Unlearner:
   """
 
   def __init__(self, config, from_dir: str, *, dataset_dir: str | None = None, devices=None,
-               trainer=None):
+               trainer=None, compiled: dict | None = None):
+    """`compiled` (optional, shared): jitted functions by what they compute, so that
+    Unlearners of other seeds of the same config (the benchmark) trace and compile each
+    method's step once; the persistent compilation cache alone still retraces."""
+    self._compiled = {} if compiled is None else compiled
     config = config.copy_and_resolve_references()
     config.reference = "compromised"  # What --from must hold; the result is "unlearned".
     self.config, self.from_dir = config, from_dir
     self.trainer = trainer or train.setup(
         config, from_dir, dataset_dir or os.path.join(from_dir, "data", "dataset"), devices)
-    # The frozen reference is stored once and never donated: `_run_objective` trains a copy
+    # The frozen reference is stored once and never donated: `_optimize` trains a copy
     # (donating buffers the reference shares would invalidate it on the first step).
     self.original = train.restore_state(self.trainer, from_dir, reference="compromised")
     if self.original is None:
       raise ConfigError(f"--from={from_dir} holds no checkpoint; train Compromised there first")
     apply, loss = train.model_apply(self.trainer.graphdef), objectives.contrastive(
         "batch", config.train.loss)
-    self._loss_grad = jax.jit(lambda p, b: jax.grad(lambda q: loss(
-        q, {"batch": b}, objectives.Context(None, jax.random.PRNGKey(0), 0, apply))[0])(p))
+    self._loss_grad = self._jitted(("loss_grad",), lambda: jax.jit(lambda p, b: jax.grad(
+        lambda q: loss(q, {"batch": b}, objectives.Context(
+            None, jax.random.PRNGKey(0), 0, apply))[0])(p)))
+
+  def _jitted(self, key: tuple, make):
+    if key not in self._compiled:
+      self._compiled[key] = make()
+    return self._compiled[key]
+
+  def _optimize(self, state, objective, key: tuple, names, steps, batches, update_mask=None,
+                progress=True, label=""):
+    """`steps` optimizer steps of `objective` on the named batches; returns (state, last
+    metrics). `key` names what `objective` computes (method and hyperparameters): steps
+    of equal keys share one jitted function. A SalUn mask is baked into its program, so
+    masked steps are not shared."""
+    config, trainer = self.config, self.trainer
+    tx, learning_rate = unlearning_optimizer(config, steps)
+    shardings = trainer.state_shardings
+    # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
+    # with the step's output shardings, so the second step does not see new input types and
+    # compile again.
+    fresh = self._jitted(("fresh_state",), lambda: jax.jit(lambda params, rng: train.TrainState(
+        jnp.zeros((), jnp.int32), params, tx.init(params), rng), out_shardings=shardings))
+    state = fresh(state.params, state.rng)
+    make_step = lambda: jax.jit(
+        train.make_train_step(tx, objective, train.model_apply(trainer.graphdef), update_mask),
+        in_shardings=(shardings, shardings.params, {n: batches.sharding for n in names}, None),
+        out_shardings=(shardings, sharding.replicated(trainer.mesh)), donate_argnums=(0,))
+    step_fn = make_step() if update_mask is not None else self._jitted(("step", *key, names),
+                                                                       make_step)
+    from tqdm import tqdm
+    metrics, first_loss = {}, None
+    with tqdm(total=steps, desc=label, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+      for step in range(steps):
+        state, metrics = step_fn(state, self.original.params, batches.next(names),
+                                 jnp.float32(learning_rate(step)))
+        first_loss = metrics["loss"] if first_loss is None else first_loss
+        if (step + 1) % config.unlearn.log_every == 0 or step + 1 == steps:
+          loss = float(metrics["loss"])
+          if not math.isfinite(loss):
+            raise NonFiniteLoss(f"unlearning loss is {loss} at step {step + 1}; nothing was "
+                                f"written; lower unlearn.learning_rate")
+          bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update(1)
+    return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
 
   def _importances(self, params, batches, names, count):
     """Mean squared gradients of the pretraining loss over `count` batches of `names`."""
@@ -171,7 +185,6 @@ class Unlearner:
     method = _check_request(method_name, budget)
     start = time.perf_counter()
     config, trainer, state = self.config, self.trainer, self.original
-    reference_params = self.original.params
     hp = config.unlearn[method_name]
     indices = None
     if forget_request is not None:
@@ -195,9 +208,10 @@ class Unlearner:
       state = dataclasses.replace(state, params=params)
       steps = 0
     elif method.one_shot == "task_vector":
-      finetuned, metrics = _run_objective(
-          trainer, state, reference_params, objectives.contrastive("forget", config.train.loss),
-          ("forget",), steps, batches, config, progress=progress, label="task vector fine-tune")
+      finetuned, metrics = self._optimize(
+          state, objectives.contrastive("forget", config.train.loss),
+          ("task_vector_finetune", config.train.loss), ("forget",), steps, batches,
+          progress=progress, label="task vector fine-tune")
       params = parameter_transforms.task_vector_negation(state.params, finetuned.params, hp.alpha)
       state = dataclasses.replace(state, params=train.clamp_logit_scale(params))
     else:
@@ -207,9 +221,10 @@ class Unlearner:
         mask = parameter_transforms.saliency_mask(grads, hp.sparsity)
         details["salient_weights"] = int(sum(int(m.sum()) for m in jax.tree.leaves(mask)))
         details["saliency_samples"] = batches.samples["forget"]  # The mask's forget batch.
-      state, metrics = _run_objective(trainer, state, reference_params, method.objective(hp),
-                                      names, steps, batches, config, update_mask=mask,
-                                      progress=progress, label=f"unlearn {method_name}")
+      state, metrics = self._optimize(
+          state, method.objective(hp), (method_name, json.dumps(hp.to_dict(), sort_keys=True)),
+          names, steps, batches, update_mask=mask, progress=progress,
+          label=f"unlearn {method_name}")
 
     manager = train.checkpoint_manager(workdir, config)
     manager.save(int(state.step), args=ocp.args.Composite(

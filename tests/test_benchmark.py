@@ -61,12 +61,18 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   assert {(r["method"], r["budget"]) for r in saved["rows"]} == {(m, 1.0) for m in METHODS}
   keys = [name.split("/")[1] for name in evaluate.EVALUATORS]
   for row in saved["rows"]:
-    assert list(row["metrics"]) == keys and row["metrics"]["1.1_RetFail"]["n"] == 1
-    assert set(row["normalized"]) == {"efficacy", "utility"}
+    assert list(row["metrics"])[:10] == keys and row["metrics"]["1.1_RetFail"]["n"] == 1
+    assert set(report.EXTENDED_COLUMNS) <= set(row["metrics"])
+    assert set(row["normalized"]["kept"]) == {"2.1_GenKnow", "retrieval/holdout_identity",
+                                              "retrieval/holdout_association",
+                                              "retrieval/retain_joint"}
+    assert set(row["normalized"]) == {"efficacy", "utility", "kept"}
     assert row["label"] == (", ".join(row["failure_modes"]) or "none")
     assert row["samples_processed"] > 0 and row["paper"]
   assert set(saved["references"]) == {"clean", "compromised"}
-  assert len(saved["checks"]) == 9 and all(isinstance(c["passed"], bool) for c in saved["checks"])
+  assert len(saved["checks"]) == 11 and all(isinstance(c["passed"], bool) for c in saved["checks"])
+  assert [r["rank_interval"] for r in saved["rows"]] == [[1, 1], [2, 2]]  # One seed: no spread.
+  assert "## What the models still tell apart" in (workdir / "leaderboard.md").read_text()
   assert saved["meta"]["versions"]["jax"] == jax.__version__ and saved["meta"]["seeds"] == [0]
   table = (workdir / "leaderboard.md").read_text()
   assert "| rank | method | budget | RetFail |" in table and "| Clean |" in table
@@ -119,59 +125,115 @@ def test_bad_benchmark_requests_are_named(micro_config, tmp_path, kwargs, messag
 
 
 def fake_result(values: dict) -> dict:
-  """An evaluation result with the given headlines (missing metrics: 0.5)."""
+  """An evaluation result with the given headlines (evaluate.headlines keys; missing
+  official metrics: 0.5, missing retrieval MRR: 0.5, missing spreads: 0.7)."""
   result = {"efficacy": {}, "utility": {}, "breakdown": {"leakage_rate": 0.1}}
   for name in evaluate.EVALUATORS:
     group, key = name.split("/")
     value = values.get(key, 0.5)
     result[group][key] = {"MRR": value} if key == "1.1_RetFail" else {"mean": value}
+  result["utility"]["2.1_GenKnow"] = {"accuracy": values.get("2.1_GenKnow", 0.5), "classes": 32}
+  result["extended"] = {
+      "retrieval": {s: {"MRR": values.get(f"retrieval/{s}", 0.5)} for s in evaluate.RETRIEVAL_SPLITS},
+      "collapse": {"image_cosine": 1 - values.get("spread/image", 0.7),
+                   "caption_cosine": 1 - values.get("spread/caption", 0.7)}}
   return result
 
 
-CLEAN = {"1.1_RetFail": 0.001, "1.2_AssocStr": -0.2, "2.1_GenKnow": 0.10, "2.2_InterIdSim": -0.2,
-         "2.3_IntraIdSim": -0.2}
+HOLDOUTS = ("retrieval/holdout_identity", "retrieval/holdout_association")
+CLEAN = {"1.1_RetFail": 0.001, "1.2_AssocStr": -0.2, "2.1_GenKnow": 0.90, "2.2_InterIdSim": -0.2,
+         "2.3_IntraIdSim": -0.2, **{k: 0.01 for k in HOLDOUTS}}
 COMPROMISED = {"1.1_RetFail": 0.30, "1.2_AssocStr": 0.8, "1.3_ACS": 0.9, "1.4_IdZSC": 0.6,
-               "1.5_CoreAssoc": 0.7, "2.1_GenKnow": 0.11, "2.2_InterIdSim": 0.8,
-               "2.3_IntraIdSim": 0.8}
+               "1.5_CoreAssoc": 0.7, "2.1_GenKnow": 0.91, "2.2_InterIdSim": 0.8,
+               "2.3_IntraIdSim": 0.8, **{k: 0.5 for k in HOLDOUTS}}
+THRESHOLDS = ml_collections.ConfigDict(dict(
+    ineffective_below=0.5, overgeneralized_below=0.5, catastrophic_drop_fraction=0.1,
+    collapse_spread_ratio=0.5))
+CRITERIA = ml_collections.ConfigDict(dict(min_retfail_ratio=5.0, min_assocstr_gap=0.1,
+                                          max_genknow_gap_fraction=0.1))
 
 
 def test_leaderboard_means_spreads_ranks_and_diagnoses():
-  thresholds = ml_collections.ConfigDict(dict(ineffective_below=0.5, overgeneralized_margin=0.05,
-                                              catastrophic_drop=0.05))
   runs = {
       # Forgets, keeps the holdouts: no failure mode.
-      ("good", 1.0): [fake_result({**COMPROMISED, "1.1_RetFail": r, "1.2_AssocStr": -0.1})
-                      for r in (0.01, 0.03)],
+      ("good", 1.0): [fake_result({**COMPROMISED, "1.1_RetFail": r, "1.2_AssocStr": -0.1,
+                                   **{k: 0.45 for k in HOLDOUTS}}) for r in (0.01, 0.03)],
       # Barely moves: ineffective.
       ("weak", 1.0): [fake_result({**COMPROMISED, "1.1_RetFail": 0.29})] * 2,
       # Forgets and wrecks the holdouts and general knowledge.
-      ("blunt", 5.0): [fake_result({**CLEAN, "2.2_InterIdSim": -0.9, "2.1_GenKnow": 0.01})] * 2,
+      ("blunt", 5.0): [fake_result({**CLEAN, "2.2_InterIdSim": -0.9, "2.1_GenKnow": 0.3})] * 2,
+      # The issue's collapsed model: mean cosines as high as Compromised's, nothing told apart.
+      ("collapsed", 1.0): [fake_result({**COMPROMISED, "1.1_RetFail": 0.002, "spread/image": 0.05,
+                                        **{k: 0.03 for k in HOLDOUTS}})] * 2,
   }
   board = report.leaderboard([fake_result(CLEAN)] * 2, [fake_result(COMPROMISED)] * 2, runs,
-                             thresholds)
+                             THRESHOLDS)
   rows = {r["method"]: r for r in board["rows"]}
-  assert [r["method"] for r in board["rows"]] == ["good", "weak", "blunt"]
+  assert [r["method"] for r in board["rows"]] == ["good", "weak", "blunt", "collapsed"]
   assert rows["good"]["metrics"]["1.1_RetFail"]["mean"] == pytest.approx(0.02)
   assert rows["good"]["metrics"]["1.1_RetFail"]["std"] == pytest.approx(np.std([0.01, 0.03], ddof=1))
   assert rows["good"]["label"] == "none"
   assert rows["weak"]["failure_modes"] == ["ineffective forgetting"]
   assert rows["blunt"]["failure_modes"] == ["over-generalized forgetting", "catastrophic damage"]
+  assert rows["collapsed"]["failure_modes"] == ["over-generalized forgetting",
+                                                "representation collapse"]
   assert rows["good"]["normalized"]["efficacy"]["1.1_RetFail"] == pytest.approx(
       (0.30 - 0.02) / (0.30 - 0.001))
+  assert rows["good"]["normalized"]["kept"]["retrieval/holdout_identity"] == pytest.approx(
+      (0.45 - 0.01) / (0.5 - 0.01))
+  assert rows["collapsed"]["scores"]["utility"] < rows["good"]["scores"]["utility"]
   assert board["reference_scores"]["compromised"] == {"efficacy": 0.0, "utility": 1.0, "balanced": 0.0}
   assert board["reference_scores"]["clean"]["efficacy"] == pytest.approx(1.0)
+  assert [r["rank_interval"] for r in board["rows"]] == [[1, 1], [2, 2], [3, 3], [4, 4]]
 
-  criteria = ml_collections.ConfigDict(dict(min_retfail_ratio=5.0, min_assocstr_gap=0.1,
-                                            max_genknow_gap=0.05))
-  checks = {c["name"]: c for c in report.soundness_checks(board, criteria)}
+  checks = {c["name"]: c for c in report.soundness_checks(board, CRITERIA)}
   assert checks["RetFail MRR: Compromised >= 5x Clean"]["passed"]
-  assert checks["GenKnow: |Compromised - Clean| <= 0.05"]["passed"]
+  assert checks["holdout_identity retrieval MRR: Compromised >= 5x Clean"]["passed"]
+  genknow = "GenKnow: |Compromised - Clean| <= 0.1 of their accuracy above chance"
+  assert checks[genknow]["passed"] and checks[genknow]["per_seed"] == [True, True]
   assert checks["every efficacy metric: Compromised > Clean"]["passed"]
   assert checks["failure mode visible: catastrophic damage"]["value"] == "blunt@5x"
   assert checks["failure mode visible: ineffective forgetting"]["value"] == "weak@1x"
   # A Clean that memorized too is caught.
-  leaky = report.leaderboard([fake_result(COMPROMISED)], [fake_result(COMPROMISED)], runs, thresholds)
-  failed = [c["name"] for c in report.soundness_checks(leaky, criteria) if not c["passed"]]
+  leaky = report.leaderboard([fake_result(COMPROMISED)], [fake_result(COMPROMISED)],
+                             {key: results[:1] for key, results in runs.items()}, THRESHOLDS)
+  failed = [c["name"] for c in report.soundness_checks(leaky, CRITERIA) if not c["passed"]]
   assert "RetFail MRR: Compromised >= 5x Clean" in failed
   assert "InterIdSim: Compromised > Clean" in failed and "every efficacy metric: Compromised > Clean" in failed
   json.dumps(board)  # Serializable as leaderboard.json.
+
+
+def test_each_soundness_check_holds_on_every_seed():
+  # Seed 1's Clean lost general knowledge: the seed mean would hide it, the per-seed check not.
+  clean = [fake_result(CLEAN), fake_result({**CLEAN, "2.1_GenKnow": 0.6})]
+  board = report.leaderboard(clean, [fake_result(COMPROMISED)] * 2, {}, THRESHOLDS)
+  genknow = {c["name"]: c for c in report.soundness_checks(board, CRITERIA)}[
+      "GenKnow: |Compromised - Clean| <= 0.1 of their accuracy above chance"]
+  assert genknow["per_seed"] == [True, False] and not genknow["passed"]
+  assert genknow["value"].startswith("seed 0: 0.910 vs 0.900") and "seed 1: 0.910 vs 0.600" in genknow["value"]
+
+
+def test_seed_bootstrap_is_exact_and_rank_intervals_show_what_seeds_resolve():
+  resamples = report.seed_resamples(3)
+  assert len(resamples) == 10 and sum(p for _, p in resamples) == pytest.approx(1.0)
+  assert all(w.sum() == pytest.approx(1.0) for w, _ in resamples)
+  assert len(report.seed_resamples(8)) == report.MONTE_CARLO_RESAMPLES
+  seeds = lambda *mrrs, holdout=0.45: [fake_result({**COMPROMISED, "1.1_RetFail": m,
+                                                    **{k: holdout for k in HOLDOUTS}}) for m in mrrs]
+  runs = {("a", 1.0): seeds(0.01, 0.05, 0.02), ("b", 1.0): seeds(0.04, 0.01, 0.03),
+          ("far", 1.0): seeds(0.10, 0.11, 0.12, holdout=0.3)}
+  board = report.leaderboard([fake_result(CLEAN)] * 3, [fake_result(COMPROMISED)] * 3, runs,
+                             THRESHOLDS, confidence=0.9)
+  intervals = {r["method"]: r["rank_interval"] for r in board["rows"]}
+  assert intervals["a"] == intervals["b"] == [1, 2]  # The seeds disagree on their order.
+  assert intervals["far"] == [3, 3]  # Worse on every resample.
+  table = report.markdown(board, [], {"config_name": "t", "date": "d", "device": "cpu",
+                                      "seeds": [0, 1, 2], "versions": {"jax": "x", "flax": "y"}})
+  assert "| 1 (1-2) |" in table and "| 3 | far |" in table
+
+
+def test_a_result_without_the_extended_block_is_named():
+  old = fake_result(CLEAN)
+  del old["extended"]
+  with pytest.raises(ConfigError, match="without the `extended` block"):
+    report.leaderboard([old], [fake_result(COMPROMISED)], {}, THRESHOLDS)

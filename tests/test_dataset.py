@@ -172,7 +172,13 @@ def test_scene_source_is_deterministic_with_valid_labels():
   assert first["image"].shape == (32, 32, 3) and first["image"].dtype == np.uint8
   labels = [source[i]["label"] for i in range(50)]
   assert all(0 <= l < len(scenes.CLASS_NAMES) for l in labels)
-  assert scenes.CLASS_NAMES[first["label"]].split()[-1] in first["caption"]
+  for i in range(50):  # The label names the object's colour and the background it says.
+    colour, background = scenes.CLASSES[labels[i]]
+    caption = source[i]["caption"].lower()
+    assert f"{colour} " in caption and f"{background} background" in caption
+  prompts = [scenes.zeroshot_prompts(c) for c in range(len(scenes.CLASSES))]
+  assert len({len(p) for p in prompts}) == 1 and len(prompts) == 32  # One ensemble size.
+  assert all("red" in p and "dark background" in p for p in prompts[scenes.CLASSES.index(("red", "dark"))])
   with pytest.raises(IndexError):
     source[50]
 

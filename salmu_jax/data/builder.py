@@ -143,7 +143,7 @@ def _train_tokenizer(config, plan: splits.Plan) -> BPETokenizer:
   texts += [e.generic_caption for split in splits.SPLITS for e in plan.examples[split]]
   texts += [scenes.sample_scene(config.data.seed, "train", i)["caption"]
             for i in range(config.tokenizer.scene_captions)]
-  texts += [p for name in scenes.CLASS_NAMES for p in scenes.class_prompts(name)]
+  texts += [p for c in range(len(scenes.CLASSES)) for p in scenes.zeroshot_prompts(c)]
   tokenizer = BPETokenizer.train(texts, config.tokenizer.vocab_size, config.tokenizer.context_length)
   lengths = tokenizer.token_lengths(texts)
   too_long = lengths > config.tokenizer.context_length

@@ -208,6 +208,6 @@ def retain_base_source(data_config):
 
 
 def zeroshot_source(data_config):
-  """The held-out GenKnow task of the procedural base (labels index scenes.CLASS_NAMES)."""
+  """The held-out GenKnow task of the procedural base (labels index scenes.CLASSES)."""
   return scenes.ProceduralScenes(data_config.seed, data_config.image_size,
                                  data_config.retain_base.zeroshot_examples, "zeroshot")

@@ -66,28 +66,59 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
   return perm
 
 
+def grouped_probe_split(n: int, rng: np.random.Generator, probe_fraction: float) -> tuple:
+  """1.3_ACS's split by image: ((probe rows, their shuffled caption rows), (test rows,
+  theirs)). Each half pairs its images with a derangement of its own captions, so no
+  image or caption index appears in both halves."""
+  if n < 4:
+    raise ValueError(f"1.3_ACS needs at least 4 pairs (2 per half), got {n}")
+  order = rng.permutation(n)
+  cut = min(max(int(round(n * probe_fraction)), 2), n - 2)
+  return tuple((rows, rows[derangement(len(rows), rng)]) for rows in (order[:cut], order[cut:]))
+
+
 def association_coherence(image_emb, text_emb, rng: np.random.Generator,
                           probe_fraction: float = 0.5) -> dict:
   """`1.3_ACS`: accuracy of a linear probe telling true (image, caption) pairs from shuffled.
 
   Pair features are the elementwise product image * text (their cosine is its sum).
-  True and shuffled pairs are split, stratified by label, into probe and test halves;
-  shuffled pairs pair each image with another forget caption (a derangement).
+  Probe and test halves are split by image (`grouped_probe_split`): a probe that saw an
+  image or caption is never tested on it, so a model that knows nothing scores chance.
   """
-  n = len(image_emb)
-  shuffled = text_emb[derangement(n, rng)]
-  features = np.concatenate([image_emb * text_emb, image_emb * shuffled])
-  labels = np.concatenate([np.ones(n), np.zeros(n)])
-  probe_idx, test_idx = [], []
-  for label in (1, 0):
-    idx = rng.permutation(np.flatnonzero(labels == label))
-    cut = int(round(len(idx) * probe_fraction))
-    probe_idx.append(idx[:cut])
-    test_idx.append(idx[cut:])
-  probe_idx, test_idx = np.concatenate(probe_idx), np.concatenate(test_idx)
-  w = fit_logistic_probe(features[probe_idx], labels[probe_idx])
-  return {"accuracy": probe_accuracy(w, features[test_idx], labels[test_idx]),
-          "probe_size": int(len(probe_idx)), "test_size": int(len(test_idx))}
+  def pairs(rows, shuffled):
+    features = np.concatenate([image_emb[rows] * text_emb[rows], image_emb[rows] * text_emb[shuffled]])
+    return features, np.concatenate([np.ones(len(rows)), np.zeros(len(rows))])
+
+  probe, test = grouped_probe_split(len(image_emb), rng, probe_fraction)
+  (probe_x, probe_y), (test_x, test_y) = pairs(*probe), pairs(*test)
+  w = fit_logistic_probe(probe_x, probe_y)
+  return {"accuracy": probe_accuracy(w, test_x, test_y), "probe_size": int(len(probe_y)),
+          "test_size": int(len(test_y))}
+
+
+def mean_offdiagonal_cosine(a: np.ndarray, b: np.ndarray | None = None) -> float:
+  """Mean cos(a_i, b_j) over all i != j (b defaults to a): how alike *different* items
+  look. About 0 for a spread-out representation, near 1 when it has collapsed. Closed
+  form on normalized rows: ((sum a) . (sum b) - sum_i a_i . b_i) / (n (n - 1))."""
+  a = np.asarray(a, np.float64)
+  b = a if b is None else np.asarray(b, np.float64)
+  n = len(a)
+  if n < 2:
+    raise ValueError(f"a mean over different items needs at least 2 rows, got {n}")
+  return float((a.sum(0) @ b.sum(0) - np.einsum("nd,nd->", a, b)) / (n * (n - 1)))
+
+
+def cosine_margin(image_emb: np.ndarray, text_emb: np.ndarray) -> float:
+  """Mean over images of cos(own caption) minus the mean cos(every other caption of the
+  split): how much closer a model puts an image to its own caption than to others'.
+  Unlike a mean cosine, it is 0 for a model that maps everything to one point."""
+  image, text = np.asarray(image_emb, np.float64), np.asarray(text_emb, np.float64)
+  n = len(image)
+  if n < 2:
+    raise ValueError(f"a margin needs at least 2 pairs, got {n}")
+  own = np.einsum("nd,nd->n", image, text)
+  others = (image @ text.sum(0) - own) / (n - 1)
+  return float((own - others).mean())
 
 
 def zero_shot_accuracy(image_emb, class_text_emb, labels) -> float:
@@ -109,3 +140,10 @@ def normalized_score(value: float, compromised: float, clean: float, kind: str) 
     gap = compromised - clean
     return float((compromised - value) / gap) if gap else float("nan")
   return float(value / compromised) if compromised else float("nan")
+
+
+def kept_above_chance(value: float, compromised: float, chance: float) -> float:
+  """Accuracy above chance as a share of Compromised's: 1 = all of its knowledge, 0 =
+  chance. The same number means the same loss whether the task sits at 0.6 or at 0.1."""
+  gap = compromised - chance
+  return float((value - chance) / gap) if gap > 0 else float("nan")
