@@ -216,6 +216,11 @@ class Benchmark:
     start = time.perf_counter()
     stages = self.stages()
     self.check_workdir()
+    # What an earlier invocation spent on each stage, kept for the stages this one reuses,
+    # so that a resumed run or a report rebuild still shows the cost of every stage.
+    log_path = os.path.join(self.workdir, "stages.json")
+    earlier = {s["stage"]: s.get("ran_seconds", s["seconds"])
+               for s in (io_utils.read_json(log_path) if os.path.exists(log_path) else [])}
     with tqdm(total=len(stages), desc="benchmark", unit="stage", disable=not self.progress,
               dynamic_ncols=True, position=0) as bar:
       for stage in stages:
@@ -224,9 +229,11 @@ class Benchmark:
         began = time.perf_counter()
         if not reused:
           stage.run()
+        seconds = round(time.perf_counter() - began, 2)
         self.stages_log.append({"stage": stage.name, "status": "reused" if reused else "ran",
-                                "seconds": round(time.perf_counter() - began, 2)})
-        io_utils.write_json_atomic(os.path.join(self.workdir, "stages.json"), self.stages_log)
+                                "seconds": seconds,
+                                "ran_seconds": earlier.get(stage.name) if reused else seconds})
+        io_utils.write_json_atomic(log_path, self.stages_log)
         bar.update(1)
     return self.write_reports(time.perf_counter() - start)
 
@@ -249,6 +256,7 @@ class Benchmark:
             "budgets": self.budgets, "methods": self.methods,
             "device": jax.devices()[0].device_kind, "num_devices": len(self.devices or jax.devices()),
             "versions": versions(), "wall_seconds": round(wall_seconds, 1),
+            "ran_seconds_total": round(sum(s["ran_seconds"] or 0 for s in self.stages_log), 1),
             "config": json.loads(self.config.to_json())}
     leaderboard = {**board, "checks": checks, "meta": meta, "stages": self.stages_log}
     io_utils.write_json_atomic(os.path.join(self.workdir, "leaderboard.json"), leaderboard)

@@ -366,7 +366,8 @@ def report_html(board: dict, checks: list, meta: dict, contact_sheet_png: bytes 
       f"<tr class='{'pass' if c['passed'] else 'fail'}'><td>{esc(c['name'])}</td>"
       f"<td>{esc(c['value'])}</td><td>{'yes' if c['passed'] else 'NO'}</td></tr>" for c in checks)
   stage_rows = "".join(f"<tr><td>{esc(s['stage'])}</td><td>{s['status']}</td>"
-                       f"<td>{s['seconds']:.1f}</td></tr>" for s in stages)
+                       f"<td>{s['seconds']:.1f}</td><td>{_seconds(s.get('ran_seconds'))}</td>"
+                       f"</tr>" for s in stages)
   sheet = (f"<h2>The data</h2><p>SALMU-synth contact sheet.</p><img src='data:image/png;base64,"
            f"{base64.b64encode(contact_sheet_png).decode()}' style='max-width:100%'>"
            if contact_sheet_png else "")
@@ -397,10 +398,15 @@ between different items); utility, over-generalization and collapse read these.<
 {extended}
 {sheet}
 <h2>Stages</h2>
-<table><tr><th>stage</th><th>status</th><th>seconds</th></tr>{stage_rows}</table>
-<p>Total wall time of the last invocation: {meta['wall_seconds']:.0f} s.</p>
+<table><tr><th>stage</th><th>status</th><th>seconds</th><th>seconds when it ran</th></tr>{stage_rows}</table>
+<p>Total wall time of the last invocation: {meta['wall_seconds']:.0f} s; the stages cost
+{meta['ran_seconds_total']:.0f} s when they ran.</p>
 </body></html>
 """
+
+
+def _seconds(value) -> str:
+  return "unknown" if value is None else f"{value:.1f}"
 
 
 def now() -> str:

@@ -89,7 +89,10 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
       capture_output=True, text=True, env=env, cwd=REPO)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "soundness" in done.stdout or "Soundness" in done.stdout
-  assert {s["status"] for s in io_utils.read_json(workdir / "stages.json")} == {"reused"}
+  rerun = io_utils.read_json(workdir / "stages.json")
+  assert {s["status"] for s in rerun} == {"reused"}
+  # The cost of each stage survives the rebuild: the kill run's or the resumed run's.
+  assert all(s["ran_seconds"] > 0 for s in rerun if "ssd" in s["stage"] or "clean" in s["stage"])
 
   # Another recipe in the same directory would silently reuse these stages: refused.
   micro_config.unlearn.learning_rate = 0.5
