@@ -21,6 +21,23 @@ class NonFiniteLoss(SalmuError):
   checkpoint is kept."""
 
 
+class NonFiniteModel(SalmuError):
+  """A model holds NaN or infinite parameters: never scored (NaN ranks as a perfect
+  retrieval) and never saved as a result."""
+
+
+def check_finite(params, what: str, hint: str = "") -> None:
+  """Raises NonFiniteModel naming the first few non-finite leaves of `params`."""
+  import jax
+  import numpy as np
+  bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+         if np.issubdtype(np.asarray(leaf).dtype, np.inexact) and not np.isfinite(leaf).all()]
+  if bad:
+    raise NonFiniteModel(f"{what} has non-finite parameters in {len(bad)} arrays "
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+                         + (f"; {hint}" if hint else ""))
+
+
 class Preempted(Exception):
   """SIGTERM arrived; a checkpoint of the last finished step was written. Not a user error:
   the same command resumes from it."""

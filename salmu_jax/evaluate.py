@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from salmu_jax import embed, io_utils, train
 from salmu_jax.data import captions, pipeline, scenes, sources
-from salmu_jax.errors import ConfigError, DatasetError, SalmuError
+from salmu_jax.errors import ConfigError, DatasetError, SalmuError, check_finite
 from salmu_jax.evaluation import metrics
 
 IDENTITY_PROMPT = "a photo of {}."  # 1.4_IdZSC: one prompt per identity name.
@@ -127,6 +127,7 @@ class Evaluator:
     """The ten metrics (official keys), the breakdown, and with both reference results
     the normalized scores and the failure-mode diagnosis."""
     from tqdm import tqdm
+    check_finite(params, "the model to score")
     ctx = EvalContext(self, params)
     result = {"efficacy": {}, "utility": {}}
     for name, fn in tqdm(EVALUATORS.items(), desc="evaluate", unit="metric", leave=False,

@@ -28,7 +28,7 @@ from ml_collections import config_flags
 
 from salmu_jax import distributed, io_utils, train
 from salmu_jax.data import pipeline, requests, sources
-from salmu_jax.errors import ConfigError, NonFiniteLoss, SalmuError
+from salmu_jax.errors import ConfigError, NonFiniteLoss, SalmuError, check_finite
 from salmu_jax.model import sharding
 from salmu_jax.unlearning import methods, objectives, parameter_transforms
 
@@ -226,6 +226,8 @@ class Unlearner:
           names, steps, batches, update_mask=mask, progress=progress,
           label=f"unlearn {method_name}")
 
+    check_finite(state.params, f"the {method_name} model at budget {budget:g}",
+                 "nothing was written; lower unlearn.learning_rate")
     manager = train.checkpoint_manager(workdir, config)
     manager.save(int(state.step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),

@@ -314,6 +314,19 @@ def test_cli_writes_json_and_refuses_another_model_shape(trained_micro, micro_da
   assert not (tmp_path / "x.json").exists()
 
 
+def test_a_model_with_non_finite_parameters_is_refused(trained_micro, micro_dataset_dir):
+  # NaN similarities compare False with everything, so a NaN model would rank every true
+  # caption first (RetFail MRR 1.0): it must never be scored.
+  from salmu_jax.errors import NonFiniteModel
+  config, run = trained_micro
+  trainer = train.setup(config, run, micro_dataset_dir, jax.devices()[:1])
+  params = train.restore_state(trainer, run, reference=None).params
+  leaves, treedef = jax.tree.flatten(params)
+  leaves[0] = leaves[0] * np.nan
+  with pytest.raises(NonFiniteModel, match="the model to score has non-finite parameters in 1 "):
+    evaluate.Evaluator(trainer).score(jax.tree.unflatten(treedef, leaves))
+
+
 def test_missing_split_and_missing_checkpoint_are_named(trained_micro, micro_dataset_dir, tmp_path):
   config, run = trained_micro
   with pytest.raises(ConfigError, match="holds no checkpoint"):

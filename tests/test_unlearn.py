@@ -306,6 +306,19 @@ def test_deletion_requests_are_checked_before_anything_runs(compromised_run, mic
   assert "Traceback" not in result.stderr and not (tmp_path / "cli").exists()
 
 
+def test_a_run_that_ends_non_finite_writes_nothing(compromised_run, micro_dataset_dir, tmp_path):
+  # One step at an infinite rate: the loss of that step is still finite (it is computed
+  # before the update), the parameters after it are not.
+  from salmu_jax.errors import NonFiniteModel
+  config = config_lib.load_config(config_path("micro"), {"unlearn.learning_rate": float("inf")})
+  out = tmp_path / "nan_run"
+  with pytest.raises(NonFiniteModel, match="the finetune model at budget 0.01 has non-finite "
+                                           "parameters.*nothing was written"):
+    unlearn.unlearn(config, "finetune", 0.01, compromised_run, str(out),
+                    dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], progress=False)
+  assert not out.exists() or not any(out.iterdir())
+
+
 def test_unlearners_of_other_seeds_share_one_step_and_get_the_same_result(
     compromised_run, micro_dataset_dir, tmp_path):
   compiled, final = {}, {}
