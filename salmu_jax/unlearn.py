@@ -123,6 +123,19 @@ class Unlearner:
         lambda q: loss(q, {"batch": b}, objectives.Context(
             None, jax.random.PRNGKey(0), 0, apply))[0])(p)))
 
+  def _check_output_dir(self, workdir: str) -> None:
+    """Refuses, before any work, an output directory that holds a run: the Compromised
+    model itself (orbax would rotate its checkpoint away) or an earlier unlearning run
+    (whose unlearn.json would then describe another method than its checkpoint)."""
+    if os.path.abspath(workdir) == os.path.abspath(self.from_dir):
+      raise ConfigError(f"--workdir={workdir} is the Compromised run itself; unlearn into "
+                        f"a new directory")
+    held = [name for name in ("checkpoints", METADATA_FILE)
+            if os.path.exists(os.path.join(workdir, name))]
+    if held:
+      raise ConfigError(f"--workdir={workdir} already holds a run ({', '.join(held)}); "
+                        f"choose a new directory or remove it")
+
   def _jitted(self, key: tuple, make):
     if key not in self._compiled:
       self._compiled[key] = make()
@@ -183,6 +196,7 @@ class Unlearner:
     before anything runs.
     """
     method = _check_request(method_name, budget)
+    self._check_output_dir(workdir)
     start = time.perf_counter()
     config, trainer, state = self.config, self.trainer, self.original
     hp = config.unlearn[method_name]

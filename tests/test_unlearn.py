@@ -1,6 +1,7 @@
 """Unlearning: transform algebra, the frozen reference, every method, the data guard, CLI."""
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -304,6 +305,24 @@ def test_deletion_requests_are_checked_before_anything_runs(compromised_run, mic
       capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), cwd=REPO)
   assert result.returncode == 2 and "cannot read the deletion request" in result.stderr
   assert "Traceback" not in result.stderr and not (tmp_path / "cli").exists()
+
+
+def test_an_output_directory_holding_a_run_is_refused_before_any_work(
+    compromised_run, micro_dataset_dir, tmp_path):
+  config = config_lib.load_config(config_path("micro"))
+  listing = lambda d: sorted(str(p.relative_to(d)) for p in pathlib.Path(d).rglob("*"))
+  before = listing(compromised_run)
+  unlearner = unlearn.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                                devices=jax.devices()[:1])
+  with pytest.raises(ConfigError, match="is the Compromised run itself"):
+    unlearner.run("neg_grad", 1.0, compromised_run, progress=False)
+  assert listing(compromised_run) == before
+  out = tmp_path / "npo_1x"
+  unlearner.run("npo", 1.0, str(out), progress=False)
+  finished = (out / unlearn.METADATA_FILE).read_text()
+  with pytest.raises(ConfigError, match="already holds a run \\(checkpoints, unlearn.json\\)"):
+    unlearner.run("neg_grad", 1.0, str(out), progress=False)
+  assert (out / unlearn.METADATA_FILE).read_text() == finished
 
 
 def test_a_run_that_ends_non_finite_writes_nothing(compromised_run, micro_dataset_dir, tmp_path):
