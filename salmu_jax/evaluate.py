@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from salmu_jax import embed, io_utils, train
 from salmu_jax.data import captions, pipeline, scenes, sources
-from salmu_jax.errors import ConfigError, DatasetError, SalmuError, check_finite
+from salmu_jax.errors import ConfigError, DatasetError, NonFiniteModel, SalmuError, check_finite
 from salmu_jax.evaluation import metrics
 
 IDENTITY_PROMPT = "a photo of {}."  # 1.4_IdZSC: one prompt per identity name.
@@ -188,7 +188,9 @@ class EvalContext:
     if name not in self._splits:
       batches = self.evaluator.split_batches(name)
       image, caption, _ = embed.embed_batches(self.evaluator.encoders, self.params, batches)
-      self._splits[name] = SplitEmbeddings(image, caption, self.evaluator.records(name))
+      self._splits[name] = SplitEmbeddings(finite(image, f"{name} images"),
+                                           finite(caption, f"{name} captions"),
+                                           self.evaluator.records(name))
     return self._splits[name]
 
   def generic(self, name: str) -> np.ndarray:
@@ -198,8 +200,19 @@ class EvalContext:
     return self._generic[name]
 
   def texts(self, texts) -> np.ndarray:
-    return embed.embed_texts(self.evaluator.encoders, self.params, self.evaluator.tokenizer,
-                             list(texts), self.config.eval.batch_size)
+    return finite(embed.embed_texts(self.evaluator.encoders, self.params,
+                                    self.evaluator.tokenizer, list(texts),
+                                    self.config.eval.batch_size), "texts")
+
+
+def finite(embeddings: np.ndarray, what: str) -> np.ndarray:
+  """`embeddings`, or NonFiniteModel: finite parameters can still overflow to NaN or Inf
+  embeddings, and a NaN similarity ranks first in every retrieval."""
+  if not np.isfinite(embeddings).all():
+    rows = int((~np.isfinite(embeddings)).any(axis=-1).sum())
+    raise NonFiniteModel(f"the model to score gives non-finite embeddings for {rows} of "
+                         f"{len(embeddings)} {what}")
+  return embeddings
 
 
 def _mean_paired(ctx, split: str, rows=None) -> dict:
@@ -290,6 +303,7 @@ def gen_know(ctx):
   batches, class_prompts = ctx.evaluator.genknow()
   image_emb, _, meta = embed.embed_batches(ctx.evaluator.encoders, ctx.params, batches,
                                            texts=False)
+  image_emb = finite(image_emb, "GenKnow images")
   class_emb = metrics.class_embeddings(ctx.texts(p for prompts in class_prompts for p in prompts),
                                        len(class_prompts[0]))
   return {"accuracy": metrics.zero_shot_accuracy(image_emb, class_emb, meta["label"]),
@@ -411,14 +425,18 @@ def headlines(result: dict) -> dict:
   if "extended" not in result:
     raise ConfigError("a result without the `extended` block (written by an older version); "
                       "evaluate its checkpoint again")
-  flat = {key: headline(result, group, key) for group in ("efficacy", "utility")
-          for key in result[group]}
-  extended = result["extended"]
-  for split in RETRIEVAL_SPLITS:
-    flat[f"retrieval/{split}"] = extended["retrieval"][split]["MRR"]
-  flat["spread/image"] = 1 - extended["collapse"]["image_cosine"]
-  flat["spread/caption"] = 1 - extended["collapse"]["caption_cosine"]
-  flat["genknow_chance"] = 1 / result["utility"]["2.1_GenKnow"]["classes"]
+  try:
+    flat = {key: headline(result, group, key) for group in ("efficacy", "utility")
+            for key in result[group]}
+    extended = result["extended"]
+    for split in RETRIEVAL_SPLITS:
+      flat[f"retrieval/{split}"] = extended["retrieval"][split]["MRR"]
+    flat["spread/image"] = 1 - extended["collapse"]["image_cosine"]
+    flat["spread/caption"] = 1 - extended["collapse"]["caption_cosine"]
+    flat["genknow_chance"] = 1 / result["utility"]["2.1_GenKnow"]["classes"]
+  except (KeyError, TypeError) as e:
+    raise ConfigError(f"a result without {e} where salmu_jax.evaluate writes it; evaluate "
+                      f"its checkpoint again") from None
   return flat
 
 
@@ -450,16 +468,19 @@ def normalize_and_diagnose(values: dict, clean: dict, compromised: dict, thresho
     normalized[group][key] = metrics.normalized_score(values[key], compromised[key], clean[key],
                                                       group)
   normalized["kept"] = kept = knowledge_kept(values, clean, compromised)
+  # Each check passes only when its number is at least the threshold, so a number that
+  # cannot be computed (NaN: a degenerate reference) fails it instead of passing silently.
+  passes = lambda value, threshold: bool(value >= threshold)
   modes = []
-  if normalized["efficacy"]["1.1_RetFail"] < thresholds.ineffective_below:
+  if not passes(normalized["efficacy"]["1.1_RetFail"], thresholds.ineffective_below):
     modes.append(INEFFECTIVE)
-  if min(kept["retrieval/holdout_identity"], kept["retrieval/holdout_association"]) < \
-      thresholds.overgeneralized_below:
+  if not all(passes(kept[f"retrieval/{split}"], thresholds.overgeneralized_below)
+             for split in ("holdout_identity", "holdout_association")):
     modes.append(OVERGENERALIZED)
-  if kept["2.1_GenKnow"] < 1 - thresholds.catastrophic_drop_fraction:
+  if not passes(kept["2.1_GenKnow"], 1 - thresholds.catastrophic_drop_fraction):
     modes.append(CATASTROPHIC)
-  if any(values[key] < thresholds.collapse_spread_ratio * min(clean[key], compromised[key])
-         for key in ("spread/image", "spread/caption")):
+  if not all(passes(values[key], thresholds.collapse_spread_ratio * min(clean[key], compromised[key]))
+             for key in ("spread/image", "spread/caption")):
     modes.append(COLLAPSE)
   return normalized, {"failure_modes": modes, "label": ", ".join(modes) or "none"}
 
@@ -482,6 +503,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     references = [io_utils.read_json(p) if p else None for p in (_CLEAN.value, _COMPROMISED.value)]
+    for path, reference in zip((_CLEAN.value, _COMPROMISED.value), references):
+      if reference is not None:  # Before the evaluation, not after it.
+        try:
+          headlines(reference)
+        except ConfigError as e:
+          raise ConfigError(f"{path}: {e}") from None
     result = evaluate(_CONFIG.value, _CHECKPOINT.value, dataset_dir=_DATASET.value,
                       clean=references[0], compromised=references[1],
                       recompute_fragile=_FRAGILE.value)

@@ -45,11 +45,13 @@ def scores(normalized: dict) -> dict:
   """Two summary numbers: mean normalized efficacy over the official five (0 =
   Compromised, 1 = Clean) and mean knowledge kept (normalized["kept"]: GenKnow above
   chance and own-caption retrieval on the holdouts and retain_joint, 1 = Compromised),
-  each clipped to [0, 1] first so that overshooting on one cannot hide another; and
+  each clipped to [0, 1] first so that overshooting on one cannot hide another (a number
+  that cannot be computed counts as 0); and
   their harmonic mean, which is high only when both are. Utility reads what a model
   still tells apart, not mean cosines, which a collapsed model keeps high."""
-  efficacy = float(np.mean([np.clip(v, 0, 1) for v in normalized["efficacy"].values()]))
-  utility = float(np.mean([np.nan_to_num(np.clip(v, 0, 1)) for v in normalized["kept"].values()]))
+  clipped = lambda values: [np.nan_to_num(np.clip(v, 0, 1)) for v in values.values()]
+  efficacy = float(np.mean(clipped(normalized["efficacy"])))
+  utility = float(np.mean(clipped(normalized["kept"])))
   balanced = 2 * efficacy * utility / (efficacy + utility) if efficacy + utility > 0 else 0.0
   return {"efficacy": efficacy, "utility": utility, "balanced": float(balanced)}
 
@@ -115,6 +117,8 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
   ordered by the number of failure modes, then by the balanced score; each carries the
   rank interval of the seed bootstrap (`rank_intervals`).
   """
+  if not clean:
+    raise ValueError("a leaderboard needs the references' results of at least one seed")
   uneven = [key for key, results in runs.items() if len(results) != len(clean)]
   if len(compromised) != len(clean) or uneven:
     raise ValueError(f"every row needs one result per seed ({len(clean)}); uneven: "
@@ -133,6 +137,10 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
     rows[key] = {"method": key[0], "budget": key[1], "metrics": summary,
                  "normalized": normalized, "scores": row_scores,
                  "failure_modes": diagnosis["failure_modes"], "label": diagnosis["label"],
+                 # Each seed's own verdict (its run against its references): a seed mean
+                 # can average one collapsed seed into a clean label.
+                 "per_seed_labels": [_judge(r, c, p, thresholds)[1]["label"] for r, c, p in
+                                     zip(results, clean_flat, compromised_flat)],
                  "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]])}
   intervals = rank_intervals(clean_flat, compromised_flat, runs_flat, thresholds, confidence)
   ordered = []

@@ -175,7 +175,7 @@ def test_leaderboard_means_spreads_ranks_and_diagnoses():
   assert [r["method"] for r in board["rows"]] == ["good", "weak", "blunt", "collapsed"]
   assert rows["good"]["metrics"]["1.1_RetFail"]["mean"] == pytest.approx(0.02)
   assert rows["good"]["metrics"]["1.1_RetFail"]["std"] == pytest.approx(np.std([0.01, 0.03], ddof=1))
-  assert rows["good"]["label"] == "none"
+  assert rows["good"]["label"] == "none" and rows["good"]["per_seed_labels"] == ["none", "none"]
   assert rows["weak"]["failure_modes"] == ["ineffective forgetting"]
   assert rows["blunt"]["failure_modes"] == ["over-generalized forgetting", "catastrophic damage"]
   assert rows["collapsed"]["failure_modes"] == ["over-generalized forgetting",
@@ -204,6 +204,23 @@ def test_leaderboard_means_spreads_ranks_and_diagnoses():
   assert "RetFail MRR: Compromised >= 5x Clean" in failed
   assert "InterIdSim: Compromised > Clean" in failed and "every efficacy metric: Compromised > Clean" in failed
   json.dumps(board)  # Serializable as leaderboard.json.
+
+
+def test_a_number_that_cannot_be_computed_fails_its_check():
+  # The reviewer's two holes: NaN holdout retrieval (NaN ranks first) read as kept, and a
+  # degenerate reference (Compromised's GenKnow at chance) that no drop can cross.
+  nan_holdouts = fake_result({**COMPROMISED, "1.1_RetFail": 0.01, **{k: float("nan") for k in HOLDOUTS}})
+  board = report.leaderboard([fake_result(CLEAN)], [fake_result(COMPROMISED)],
+                             {("nan", 1.0): [nan_holdouts]}, THRESHOLDS)
+  row = board["rows"][0]
+  assert "over-generalized forgetting" in row["failure_modes"] and row["label"] != "none"
+  assert np.isfinite(row["scores"]["balanced"])
+  at_chance = {**COMPROMISED, "2.1_GenKnow": 1 / 32}
+  wrecked = fake_result({**COMPROMISED, "1.1_RetFail": 0.01, "2.1_GenKnow": 0.0,
+                         **{k: 0.45 for k in HOLDOUTS}})
+  board = report.leaderboard([fake_result(CLEAN)], [fake_result(at_chance)],
+                             {("wrecked", 5.0): [wrecked]}, THRESHOLDS)
+  assert board["rows"][0]["failure_modes"] == ["catastrophic damage"]
 
 
 def test_each_soundness_check_holds_on_every_seed():

@@ -327,6 +327,19 @@ def test_a_model_with_non_finite_parameters_is_refused(trained_micro, micro_data
     evaluate.Evaluator(trainer).score(jax.tree.unflatten(treedef, leaves))
 
 
+def test_a_model_whose_embeddings_overflow_is_refused(trained_micro, micro_dataset_dir):
+  # Finite parameters, non-finite embeddings (the reviewer's 1e20-scaled model): its NaN
+  # similarities would rank every true caption first.
+  from salmu_jax.errors import NonFiniteModel
+  config, run = trained_micro
+  trainer = train.setup(config, run, micro_dataset_dir, jax.devices()[:1])
+  params = train.restore_state(trainer, run, reference=None).params
+  with pytest.raises(NonFiniteModel, match="gives non-finite embeddings for .* images"):
+    evaluate.Evaluator(trainer).score(jax.tree.map(lambda x: x * np.float32(1e20), params))
+  with pytest.raises(NonFiniteModel, match="for 1 of 3 GenKnow images"):
+    evaluate.finite(np.array([[1.0, 0.0], [np.nan, 0.0], [0.0, 1.0]]), "GenKnow images")
+
+
 def test_missing_split_and_missing_checkpoint_are_named(trained_micro, micro_dataset_dir, tmp_path):
   config, run = trained_micro
   with pytest.raises(ConfigError, match="holds no checkpoint"):
