@@ -46,9 +46,9 @@ def scores(normalized: dict) -> dict:
   Compromised, 1 = Clean) and mean knowledge kept (normalized["kept"]: GenKnow above
   chance and own-caption retrieval on the holdouts and retain_joint, 1 = Compromised),
   each clipped to [0, 1] first so that overshooting on one cannot hide another (a number
-  that cannot be computed counts as 0); and
-  their harmonic mean, which is high only when both are. Utility reads what a model
-  still tells apart, not mean cosines, which a collapsed model keeps high."""
+  that cannot be computed counts as 0); and their harmonic mean, which is high only when
+  both are. Utility reads what a model still tells apart, not mean cosines, which a
+  collapsed model keeps high."""
   clipped = lambda values: [np.nan_to_num(np.clip(v, 0, 1)) for v in values.values()]
   efficacy = float(np.mean(clipped(normalized["efficacy"])))
   utility = float(np.mean(clipped(normalized["kept"])))
@@ -147,7 +147,7 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
   for rank, key in enumerate(_rank_order(judged), 1):
     rows[key]["rank"], rows[key]["rank_interval"] = rank, list(intervals[key])
     ordered.append(rows[key])
-  normalized_clean, _, clean_scores = _judge(clean_mean, clean_mean, compromised_mean, thresholds)
+  clean_scores = _judge(clean_mean, clean_mean, compromised_mean, thresholds)[2]
   return {"references": references, "rows": ordered,
           "per_seed": {"clean": clean_flat, "compromised": compromised_flat},
           "rank_confidence": confidence,
