@@ -354,6 +354,10 @@ def own_caption_retrieval(ctx):
 @register("extended", "margin")
 def margins(ctx):
   """Per split: mean cos(own caption) - mean cos(the split's other captions)."""
+  for split in MARGIN_SPLITS:
+    if len(ctx.split(split).records) < 2:
+      raise DatasetError(f"split {split} has {len(ctx.split(split).records)} pair(s); the "
+                         f"extended margins need at least 2 per split")
   return {split: metrics.cosine_margin(ctx.split(split).image, ctx.split(split).caption)
           for split in MARGIN_SPLITS}
 
