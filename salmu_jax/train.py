@@ -316,6 +316,23 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
                                 "mixture": mixture, "config": json.loads(config.to_json())})),
         force=True)
 
+  all_finite = jax.jit(lambda params: jnp.all(jnp.stack(
+      [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(params)])))
+
+  def stop(what: str):
+    manager.wait_until_finished()  # The last good checkpoint may still be being written.
+    latest = manager.latest_step()
+    kept = "no checkpoint was written" if latest is None else \
+        f"the last checkpoint (step {latest}) is kept"
+    raise NonFiniteLoss(f"{what}; {kept}; lower train.learning_rate and run again"
+                        + ("" if latest is None else " to resume from it"))
+
+  def check_losses(entries):
+    for logged_step, m in entries:
+      loss = float(m["loss"])
+      if not math.isfinite(loss):
+        stop(f"loss is {loss} at step {logged_step}")
+
   writer, metrics_file = None, None
   if process_index == 0:
     from tensorboardX import SummaryWriter
@@ -343,13 +360,9 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
         if done % train_cfg.log_every == 0 or done == end or stopping:
           jax.block_until_ready(metrics)  # Dispatch is asynchronous: time finished steps.
           rate = window_steps * config.batch_size / (time.perf_counter() - window_start)
+          check_losses(pending)
           for logged_step, m in pending:
             loss = float(m["loss"])
-            if not math.isfinite(loss):
-              manager.wait_until_finished()  # The last good checkpoint is still being written.
-              raise NonFiniteLoss(f"loss is {loss} at step {logged_step}; the last checkpoint "
-                                  f"(step {manager.latest_step()}) is kept; lower "
-                                  f"train.learning_rate and run again to resume from it")
             history["losses"][logged_step] = loss
             if metrics_file:
               metrics_file.write(json.dumps({"step": logged_step, "loss": loss}) + "\n")
@@ -372,6 +385,11 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
             metrics_file.flush()
           window_start = time.perf_counter()  # Evaluation time is not training throughput.
         if done % train_cfg.checkpoint_every == 0 or done == end or stopping:
+          # Never save a diverged model: the steps not logged yet are checked here, and the
+          # parameters themselves (a last update can blow up after a finite loss).
+          check_losses(pending)
+          if not bool(all_finite(state.params)):
+            stop(f"the parameters are non-finite after step {done}")
           save(done)
         if stopping:
           break

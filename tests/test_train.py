@@ -213,6 +213,41 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
   assert train.checkpoint_manager(run, micro_config).all_steps() == [3]
 
 
+def test_a_diverged_step_is_never_checkpointed_between_logs(
+    micro_config, micro_dataset_dir, tmp_path, one_device, monkeypatch):
+  # Checkpoint every 5 steps, log every 4: step 5's NaN loss is not logged yet when step 5
+  # is saved (issue 18: the NaN model was kept and every resume failed).
+  contrastive = objectives.contrastive
+
+  def diverging(on, kind="softmax"):
+    loss = contrastive(on, kind)
+    def nan_later(params, batch, ctx):
+      value, aux = loss(params, batch, ctx)
+      return jnp.where(ctx.step >= 4, jnp.nan, value), aux
+    return nan_later
+
+  monkeypatch.setattr(train.objectives, "contrastive", diverging)
+  micro_config.train.checkpoint_every, micro_config.train.log_every = 5, 4
+  run = str(tmp_path / "run")
+  with pytest.raises(NonFiniteLoss, match="loss is nan at step 5; no checkpoint was written"):
+    train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                progress=False)
+  assert train.checkpoint_manager(run, micro_config).all_steps() == []
+
+
+def test_non_finite_parameters_are_never_checkpointed(micro_config, micro_dataset_dir, tmp_path,
+                                                      one_device):
+  # Step 1's loss is finite (computed before its update); the update is infinite.
+  micro_config.train.learning_rate = float("inf")
+  micro_config.train.checkpoint_every = micro_config.train.log_every = 1
+  run = str(tmp_path / "run")
+  with pytest.raises(NonFiniteLoss, match="the parameters are non-finite after step 1; no "
+                                          "checkpoint was written"):
+    train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                progress=False)
+  assert train.checkpoint_manager(run, micro_config).all_steps() == []
+
+
 def test_kill_9_then_the_same_command_continues_like_an_uninterrupted_run(
     micro_config, micro_dataset_dir, tmp_path, one_device):
   run = tmp_path / "killed"
