@@ -26,12 +26,20 @@ class NonFiniteModel(SalmuError):
   retrieval) and never saved as a result."""
 
 
+def non_finite_leaves(params) -> list:
+  """Paths of the arrays of `params` holding NaN or Inf. The reduction runs where the
+  arrays live (sharded and multi-process arrays included); one boolean per leaf reaches
+  the host."""
+  import jax
+  import jax.numpy as jnp
+  finite = jax.device_get(jax.tree.map(lambda x: jnp.isfinite(x).all(), params))
+  return [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(finite)
+          if not ok]
+
+
 def check_finite(params, what: str, hint: str = "") -> None:
   """Raises NonFiniteModel naming the first few non-finite leaves of `params`."""
-  import jax
-  import numpy as np
-  bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-         if np.issubdtype(np.asarray(leaf).dtype, np.inexact) and not np.isfinite(leaf).all()]
+  bad = non_finite_leaves(params)
   if bad:
     raise NonFiniteModel(f"{what} has non-finite parameters in {len(bad)} arrays "
                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"

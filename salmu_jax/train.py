@@ -35,7 +35,7 @@ from salmu_jax import config as config_lib
 from salmu_jax import distributed, embed
 from salmu_jax.data import builder, pipeline, scenes, sources, splits
 from salmu_jax.data.tokenizer import load_tokenizer
-from salmu_jax.errors import ConfigError, NonFiniteLoss, Preempted, SalmuError
+from salmu_jax.errors import ConfigError, NonFiniteLoss, Preempted, SalmuError, non_finite_leaves
 from salmu_jax.model import sharding
 from salmu_jax.model.clip import CLIP
 from salmu_jax.unlearning import objectives, parameter_transforms
@@ -316,9 +316,6 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
                                 "mixture": mixture, "config": json.loads(config.to_json())})),
         force=True)
 
-  all_finite = jax.jit(lambda params: jnp.all(jnp.stack(
-      [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(params)])))
-
   def stop(what: str):
     manager.wait_until_finished()  # The last good checkpoint may still be being written.
     latest = manager.latest_step()
@@ -388,7 +385,7 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
           # Never save a diverged model: the steps not logged yet are checked here, and the
           # parameters themselves (a last update can blow up after a finite loss).
           check_losses(pending)
-          if not bool(all_finite(state.params)):
+          if non_finite_leaves(state.params):
             stop(f"the parameters are non-finite after step {done}")
           save(done)
         if stopping:

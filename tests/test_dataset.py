@@ -171,7 +171,7 @@ def test_scene_source_is_deterministic_with_valid_labels():
   np.testing.assert_array_equal(first["image"], again["image"])
   assert first["image"].shape == (32, 32, 3) and first["image"].dtype == np.uint8
   labels = [source[i]["label"] for i in range(50)]
-  assert all(0 <= l < len(scenes.CLASS_NAMES) for l in labels)
+  assert all(0 <= l < len(scenes.CLASSES) for l in labels)
   for i in range(50):  # The label names the object's colour and the background it says.
     colour, background = scenes.CLASSES[labels[i]]
     caption = source[i]["caption"].lower()

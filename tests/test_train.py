@@ -193,11 +193,11 @@ def test_a_damaged_checkpoint_is_set_aside_for_the_one_before(micro_config, micr
     assert again["losses"][step] == pytest.approx(full["losses"][step], rel=1e-6, abs=1e-6)
 
 
-def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
-    micro_config, micro_dataset_dir, tmp_path, one_device, monkeypatch):
+def nan_loss_from_the_fifth_step(monkeypatch):
+  """Training's contrastive loss, finite for steps 0-3 and NaN from the fifth step on."""
   contrastive = objectives.contrastive
 
-  def diverging(on, kind="softmax"):  # Finite for steps 0-3, NaN from the fifth step on.
+  def diverging(on, kind="softmax"):
     loss = contrastive(on, kind)
     def nan_later(params, batch, ctx):
       value, aux = loss(params, batch, ctx)
@@ -205,6 +205,11 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     return nan_later
 
   monkeypatch.setattr(train.objectives, "contrastive", diverging)
+
+
+def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+    micro_config, micro_dataset_dir, tmp_path, one_device, monkeypatch):
+  nan_loss_from_the_fifth_step(monkeypatch)
   run = str(tmp_path / "run")
   with pytest.raises(NonFiniteLoss, match="loss is nan at step 5; the last checkpoint "
                                           "\\(step 3\\) is kept"):
@@ -217,16 +222,7 @@ def test_a_diverged_step_is_never_checkpointed_between_logs(
     micro_config, micro_dataset_dir, tmp_path, one_device, monkeypatch):
   # Checkpoint every 5 steps, log every 4: step 5's NaN loss is not logged yet when step 5
   # is saved (issue 18: the NaN model was kept and every resume failed).
-  contrastive = objectives.contrastive
-
-  def diverging(on, kind="softmax"):
-    loss = contrastive(on, kind)
-    def nan_later(params, batch, ctx):
-      value, aux = loss(params, batch, ctx)
-      return jnp.where(ctx.step >= 4, jnp.nan, value), aux
-    return nan_later
-
-  monkeypatch.setattr(train.objectives, "contrastive", diverging)
+  nan_loss_from_the_fifth_step(monkeypatch)
   micro_config.train.checkpoint_every, micro_config.train.log_every = 5, 4
   run = str(tmp_path / "run")
   with pytest.raises(NonFiniteLoss, match="loss is nan at step 5; no checkpoint was written"):

@@ -24,9 +24,8 @@ BACKGROUNDS = {"light grey": (200, 200, 200), "sand-coloured": (222, 200, 160),
 POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom",
              "bottom right")
 NUMBERS = ("one", "two", "three")
-# The GenKnow classes: (object colour, background), named "red on dark".
+# The GenKnow classes: (object colour, background).
 CLASSES = tuple((colour, background) for colour in COLOURS for background in BACKGROUNDS)
-CLASS_NAMES = tuple(f"{colour} on {background}" for colour, background in CLASSES)
 
 
 def _article(word: str) -> str:

@@ -24,7 +24,7 @@ def varied_captions(count: int = 1000) -> list:
   texts = [e.caption for s in splits.SPLITS for e in plan.examples[s]][:300]
   texts += [e.generic_caption for e in plan.examples["retain_disjoint"]][:50]
   texts += [scenes.sample_scene(0, "train", i)["caption"] for i in range(200)]
-  texts += [p for name in scenes.CLASS_NAMES[:10] for p in scenes.class_prompts(name)]
+  texts += [p for c in range(10) for p in scenes.zeroshot_prompts(c)[:4]]
   rng = np.random.default_rng(0)
   while len(texts) < count - 2:
     words = rng.choice(ODD_PIECES + texts[:50], size=rng.integers(1, 12))
