@@ -11,7 +11,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-import salmu_jax  # noqa: E402,F401 -- first: its host-memory setting precedes NumPy's threads.
+from salmu_jax import host_memory  # noqa: E402
+
+host_memory.retain_freed_memory()  # First: the setting must precede NumPy's threads.
 
 
 def cpu_name() -> str:

@@ -19,7 +19,7 @@ from common import REPO, command_line, device_name, header, markdown_table, medi
 from train_throughput import FlaxStep
 
 from salmu_jax import config as config_lib  # noqa: E402
-from salmu_jax.data import builder, pipeline, sources  # noqa: E402
+from salmu_jax.data import builder, layout, pipeline, sources  # noqa: E402
 from salmu_jax.data.tokenizer import load_tokenizer  # noqa: E402
 
 MIXTURES = {
@@ -74,7 +74,7 @@ def main():
       overrides |= {"data.num_personas": 32, "data.num_unseen": 4, "data.num_disjoint_people": 128}
     config = config_lib.load_config(args.config, overrides)
     root = builder.build_dataset(config, os.path.join(args.workdir, f"{size}px"))
-    dataset = sources.open_dataset(root)
+    dataset = layout.open_dataset(root)
     tokenizer = load_tokenizer(config.tokenizer, root)
     base = sources.retain_base_source(config.data)
     for name, mixture in MIXTURES.items():

@@ -3,7 +3,7 @@
   python benchmarks/eval_throughput.py --config=configs/tiny.py --workdir=/tmp/bench_eval
 
 Builds (or reuses) the config's SALMU-synth under WORKDIR, then scores --models
-randomly initialized models of the config's shape with one `evaluate.Evaluator`, as
+randomly initialized models of the config's shape with one `evaluator.Evaluator`, as
 the benchmark does: the first call pays decoding, rendering and compiling the
 encoders; the later ones only their forward passes and the metrics. Evaluation cost
 does not depend on the weights. Paper scale (configs/paper.py: ViT-B/16, 224 px,
@@ -19,7 +19,8 @@ from common import REPO, command_line, device_name, header, markdown_table
 import jax  # noqa: E402
 
 from salmu_jax import config as config_lib  # noqa: E402
-from salmu_jax import evaluate, train  # noqa: E402
+from salmu_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from salmu_jax.training import runtime as runtime_lib  # noqa: E402
 from salmu_jax.data import builder  # noqa: E402
 
 PACKAGES = ("jax", "jaxlib", "flax", "grain", "numpy", "tensorflow-datasets")
@@ -37,9 +38,9 @@ def main():
   start = time.perf_counter()
   dataset_dir = builder.build_dataset(config, args.workdir)
   build_seconds = time.perf_counter() - start
-  trainer = train.setup(config, args.workdir, dataset_dir)
-  evaluator = evaluate.Evaluator(trainer)
-  init = jax.jit(trainer.init_state, out_shardings=trainer.state_shardings)
+  runtime = runtime_lib.setup(config, args.workdir, dataset_dir)
+  evaluator = evaluator_lib.Evaluator(runtime)
+  init = jax.jit(runtime.init_state, out_shardings=runtime.state_shardings)
   seconds = []
   for index in range(args.models):
     params = init(jax.random.PRNGKey(index)).params
@@ -48,7 +49,7 @@ def main():
     evaluator.score(params)
     seconds.append(time.perf_counter() - begin)
     print(f"model {index}: {seconds[-1]:.1f} s", flush=True)
-  sizes = {name: len(source) for name, source in trainer.dataset.splits.items()}
+  sizes = {name: len(source) for name, source in runtime.dataset.splits.items()}
   print("\n" + header(f"Ten-metric evaluation, {os.path.basename(args.config)}", device_name(),
                       PACKAGES, command_line()))
   print(f"Model {config.model.size} at {config.data.image_size} px ({config.model.dtype}), "

@@ -34,7 +34,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from salmu_jax import config as config_lib  # noqa: E402
-from salmu_jax import io_utils, report, train  # noqa: E402
+from salmu_jax import io_utils, report  # noqa: E402
+from salmu_jax.training import optimizer, runtime as runtime_lib, step as step_lib  # noqa: E402
 from salmu_jax.data.tokenizer import CLIP_VOCAB_SIZE  # noqa: E402
 from salmu_jax.model import flops, sharding  # noqa: E402
 from salmu_jax.model.clip import IMAGE_MEAN, IMAGE_STD  # noqa: E402
@@ -72,13 +73,13 @@ class FlaxStep:
 
   def __init__(self, config, batch: dict, devices=None):
     mesh = sharding.make_mesh(config.mesh, devices)
-    graphdef, tx, init_state = train.model_definition(config, vocab_size(config))
+    graphdef, tx, init_state = runtime_lib.model_definition(config, vocab_size(config))
     shardings = sharding.state_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
     self.state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
     self.batch_sharding = sharding.batch_sharding(mesh)
     self.put(batch)
     # Compiled once, ahead of time: timed and cost-analysed as the same executable.
-    self.compiled = train.pretraining_step(config, graphdef, tx, shardings, mesh).lower(
+    self.compiled = step_lib.pretraining_step(config, graphdef, tx, shardings, mesh).lower(
         self.state, None, self.batch).compile()
 
   def put(self, batch: dict) -> None:
@@ -119,9 +120,9 @@ class OpenClipStep:
     self.model = torch.compile(model) if compile_model else model
     self.raw_model = model
     decay, no_decay = [], []
-    for name, p in model.named_parameters():  # salmu_jax.train.decay_mask's rule.
+    for name, p in model.named_parameters():  # salmu_jax.training.optimizer.decay_mask's rule.
       exempt = p.ndim < 2 or name.endswith("bias") or any(
-          key in name for key in train.NO_DECAY)
+          key in name for key in optimizer.NO_DECAY)
       (no_decay if exempt else decay).append(p)
     t = config.train
     self.optimizer = torch.optim.AdamW(

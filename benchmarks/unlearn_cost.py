@@ -49,7 +49,7 @@ def main():
       run_dir = os.path.join(out_root, benchmark.run_dir_name(method, budget))
       shutil.rmtree(run_dir, ignore_errors=True)
       start = time.perf_counter()
-      meta = unlearner.run(method, budget, run_dir, progress=False)
+      meta = unlearner.run(method, budget, run_dir, show_progress=False)
       seconds = time.perf_counter() - start
       samples = meta["samples_processed"]["total"]
       rows.append([method, f"{budget:g}x", meta["steps"], f"{samples:,}",

@@ -1,7 +1,6 @@
-"""salmu_jax: the JAX/Flax reference implementation of SALMUBench."""
-from salmu_jax import host_memory as _host_memory
+"""salmu_jax: the JAX/Flax reference implementation of SALMUBench.
 
+Importing it (or any module below it) changes nothing in the process: the host-memory
+setting (host_memory.py) is applied only by our own command-line stages.
+"""
 __version__ = "0.1.0"
-
-# Before NumPy or JAX start threads: see host_memory (a quarter of a CPU train step).
-_host_memory.retain_freed_memory()

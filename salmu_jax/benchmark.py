@@ -19,27 +19,39 @@ persistent compilation cache WORKDIR/jax_cache.
   WORKDIR/seed_S/{clean,compromised}/        reference runs; {clean,compromised}.json scores
   WORKDIR/seed_S/METHOD_Bx/                  unlearned checkpoint, unlearn.json, result.json
   WORKDIR/leaderboard.{json,md}, report.html, stages.json, config.json
+
+The dataset is never written after its build: the fragile set the first seed's
+Compromised fixes lives in seed_S/compromised.json (`fragile_set_ids`). A failed
+soundness check exits with status 3, after every output is written.
 """
-import dataclasses
-import json
-import os
-import shutil
-import sys
-import time
-from typing import Callable
+from salmu_jax import host_memory
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+if __name__ == "__main__":  # Our own long-running process, before NumPy starts threads.
+  host_memory.retain_freed_memory()
 
-from salmu_jax import config as config_lib
-from salmu_jax import distributed, evaluate, io_utils, report, train, unlearn
-from salmu_jax.data import builder
-from salmu_jax.errors import ConfigError, Preempted, SalmuError
-from salmu_jax.unlearning import methods as methods_lib
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from salmu_jax import checkpointing, cli, distributed, io_utils, progress, report  # noqa: E402
+from salmu_jax import config as config_lib  # noqa: E402
+from salmu_jax.data import builder, layout  # noqa: E402
+from salmu_jax.errors import ConfigError  # noqa: E402
+from salmu_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from salmu_jax.training import loop, runtime as runtime_lib  # noqa: E402
+from salmu_jax.unlearning import methods as methods_lib, runner  # noqa: E402
 
 REFERENCES = ("compromised", "clean")  # Compromised first: its evaluation fixes the fragile set.
 RESULT_FILE = "result.json"
+CHECK_FAILED_EXIT_CODE = 3  # A soundness check failed: the references cannot be trusted.
 CONFIG_FILE = "config.json"  # The config the stages were run with.
 
 
@@ -99,7 +111,7 @@ class Benchmark:
     self.seeds = [self.config.seed + i for i in range(seeds if seeds is not None else bench.seeds)]
     if not self.seeds:
       raise ConfigError(f"--seeds={seeds} must be at least 1")
-    self.dataset_dir = os.path.join(self.workdir, builder.DATASET_DIRNAME)
+    self.dataset_dir = os.path.join(self.workdir, layout.DATASET_DIRNAME)
     self._evaluator, self._unlearner = None, None
     self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
     self.stages_log = []
@@ -115,18 +127,27 @@ class Benchmark:
 
   # Shared objects.
   @property
-  def evaluator(self) -> evaluate.Evaluator:
+  def fragile_source(self) -> str:
+    """The result whose fragile set every evaluation after it uses: the first seed's
+    Compromised, as in the original."""
+    return os.path.join(self.seed_dir(self.seeds[0]), "compromised.json")
+
+  @property
+  def evaluator(self) -> evaluator_lib.Evaluator:
     if self._evaluator is None:
-      trainer = train.setup(self.config, self.workdir, self.dataset_dir, self.devices)
-      self._evaluator = evaluate.Evaluator(trainer)
+      runtime = runtime_lib.setup(self.config, self.workdir, self.dataset_dir, self.devices)
+      self._evaluator = evaluator_lib.Evaluator(runtime)
+      if os.path.exists(self.fragile_source):  # A resumed run.
+        self._evaluator.use_fragile_set(evaluator_lib.read_fragile_set(self.fragile_source),
+                                        self.fragile_source)
     return self._evaluator
 
-  def unlearner(self, seed: int) -> unlearn.Unlearner:
+  def unlearner(self, seed: int) -> runner.Unlearner:
     """The seed's Compromised, restored once (one seed held at a time)."""
     if self._unlearner is None or self._unlearner[0] != seed:
-      self._unlearner = (seed, unlearn.Unlearner(
+      self._unlearner = (seed, runner.Unlearner(
           self.seed_config(seed), os.path.join(self.seed_dir(seed), "compromised"),
-          trainer=self.evaluator.trainer, compiled=self._compiled_steps))
+          runtime=self.evaluator.runtime, compiled=self._compiled_steps))
     return self._unlearner[1]
 
   # Stages.
@@ -151,43 +172,43 @@ class Benchmark:
     config = self.seed_config(seed, reference)
 
     def done():
-      if os.path.exists(run_dir + ".json"):
-        return True
-      if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
-        return False
-      return train.checkpoint_manager(run_dir, config).latest_step() == config.train.steps
+      return os.path.exists(run_dir + ".json") or \
+          checkpointing.steps(run_dir)[-1:] == [config.train.steps]
 
-    return Stage(f"seed {seed}: train {reference}", done, lambda: train.train(
+    return Stage(f"seed {seed}: train {reference}", done, lambda: loop.train(
         config, run_dir, dataset_dir=self.dataset_dir, devices=self.devices,
-        progress=self.progress))
+        show_progress=self.progress))
 
   def _reference_eval_stage(self, seed, reference) -> Stage:
     run_dir = os.path.join(self.seed_dir(seed), reference)
     out = run_dir + ".json"
 
     def run():
-      recompute = reference == "compromised" and seed == self.seeds[0]
+      recompute = out == self.fragile_source
       result = self.evaluator.score_checkpoint(run_dir, recompute_fragile=recompute,
-                                               progress=self.progress)
+                                               show_progress=self.progress)
       result["meta"]["training_seed"] = seed
       io_utils.write_json_atomic(out, result)
+      if recompute:  # Named by the file that holds it, as a resumed run names it.
+        self.evaluator.use_fragile_set(result["fragile_set_ids"], out)
 
     return Stage(f"seed {seed}: evaluate {reference}", lambda: os.path.exists(out), run)
 
   def _method_stages(self, seed, method, budget) -> list:
     run_dir = os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
-    metadata, out = os.path.join(run_dir, unlearn.METADATA_FILE), os.path.join(run_dir, RESULT_FILE)
+    metadata, out = os.path.join(run_dir, runner.METADATA_FILE), os.path.join(run_dir, RESULT_FILE)
 
     def run_unlearn():
       if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
         shutil.rmtree(run_dir)
-      self.unlearner(seed).run(method, budget, run_dir, progress=self.progress)
+      self.unlearner(seed).run(method, budget, run_dir, show_progress=self.progress)
 
     def run_eval():
       references = [io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json"))
                     for r in ("clean", "compromised")]
       result = self.evaluator.score_checkpoint(run_dir, clean=references[0],
-                                               compromised=references[1], progress=self.progress)
+                                               compromised=references[1],
+                                               show_progress=self.progress)
       result["meta"]["training_seed"] = seed
       result["meta"]["unlearn"] = io_utils.read_json(metadata)
       io_utils.write_json_atomic(out, result)
@@ -202,7 +223,7 @@ class Benchmark:
     path = os.path.join(self.workdir, CONFIG_FILE)
     current = {k: v for k, v in json.loads(self.config.to_json()).items() if k != "benchmark"}
     if os.path.exists(path):
-      differing = config_lib.differing_keys(io_utils.read_json(path), current)
+      differing = io_utils.differing_keys(io_utils.read_json(path), current)
       if differing:
         raise ConfigError(f"{self.workdir} holds a benchmark of a different config (differs "
                           f"in: {', '.join(differing[:8])}); use another --workdir")
@@ -212,7 +233,6 @@ class Benchmark:
   def run(self) -> dict:
     """Runs what is not finished, then writes the leaderboard and report; returns the
     leaderboard dict."""
-    from tqdm import tqdm
     start = time.perf_counter()
     stages = self.stages()
     self.check_workdir()
@@ -221,8 +241,8 @@ class Benchmark:
     log_path = os.path.join(self.workdir, "stages.json")
     earlier = {s["stage"]: s.get("ran_seconds", s["seconds"])
                for s in (io_utils.read_json(log_path) if os.path.exists(log_path) else [])}
-    with tqdm(total=len(stages), desc="benchmark", unit="stage", disable=not self.progress,
-              dynamic_ncols=True, position=0) as bar:
+    with progress.bar(total=len(stages), desc="benchmark", unit="stage", enabled=self.progress,
+                      position=0) as bar:
       for stage in stages:
         bar.set_postfix_str(stage.name)
         reused = stage.done()
@@ -254,15 +274,14 @@ class Benchmark:
       row["unlearn_seconds"] = report.spread([u["wall_seconds"] for u in unlearned])
     meta = {"config_name": self.name, "date": report.now(), "seeds": self.seeds,
             "budgets": self.budgets, "methods": self.methods,
-            "device": jax.devices()[0].device_kind, "num_devices": len(self.devices or jax.devices()),
-            "versions": versions(), "wall_seconds": round(wall_seconds, 1),
+            **self.evaluator.runtime.device_meta(), "versions": versions(), "wall_seconds": round(wall_seconds, 1),
             "ran_seconds_total": round(sum(s["ran_seconds"] or 0 for s in self.stages_log), 1),
             "config": json.loads(self.config.to_json())}
     leaderboard = {**board, "checks": checks, "meta": meta, "stages": self.stages_log}
     io_utils.write_json_atomic(os.path.join(self.workdir, "leaderboard.json"), leaderboard)
     io_utils.write_bytes_atomic(os.path.join(self.workdir, "leaderboard.md"),
                                 report.markdown(board, checks, meta).encode())
-    sheet_path = os.path.join(self.dataset_dir, builder.CONTACT_SHEET_FILE)
+    sheet_path = os.path.join(self.dataset_dir, layout.CONTACT_SHEET_FILE)
     sheet = open(sheet_path, "rb").read() if os.path.exists(sheet_path) else None
     io_utils.write_bytes_atomic(os.path.join(self.workdir, "report.html"), report.report_html(
         board, checks, meta, sheet, self.stages_log).encode())
@@ -285,24 +304,20 @@ def enable_compilation_cache(directory: str) -> None:
 def main(argv):
   """The CLI; its flags are defined below, only when this module is the program."""
   del argv
-  logging.set_verbosity(logging.WARNING)
-  try:
-    distributed.initialize_from_flags()
+
+  def body():
     enable_compilation_cache(os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
     name = os.path.basename(flags.FLAGS["config"].config_filename)
     board = Benchmark(_CONFIG.value, _WORKDIR.value, methods=_METHODS.value,
                       budgets=_BUDGETS.value, seeds=_SEEDS.value, name=name).run()
-  except SalmuError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except Preempted as e:  # During training; other stages are atomic and simply redone.
-    print(str(e), file=sys.stderr)
-    sys.exit(train.PREEMPTED_EXIT_CODE)
-  print(report.markdown(board, board["checks"], board["meta"]))
-  failed = [c["name"] for c in board["checks"] if not c["passed"]]
-  print(f"wrote {os.path.join(_WORKDIR.value, 'leaderboard.md')}, leaderboard.json and "
-        f"report.html in {board['meta']['wall_seconds']:.0f} s"
-        + (f"; soundness checks failed: {', '.join(failed)}" if failed else ""))
+    print(report.markdown(board, board["checks"], board["meta"]))
+    failed = [c["name"] for c in board["checks"] if not c["passed"]]
+    print(f"wrote {os.path.join(_WORKDIR.value, 'leaderboard.md')}, leaderboard.json and "
+          f"report.html in {board['meta']['wall_seconds']:.0f} s"
+          + (f"; soundness checks failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+      sys.exit(CHECK_FAILED_EXIT_CODE)
+  cli.run(body)
 
 
 if __name__ == "__main__":

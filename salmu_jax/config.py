@@ -221,18 +221,6 @@ def _check_keys(config, reference, prefix=""):
       _check_keys(config[key], reference[key], path + ".")
 
 
-def differing_keys(saved: dict, current: dict, prefix: str = "") -> list:
-  """Dotted keys whose values differ between two nested dicts (e.g. configs as JSON)."""
-  keys = []
-  for key in sorted(set(saved) | set(current)):
-    a, b = saved.get(key), current.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      keys += differing_keys(a, b, f"{prefix}{key}.")
-    elif a != b:
-      keys.append(prefix + key)
-  return keys
-
-
 def _require(ok: bool, message: str) -> None:
   if not ok:
     raise ConfigError(message)

@@ -13,8 +13,11 @@ measurements (XLA's compiler threads allocate a lot), so it pays off for runs of
 steps, not for compile-bound ones (the test suite opts out).
 
 The setting is process-wide and only holds for threads that have not used malloc yet,
-so `salmu_jax/__init__.py` applies it on import, before NumPy starts its BLAS threads
-or JAX its CPU backend: import salmu_jax first. SALMU_JAX_SYSTEM_MALLOC=1 opts out.
+so the long-running command-line stages (train, unlearn, benchmark) apply it first
+thing, before NumPy starts its BLAS threads or JAX its CPU backend. Importing the
+library never does: a program that imports our losses keeps its own allocator. A script
+of ours (benchmarks/) calls `retain_freed_memory()` before importing NumPy.
+SALMU_JAX_SYSTEM_MALLOC=1 opts out.
 """
 import ctypes
 import os
@@ -36,10 +39,15 @@ def glibc():
   return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
+applied = False  # Whether this process has the setting (tests read it).
+
+
 def retain_freed_memory() -> bool:
   """Applies the setting; False where opted out or the C library is not glibc."""
+  global applied
   libc = glibc()
   if os.environ.get(OPT_OUT_VARIABLE) == "1" or libc is None:
     return False
-  return all(libc.mallopt(parameter, value) == 1 for parameter, value in (
+  applied = all(libc.mallopt(parameter, value) == 1 for parameter, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM)))
+  return applied

@@ -84,3 +84,15 @@ def replace_dir(src: str, dst: str) -> None:
   if os.path.exists(dst):
     shutil.rmtree(dst)
   os.replace(src, dst)
+
+
+def differing_keys(saved: dict, current: dict, prefix: str = "") -> list:
+  """Dotted keys whose values differ between two nested dicts (e.g. configs as JSON)."""
+  keys = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      keys += differing_keys(a, b, f"{prefix}{key}.")
+    elif a != b:
+      keys.append(prefix + key)
+  return keys

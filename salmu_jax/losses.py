@@ -1,15 +1,22 @@
-"""Contrastive losses: pure functions of (embeddings, logit scale[, bias]).
+"""Contrastive losses and the loss-function protocol that pretraining and unlearning share.
 
-Under `jit` with a sharded batch these see the global batch: the similarity
-matrix spans every example on every device (XLA inserts the all-gathers), so the
-loss equals the single-device loss on the same batch.
+The raw losses are pure functions of (embeddings, logit scale[, bias]). Under `jit`
+with a sharded batch they see the global batch: the similarity matrix spans every
+example on every device (XLA inserts the all-gathers), so the loss equals the
+single-device loss on the same batch. Both take L2-normalized embeddings [B, D] and
+the *log* temperature, as CLIP stores it.
 
-Both take L2-normalized embeddings [B, D] and the *log* temperature, as CLIP
-stores it; both return per-example losses' mean and accept per-example losses
-via `clip_softmax_per_example` for objectives that reweight examples.
+A *loss function* (what optimizer steps minimize) is `(params, batch, ctx) -> (scalar,
+aux)`, with `ctx` a `Context`; `contrastive` is the pretraining one, and every
+objective in salmu_jax.unlearning.objectives has the same shape.
 """
+import dataclasses
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
+
+Loss = Callable[[Any, dict, "Context"], tuple]
 
 
 def similarity_logits(image_emb, text_emb, logit_scale, logit_bias=0.0):
@@ -17,25 +24,62 @@ def similarity_logits(image_emb, text_emb, logit_scale, logit_bias=0.0):
   return jnp.exp(logit_scale) * image_emb @ text_emb.T + logit_bias
 
 
-def clip_softmax_per_example(image_emb, text_emb, logit_scale):
+def clip_softmax_per_example(image_emb, text_emb, logit_scale, logit_bias=None):
   """Symmetric InfoNCE per pair: (CE(image->texts) + CE(text->images)) / 2, shape [B]."""
+  del logit_bias  # CLIP's softmax loss has none.
   logits = similarity_logits(image_emb, text_emb, logit_scale)
   image_to_text = -jnp.diagonal(jax.nn.log_softmax(logits, axis=1))
   text_to_image = -jnp.diagonal(jax.nn.log_softmax(logits, axis=0))
   return (image_to_text + text_to_image) / 2
 
 
-def clip_softmax_loss(image_emb, text_emb, logit_scale):
+def clip_softmax_loss(image_emb, text_emb, logit_scale, logit_bias=None):
   """CLIP's loss (Radford et al. 2021), as OpenCLIP's ClipLoss computes it."""
-  return clip_softmax_per_example(image_emb, text_emb, logit_scale).mean()
+  return clip_softmax_per_example(image_emb, text_emb, logit_scale, logit_bias).mean()
+
+
+def siglip_per_example(image_emb, text_emb, logit_scale, logit_bias):
+  """SigLIP's terms of each image's row, -sum_j log sigmoid(z_ij * logit_ij), shape [B];
+  their mean is `siglip_loss`."""
+  logits = similarity_logits(image_emb, text_emb, logit_scale, logit_bias)
+  labels = 2 * jnp.eye(logits.shape[0], dtype=logits.dtype) - 1
+  return -jax.nn.log_sigmoid(labels * logits).sum(axis=1)
 
 
 def siglip_loss(image_emb, text_emb, logit_scale, logit_bias):
   """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): -sum log sigmoid(z_ij * logit_ij) / B."""
-  logits = similarity_logits(image_emb, text_emb, logit_scale, logit_bias)
-  labels = 2 * jnp.eye(logits.shape[0], dtype=logits.dtype) - 1
-  return -jax.nn.log_sigmoid(labels * logits).sum() / logits.shape[0]
+  return siglip_per_example(image_emb, text_emb, logit_scale, logit_bias).mean()
 
 
-LOSSES = {"softmax": lambda img, txt, scale, bias: clip_softmax_loss(img, txt, scale),
-          "sigmoid": siglip_loss}
+# By config.train.loss: the batch loss, and each pair's share of it (sequence-level
+# objectives such as NPO reweight pairs). All take (image, text, log_scale, bias).
+LOSSES = {"softmax": clip_softmax_loss, "sigmoid": siglip_loss}
+PER_EXAMPLE = {"softmax": clip_softmax_per_example, "sigmoid": siglip_per_example}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a loss function sees beside params and batch: the frozen reference parameters
+  (None when pretraining), an RNG key, the step, and `apply(params, images, tokens) ->
+  (image_emb, text_emb, log_scale, logit_bias)`."""
+  reference_params: Any
+  rng: jax.Array
+  step: jax.Array
+  apply: Callable = dataclasses.field(metadata=dict(static=True))
+
+  def reference(self, images, tokens):
+    """The frozen original model's outputs; no gradient reaches its parameters."""
+    return self.apply(jax.lax.stop_gradient(self.reference_params), images, tokens)
+
+
+def contrastive(on: str, kind: str) -> Loss:
+  """The pretraining loss (`kind`: "softmax", CLIP's symmetric InfoNCE, or "sigmoid",
+  SigLIP's) on batch[on]."""
+  objective = LOSSES[kind]
+
+  def loss(params, batch, ctx):
+    part = batch[on]
+    value = objective(*ctx.apply(params, part["image"], part["tokens"]))
+    return value, {f"contrastive_{on}": value}
+  return loss

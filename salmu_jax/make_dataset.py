@@ -3,32 +3,29 @@
   python -m salmu_jax.make_dataset --config=configs/tiny.py --workdir=runs/tiny
 """
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from salmu_jax.data import builder
-from salmu_jax.errors import SalmuError
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory that receives dataset/.")
-flags.mark_flags_as_required(["config", "workdir"])
+from salmu_jax import cli, io_utils
+from salmu_jax import config as config_lib
+from salmu_jax.data import builder, layout
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # tfds logs every file it opens.
-  try:
-    root = builder.build_dataset(_CONFIG.value, _WORKDIR.value)
-  except SalmuError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  card = builder.io_utils.read_json(os.path.join(root, builder.CARD_FILE))
-  sizes = ", ".join(f"{k} {v:,}" for k, v in card["split_sizes"].items())
-  print(f"dataset ready at {root}: {sizes}")
+
+  def body():
+    root = builder.build_dataset(config_lib.check_config(_CONFIG.value), _WORKDIR.value)
+    card = io_utils.read_json(os.path.join(root, layout.CARD_FILE))
+    sizes = ", ".join(f"{k} {v:,}" for k, v in card["split_sizes"].items())
+    print(f"dataset ready at {root}: {sizes}")
+  cli.run(body)
 
 
 if __name__ == "__main__":
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory that receives dataset/.")
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -1,6 +1,6 @@
 """The leaderboard, the soundness checks and the HTML report of a benchmark run.
 
-Input: evaluation results (salmu_jax.evaluate's JSON dicts) of Clean, Compromised and
+Input: evaluation results (salmu_jax.evaluation's JSON dicts) of Clean, Compromised and
 every (method, budget), one per seed. Everything here is arithmetic and drawing on
 those dicts, so a leaderboard can be rebuilt from the JSON files alone.
 """
@@ -13,19 +13,19 @@ import math
 
 import numpy as np
 
-from salmu_jax import evaluate
+from salmu_jax.evaluation import diagnosis as diagnosis_lib
 
-METRICS = [name.split("/") for name in evaluate.EVALUATORS]  # [(group, key)] official order.
+METRICS = diagnosis_lib.official_metrics()  # [(group, key)] in the official order.
 SHORT = {key: key.split("_", 1)[1] for _, key in METRICS}  # "1.1_RetFail" -> "RetFail"
-# The discriminative numbers (evaluate.headlines) shown beside the official ten.
+# The discriminative numbers (diagnosis_lib.headlines) shown beside the official ten.
 EXTENDED_COLUMNS = {"retrieval/holdout_identity": "holdout_identity MRR",
                     "retrieval/holdout_association": "holdout_association MRR",
                     "retrieval/retain_joint": "retain_joint MRR",
                     "retrieval/fragile": "fragile MRR",
                     "spread/image": "image spread", "spread/caption": "caption spread"}
-MODE_COLORS = {"none": "#2a9d8f", evaluate.INEFFECTIVE: "#8d99ae",
-               evaluate.OVERGENERALIZED: "#e76f51", evaluate.CATASTROPHIC: "#9b2226",
-               evaluate.COLLAPSE: "#f4a261", "several": "#6a4c93"}
+MODE_COLORS = {"none": "#2a9d8f", diagnosis_lib.INEFFECTIVE: "#8d99ae",
+               diagnosis_lib.OVERGENERALIZED: "#e76f51", diagnosis_lib.CATASTROPHIC: "#9b2226",
+               diagnosis_lib.COLLAPSE: "#f4a261", "several": "#6a4c93"}
 # Exact bootstrap over seeds up to this many seeds (462 resamples at 6); Monte Carlo above.
 EXACT_BOOTSTRAP_SEEDS, MONTE_CARLO_RESAMPLES = 6, 1000
 
@@ -37,7 +37,7 @@ def spread(values) -> dict:
 
 
 def summarize(flat_results: list) -> dict:
-  """{key: {mean, std, n}} over seeds of evaluate.headlines(...) dicts."""
+  """{key: {mean, std, n}} over seeds of diagnosis_lib.headlines(...) dicts."""
   return {key: spread([r[key] for r in flat_results]) for key in flat_results[0]}
 
 
@@ -57,7 +57,7 @@ def scores(normalized: dict) -> dict:
 
 
 def _judge(values: dict, clean: dict, compromised: dict, thresholds) -> tuple:
-  normalized, diagnosis = evaluate.normalize_and_diagnose(values, clean, compromised, thresholds)
+  normalized, diagnosis = diagnosis_lib.normalize_and_diagnose(values, clean, compromised, thresholds)
   return normalized, diagnosis, scores(normalized)
 
 
@@ -123,7 +123,7 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
   if len(compromised) != len(clean) or uneven:
     raise ValueError(f"every row needs one result per seed ({len(clean)}); uneven: "
                      f"{uneven or 'compromised'}")
-  flat = lambda results: [evaluate.headlines(r) for r in results]
+  flat = lambda results: [diagnosis_lib.headlines(r) for r in results]
   clean_flat, compromised_flat = flat(clean), flat(compromised)
   runs_flat = {key: flat(results) for key, results in runs.items()}
   references = {"clean": summarize(clean_flat), "compromised": summarize(compromised_flat)}
@@ -200,7 +200,7 @@ def soundness_checks(board: dict, criteria) -> list:
         f"seed {n}: {v[1]}" for n, v in enumerate(values))
     checks.append({"name": name, "value": value, "passed": all(v[2] for v in values),
                    "per_seed": [v[2] for v in values]})
-  for mode in evaluate.FAILURE_MODES[:3]:  # The original's three; collapse is ours.
+  for mode in diagnosis_lib.FAILURE_MODES[:3]:  # The original's three; collapse is ours.
     shown = [f"{r['method']}@{r['budget']:g}x" for r in board["rows"] if mode in r["failure_modes"]]
     listed = ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
     checks.append({"name": f"failure mode visible: {mode}",
@@ -398,7 +398,7 @@ budgets {esc(', '.join(f'{b:g}x' for b in meta['budgets']))}; {esc(versions)}.</
 <h2>Leaderboard</h2>
 <p>Ranked by the number of failure modes, then by the harmonic mean of efficacy and utility
 (docs/protocol.md §5); rank (low-high) is the central {board['rank_confidence']:.0%} over a
-bootstrap of the seeds. Failure modes: {esc(', '.join(evaluate.FAILURE_MODES))}.</p>
+bootstrap of the seeds. Failure modes: {esc(', '.join(diagnosis_lib.FAILURE_MODES))}.</p>
 {table}
 <h2>What the models still tell apart</h2>
 <p>Own-caption retrieval MRR per split and the spread of images and captions (1 - mean cosine

@@ -30,3 +30,8 @@ def micro_dataset_dir(tmp_path_factory):
   """One micro SALMU-synth build shared by the read-only tests."""
   config = config_lib.load_config(config_path("micro"))
   return builder.build_dataset(config, str(tmp_path_factory.mktemp("micro")), progress=False)
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end runs and subprocesses; everyday work "
+                          "runs `pytest -m 'not slow'` (README, Tests)")

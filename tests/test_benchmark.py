@@ -1,6 +1,8 @@
 """The end-to-end benchmark: stages, resume, artifacts, leaderboard arithmetic."""
+import hashlib
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -10,26 +12,41 @@ import ml_collections
 import numpy as np
 import pytest
 
-from salmu_jax import benchmark, evaluate, io_utils, report, unlearn
+from salmu_jax import benchmark, io_utils, report
+from salmu_jax.evaluation import diagnosis, registry
+from salmu_jax.unlearning import runner
 from salmu_jax.errors import ConfigError
 from tests.conftest import REPO, config_path
 
 METHODS = ("neg_grad", "ssd")
 
 
+def file_states(root) -> dict:
+  """Every file under `root` with its bytes' sha256 and its modification time."""
+  states = {}
+  for path in sorted(pathlib.Path(root).rglob("*")):
+    if path.is_file():
+      states[str(path.relative_to(root))] = (hashlib.sha256(path.read_bytes()).hexdigest(),
+                                             path.stat().st_mtime_ns)
+  return states
+
+
 def micro_benchmark(micro_config, micro_dataset_dir, workdir, **kwargs):
   micro_config.benchmark.methods = ",".join(METHODS)
   micro_config.benchmark.budgets = (1.0,)
-  if not os.path.exists(os.path.join(workdir, "dataset")):  # A copy: the fragile set is rewritten.
+  if not os.path.exists(os.path.join(workdir, "dataset")):  # Where the benchmark reads it.
     shutil.copytree(micro_dataset_dir, os.path.join(workdir, "dataset"))
   return benchmark.Benchmark(micro_config, str(workdir), devices=jax.devices()[:1],
                              progress=False, name="micro.py", **kwargs)
 
 
+@pytest.mark.slow
 def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
     micro_config, micro_dataset_dir, tmp_path, monkeypatch):
   workdir = tmp_path / "run"
-  finish = unlearn.Unlearner.run
+  shutil.copytree(micro_dataset_dir, workdir / "dataset")
+  dataset_before = file_states(workdir / "dataset")
+  finish = runner.Unlearner.run
 
   def killed_during_ssd(self, method, budget, run_dir, **kwargs):
     if method == "ssd":  # Dies after creating its run directory, before unlearn.json.
@@ -37,7 +54,7 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
       raise KeyboardInterrupt
     return finish(self, method, budget, run_dir, **kwargs)
 
-  monkeypatch.setattr(unlearn.Unlearner, "run", killed_during_ssd)
+  monkeypatch.setattr(runner.Unlearner, "run", killed_during_ssd)
   with pytest.raises(KeyboardInterrupt):
     micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
   seed_dir = workdir / "seed_0"
@@ -47,7 +64,7 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   assert not (workdir / "leaderboard.json").exists()
   finished = {p: os.path.getmtime(seed_dir / p) for p in ("clean.json", "neg_grad_1x/result.json")}
 
-  monkeypatch.setattr(unlearn.Unlearner, "run", finish)
+  monkeypatch.setattr(runner.Unlearner, "run", finish)
   board = micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
   status = {s["stage"]: s["status"] for s in board["stages"]}
   assert status["seed 0: ssd 1x unlearn"] == status["seed 0: ssd 1x evaluate"] == "ran"
@@ -59,7 +76,7 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   saved = io_utils.read_json(workdir / "leaderboard.json")
   assert [r["rank"] for r in saved["rows"]] == [1, 2]
   assert {(r["method"], r["budget"]) for r in saved["rows"]} == {(m, 1.0) for m in METHODS}
-  keys = [name.split("/")[1] for name in evaluate.EVALUATORS]
+  keys = [name.split("/")[1] for name in registry.EVALUATORS]
   for row in saved["rows"]:
     assert list(row["metrics"])[:10] == keys and row["metrics"]["1.1_RetFail"]["n"] == 1
     assert set(report.EXTENDED_COLUMNS) <= set(row["metrics"])
@@ -87,7 +104,19 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
       [sys.executable, "-m", "salmu_jax.benchmark", f"--config={config_path('micro')}",
        f"--workdir={workdir}", f"--methods={','.join(METHODS)}", "--budgets=1"],
       capture_output=True, text=True, env=env, cwd=REPO)
-  assert done.returncode == 0, done.stderr[-2000:]
+  # The dataset is read-only: training, unlearning, evaluation (the fragile set included,
+  # recomputed from Compromised into compromised.json) and a resume change none of its bytes.
+  assert file_states(workdir / "dataset") == dataset_before
+  fragile = io_utils.read_json(seed_dir / "compromised.json")["fragile_set_ids"]
+  unlearned = io_utils.read_json(seed_dir / "neg_grad_1x" / "result.json")
+  assert unlearned["meta"]["fragile_set"] == {"source": str(seed_dir / "compromised.json"),
+                                              "size": len(fragile)}
+  assert unlearned["extended"]["retrieval"]["fragile"]["count"] == len(fragile)
+  # A failed soundness check is an exit status a script can read, after every output.
+  failed = [c["name"] for c in saved["checks"] if not c["passed"]]
+  assert done.returncode == (benchmark.CHECK_FAILED_EXIT_CODE if failed else 0), \
+      done.stderr[-2000:]
+  assert (f"soundness checks failed: {', '.join(failed)}" in done.stdout) == bool(failed)
   assert "soundness" in done.stdout or "Soundness" in done.stdout
   rerun = io_utils.read_json(workdir / "stages.json")
   assert {s["status"] for s in rerun} == {"reused"}
@@ -128,16 +157,16 @@ def test_bad_benchmark_requests_are_named(micro_config, tmp_path, kwargs, messag
 
 
 def fake_result(values: dict) -> dict:
-  """An evaluation result with the given headlines (evaluate.headlines keys; missing
+  """An evaluation result with the given headlines (diagnosis.headlines keys; missing
   official metrics: 0.5, missing retrieval MRR: 0.5, missing spreads: 0.7)."""
   result = {"efficacy": {}, "utility": {}, "breakdown": {"leakage_rate": 0.1}}
-  for name in evaluate.EVALUATORS:
+  for name in registry.EVALUATORS:
     group, key = name.split("/")
     value = values.get(key, 0.5)
     result[group][key] = {"MRR": value} if key == "1.1_RetFail" else {"mean": value}
   result["utility"]["2.1_GenKnow"] = {"accuracy": values.get("2.1_GenKnow", 0.5), "classes": 32}
   result["extended"] = {
-      "retrieval": {s: {"MRR": values.get(f"retrieval/{s}", 0.5)} for s in evaluate.RETRIEVAL_SPLITS},
+      "retrieval": {s: {"MRR": values.get(f"retrieval/{s}", 0.5)} for s in diagnosis.RETRIEVAL_SPLITS},
       "collapse": {"image_cosine": 1 - values.get("spread/image", 0.7),
                    "caption_cosine": 1 - values.get("spread/caption", 0.7)}}
   return result

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from salmu_jax import config as config_lib, io_utils
-from salmu_jax.data import builder, faces, scenes, sources, splits
+from salmu_jax.data import builder, faces, layout, scenes, splits
 from salmu_jax.data.tokenizer import BPETokenizer, normalize_text
 from salmu_jax.errors import ConfigError, DatasetError
 from tests.conftest import REPO, config_path
@@ -21,7 +21,7 @@ def record_digests(root):
 
 
 def test_records_match_the_plan(micro_dataset_dir, micro_config):
-  dataset = sources.open_dataset(micro_dataset_dir)
+  dataset = layout.open_dataset(micro_dataset_dir)
   plan = splits.make_plan(micro_config.data)
   assert dataset.card["split_sizes"] == plan.split_sizes()
   for split in splits.SPLITS:
@@ -72,7 +72,7 @@ def test_build_is_idempotent_and_detects_changes(micro_config, tmp_path):
   with pytest.raises(DatasetError, match="modified after building.*changed file"):
     builder.build_dataset(micro_config, str(tmp_path), progress=False)
   with pytest.raises(DatasetError, match="modified after building"):
-    sources.open_dataset(root)
+    layout.open_dataset(root)
 
   os.remove(manifest)
   with pytest.raises(DatasetError, match="incomplete"):
@@ -88,20 +88,14 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(micro_config, tmp_
   assert os.listdir(tmp_path) == []
   monkeypatch.undo()
   root = builder.build_dataset(micro_config, str(tmp_path), progress=False)
-  assert sources.open_dataset(root).card["split_sizes"]["forget"] == 64
+  assert layout.open_dataset(root).card["split_sizes"]["forget"] == 64
 
 
-def test_recompute_fragile_set_from_model_scores(micro_config, tmp_path):
-  root = builder.build_dataset(micro_config, str(tmp_path), progress=False)
-  dataset = sources.open_dataset(root)
-  disjoint = dataset.splits["retain_disjoint"]
-  ids = [int(disjoint[i]["record_id"]) for i in range(len(disjoint))]
+def test_the_fragile_rule_keeps_the_pairs_a_model_knows_least():
+  ids = list(range(100, 120))
   similarities = np.linspace(1, 0, len(ids))  # The last ids are known least.
-  fragile = sources.recompute_fragile_set(dataset, ids, similarities, 0.1)
-  assert fragile == sorted(ids[-2:])
-  assert sources.open_dataset(root).fragile_ids == fragile  # Manifest still valid.
-  with pytest.raises(DatasetError, match="not in retain_disjoint"):
-    sources.recompute_fragile_set(dataset, [0], [0.5], 0.1)
+  assert splits.select_lowest(ids, similarities, 0.1) == [118, 119]
+  assert splits.select_lowest(ids[::-1], similarities[::-1], 0.1) == [118, 119]
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -7,7 +7,8 @@ import sys
 import jax
 import pytest
 
-from salmu_jax import config as config_lib, train
+from salmu_jax import checkpointing, config as config_lib
+from salmu_jax.training import loop
 from tests.conftest import REPO, config_path
 
 
@@ -16,6 +17,7 @@ def logged_losses(run) -> dict:
           if "loss" in r}
 
 
+@pytest.mark.slow
 def test_two_processes_of_four_devices_train_like_one_process_of_eight(micro_dataset_dir,
                                                                         tmp_path):
   run = tmp_path / "two_processes"
@@ -30,14 +32,14 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(micro_dat
   assert "clean is at step 6" in (tmp_path / "logs" / "process_1.log").read_text()
   config = config_lib.load_config(config_path("micro") + ":clean")
   assert len(jax.devices()) == 8
-  single = train.train(config, str(tmp_path / "one_process"), dataset_dir=micro_dataset_dir,
-                       progress=False)
+  single = loop.train(config, str(tmp_path / "one_process"), dataset_dir=micro_dataset_dir,
+                       show_progress=False)
   multi = logged_losses(run)  # Process 0 alone writes metrics.jsonl, each step once.
   assert sorted(multi) == list(range(1, 7))
   for step, loss in single["losses"].items():
     assert multi[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
   # One orbax checkpoint written by both processes together.
-  assert train.checkpoint_manager(str(run), config).all_steps() == [3, 6]
+  assert checkpointing.steps(str(run)) == [3, 6]
 
 
 def test_incomplete_distributed_flags_are_one_line(tmp_path):

@@ -10,7 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from salmu_jax import evaluate, train
+from salmu_jax import checkpointing
+from salmu_jax.evaluation import context, diagnosis, evaluator, registry
+from salmu_jax.training import loop, runtime as runtime_lib
 from salmu_jax.errors import ConfigError, DatasetError
 from salmu_jax.evaluation import metrics
 from tests.conftest import REPO, config_path
@@ -130,7 +132,7 @@ class FakeContext:
 
   def __init__(self, splits: dict, fragile_ids, gallery=(1000, 1000)):
     self.splits = splits
-    self.dataset = type("Dataset", (), {"fragile_ids": list(fragile_ids)})()
+    self.fragile_ids = list(fragile_ids)
     self.config = ml_collections.ConfigDict(dict(eval=dict(
         seed=0, gallery_forget=gallery[0], gallery_retain=gallery[1])))
 
@@ -164,7 +166,7 @@ def hand_built_model(kind: str, dim: int = 32) -> FakeContext:
       images, captions = unit(point + 0.05 * images), unit(point + 0.05 * captions)
     records = [{"record_id": record_id + i, "caption": f"{name} caption {i}"} for i in range(n)]
     record_id += n
-    splits[name] = evaluate.SplitEmbeddings(images, captions, records)
+    splits[name] = context.SplitEmbeddings(images, captions, records)
   fragile = [r["record_id"] for r in splits["retain_disjoint"].records[:20]]
   return FakeContext(splits, fragile)
 
@@ -175,8 +177,8 @@ def result_of(kind: str, genknow: float = 0.9) -> dict:
   ctx = hand_built_model(kind)
   result = {"efficacy": {k: {"mean": 0.5} for k in OFFICIAL_KEYS["efficacy"]},
             "utility": {k: {"mean": 0.5} for k in OFFICIAL_KEYS["utility"]},
-            "extended": {key: fn(ctx) for key, fn in evaluate.EXTENDED.items()}}
-  forget_mrr = metrics.recall_and_mrr(evaluate.forget_ranks(ctx))["MRR"]
+            "extended": {key: fn(ctx) for key, fn in registry.EXTENDED.items()}}
+  forget_mrr = metrics.recall_and_mrr(registry.forget_ranks(ctx))["MRR"]
   result["efficacy"]["1.1_RetFail"] = {"MRR": forget_mrr}
   result["utility"]["2.1_GenKnow"] = {"accuracy": genknow, "classes": 32}
   return result
@@ -188,15 +190,15 @@ THRESHOLDS = ml_collections.ConfigDict(dict(
 
 
 def diagnose(kind: str, genknow: float = 0.9) -> tuple:
-  clean, compromised = (evaluate.headlines(result_of(k)) for k in ("clean", "compromised"))
-  return evaluate.normalize_and_diagnose(evaluate.headlines(result_of(kind, genknow)), clean,
+  clean, compromised = (diagnosis.headlines(result_of(k)) for k in ("clean", "compromised"))
+  return diagnosis.normalize_and_diagnose(diagnosis.headlines(result_of(kind, genknow)), clean,
                                          compromised, THRESHOLDS)
 
 
 def test_extended_metrics_of_hand_built_models():
   compromised, clean, collapsed = (result_of(k)["extended"] for k in
                                    ("compromised", "clean", "collapsed"))
-  for split in evaluate.RETRIEVAL_SPLITS:
+  for split in diagnosis.RETRIEVAL_SPLITS:
     assert compromised["retrieval"][split]["MRR"] > 0.9
   assert compromised["retrieval"]["fragile"]["count"] == 20
   assert compromised["retrieval"]["holdout_identity"]["gallery_size"] == 1 + 47 + 96
@@ -215,10 +217,10 @@ def test_same_caption_text_is_not_a_distractor():
   for record in joint.records:
     record["caption"] = "a person in a blue shirt."
   joint.caption[:] = joint.caption[0]
-  ranks, _ = evaluate.own_caption_ranks(ctx, "retain_joint", 103)
+  ranks, _ = registry.own_caption_ranks(ctx, "retain_joint", 103)
   assert (ranks[1:] > 1).any()  # Ties with identical captions count against...
-  ranks, _ = evaluate.own_caption_ranks(ctx, "retain_joint", 103, exclude_same_text=True)
-  plain, _ = evaluate.own_caption_ranks(ctx, "retain_joint", 103)
+  ranks, _ = registry.own_caption_ranks(ctx, "retain_joint", 103, exclude_same_text=True)
+  plain, _ = registry.own_caption_ranks(ctx, "retain_joint", 103)
   assert (ranks <= plain).all() and ranks.sum() < plain.sum()  # ...unless excluded.
 
 
@@ -265,32 +267,32 @@ def trained_micro(micro_dataset_dir, tmp_path_factory):
   from salmu_jax import config as config_lib
   config = config_lib.load_config(config_path("micro") + ":compromised")
   run = str(tmp_path_factory.mktemp("eval_run"))
-  train.train(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], progress=False)
+  loop.train(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], show_progress=False)
   return config, run
 
 
 def test_evaluator_writes_the_official_shape_deterministically(trained_micro, micro_dataset_dir):
   config, run = trained_micro
-  first = evaluate.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
+  first = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
   assert {g: list(first[g]) for g in OFFICIAL_KEYS} == OFFICIAL_KEYS
   assert set(first["efficacy"]["1.1_RetFail"]) >= {"R@1", "MRR"}
   for group in OFFICIAL_KEYS:
     for key in first[group]:
-      value = evaluate.headline(first, group, key)
+      value = diagnosis.headline(first, group, key)
       assert np.isfinite(value) and -1 <= value <= 1
   assert first["efficacy"]["1.1_RetFail"]["gallery_size"] == 1 + 63 + 20  # Capped by split sizes.
   assert first["meta"]["model"] == "compromised" and first["meta"]["method"] is None
   assert set(first["breakdown"]["per_field"]) == set(config.data.fields)
   extended = first["extended"]
   assert list(extended) == ["retrieval", "margin", "collapse"]
-  assert list(extended["retrieval"]) == list(evaluate.RETRIEVAL_SPLITS)
+  assert list(extended["retrieval"]) == list(diagnosis.RETRIEVAL_SPLITS)
   assert extended["retrieval"]["holdout_identity"]["gallery_size"] == 1 + 31 + 20
   assert extended["retrieval"]["fragile"]["count"] == len(fragile_ids_of(micro_dataset_dir))
   assert all(-1 <= v <= 2 for v in extended["margin"].values())
-  again = evaluate.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
+  again = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
   for part in ("efficacy", "utility", "breakdown"):  # Same checkpoint, same JSON.
     assert json.dumps(first[part], sort_keys=True) == json.dumps(again[part], sort_keys=True)
-  scored = evaluate.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+  scored = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
                              clean=first, compromised=first)
   assert scored["normalized"]["utility"]["2.2_InterIdSim"] == pytest.approx(1.0)
 
@@ -319,12 +321,13 @@ def test_a_model_with_non_finite_parameters_is_refused(trained_micro, micro_data
   # caption first (RetFail MRR 1.0): it must never be scored.
   from salmu_jax.errors import NonFiniteModel
   config, run = trained_micro
-  trainer = train.setup(config, run, micro_dataset_dir, jax.devices()[:1])
-  params = train.restore_state(trainer, run, reference=None).params
+  runtime = runtime_lib.setup(config, run, micro_dataset_dir, jax.devices()[:1])
+  params = checkpointing.restore(
+      run, runtime.abstract_state(), signature=runtime.signature, reference=None)[0].params
   leaves, treedef = jax.tree.flatten(params)
   leaves[0] = leaves[0] * np.nan
   with pytest.raises(NonFiniteModel, match="the model to score has non-finite parameters in 1 "):
-    evaluate.Evaluator(trainer).score(jax.tree.unflatten(treedef, leaves))
+    evaluator.Evaluator(runtime).score(jax.tree.unflatten(treedef, leaves))
 
 
 def test_a_model_whose_embeddings_overflow_is_refused(trained_micro, micro_dataset_dir):
@@ -332,29 +335,94 @@ def test_a_model_whose_embeddings_overflow_is_refused(trained_micro, micro_datas
   # similarities would rank every true caption first.
   from salmu_jax.errors import NonFiniteModel
   config, run = trained_micro
-  trainer = train.setup(config, run, micro_dataset_dir, jax.devices()[:1])
-  params = train.restore_state(trainer, run, reference=None).params
+  runtime = runtime_lib.setup(config, run, micro_dataset_dir, jax.devices()[:1])
+  params = checkpointing.restore(
+      run, runtime.abstract_state(), signature=runtime.signature, reference=None)[0].params
   with pytest.raises(NonFiniteModel, match="gives non-finite embeddings for .* images"):
-    evaluate.Evaluator(trainer).score(jax.tree.map(lambda x: x * np.float32(1e20), params))
+    evaluator.Evaluator(runtime).score(jax.tree.map(lambda x: x * np.float32(1e20), params))
   with pytest.raises(NonFiniteModel, match="for 1 of 3 GenKnow images"):
-    evaluate.finite(np.array([[1.0, 0.0], [np.nan, 0.0], [0.0, 1.0]]), "GenKnow images")
+    context.finite(np.array([[1.0, 0.0], [np.nan, 0.0], [0.0, 1.0]]), "GenKnow images")
 
 
 def test_missing_split_and_missing_checkpoint_are_named(trained_micro, micro_dataset_dir, tmp_path):
   config, run = trained_micro
   with pytest.raises(ConfigError, match="holds no checkpoint"):
-    evaluate.evaluate(config, str(tmp_path), dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
+    evaluator.evaluate(config, str(tmp_path), dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
   import shutil
   copy = tmp_path / "dataset"
   shutil.copytree(micro_dataset_dir, copy)
   os.remove(glob.glob(str(copy / "salmu_synth" / "*" / "*holdout_identity*"))[0])
   with pytest.raises(DatasetError, match="missing file .*holdout_identity"):
-    evaluate.evaluate(config, run, dataset_dir=str(copy), devices=jax.devices()[:1])
+    evaluator.evaluate(config, run, dataset_dir=str(copy), devices=jax.devices()[:1])
 
 
 def test_an_empty_split_is_named(trained_micro, micro_dataset_dir):
   config, run = trained_micro
-  trainer = train.setup(config, run, micro_dataset_dir, jax.devices()[:1])
-  trainer.dataset.splits["holdout_identity"] = []
+  runtime = runtime_lib.setup(config, run, micro_dataset_dir, jax.devices()[:1])
+  runtime.dataset.splits["holdout_identity"] = []
   with pytest.raises(DatasetError, match="split holdout_identity is empty"):
-    evaluate.Evaluator(trainer).split_batches("holdout_identity")
+    evaluator.Evaluator(runtime).inputs.split_batches("holdout_identity")
+
+
+def test_a_model_is_refused_on_a_dataset_it_was_not_trained_on(trained_micro, micro_dataset_dir,
+                                                               tmp_path):
+  """Another data seed gives other captions and another tokenizer: scores there would mean
+  nothing (issue: IdZSC 0.344 instead of 0.063). Refused in one line unless asked for."""
+  from salmu_jax import config as config_lib
+  from salmu_jax.data import builder
+  config, run = trained_micro
+  other = config_lib.load_config(config_path("micro") + ":compromised", {"data.seed": 1})
+  other_dir = builder.build_dataset(other, str(tmp_path), progress=False)
+  with pytest.raises(ConfigError, match="was trained on another dataset .*differs in: data.seed"):
+    evaluator.evaluate(other, run, dataset_dir=other_dir, devices=jax.devices()[:1],
+                       show_progress=False)
+  study = evaluator.evaluate(other, run, dataset_dir=other_dir, devices=jax.devices()[:1],
+                             allow_other_dataset=True, show_progress=False)
+  meta = study["meta"]
+  assert meta["allow_other_dataset"] and meta["dataset"] != meta["trained_on"]
+  own = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+                           show_progress=False)["meta"]
+  assert own["dataset"] == own["trained_on"] and not own["allow_other_dataset"]
+
+
+def test_a_damaged_checkpoint_is_named_and_never_moved_by_the_evaluator(
+    trained_micro, micro_dataset_dir, tmp_path):
+  import shutil
+  config, run = trained_micro
+  copy = tmp_path / "run"
+  shutil.copytree(run, copy)
+  for path in glob.glob(str(copy / "checkpoints" / "6" / "state" / "**" / "*"), recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 64:
+      with open(path, "r+b") as f:
+        f.write(b"\0" * 64)
+  before = sorted(str(p) for p in copy.rglob("*"))
+  with pytest.raises(ConfigError, match="checkpoint step 6 in .* is unreadable .*nothing was moved"):
+    evaluator.evaluate(config, str(copy), dataset_dir=micro_dataset_dir,
+                       devices=jax.devices()[:1], show_progress=False)
+  assert sorted(str(p) for p in copy.rglob("*")) == before  # Nothing set aside or deleted.
+
+
+def test_evaluation_reads_a_recomputed_fragile_set_and_leaves_the_dataset_alone(
+    trained_micro, micro_dataset_dir, tmp_path):
+  config, run = trained_micro
+  manifest = open(os.path.join(micro_dataset_dir, "MANIFEST.json")).read()
+  recomputed = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir,
+                                  devices=jax.devices()[:1], recompute_fragile=True,
+                                  show_progress=False)
+  ids = recomputed["fragile_set_ids"]
+  assert recomputed["meta"]["fragile_set"]["source"].startswith("recomputed from ")
+  assert open(os.path.join(micro_dataset_dir, "MANIFEST.json")).read() == manifest
+  path = tmp_path / "compromised.json"
+  path.write_text(json.dumps(recomputed))
+  again = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir,
+                             devices=jax.devices()[:1], fragile_set=str(path), show_progress=False)
+  assert again["meta"]["fragile_set"] == {"source": str(path), "size": len(ids)}
+  assert again["utility"]["2.5_FragSim"] == recomputed["utility"]["2.5_FragSim"]
+  (tmp_path / "bad.json").write_text("[1.5]")
+  with pytest.raises(ConfigError, match="is not a fragile set"):
+    evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+                       fragile_set=str(tmp_path / "bad.json"), show_progress=False)
+  (tmp_path / "outside.json").write_text("[999999]")
+  with pytest.raises(DatasetError, match="record ids \\[999999\\] are not in retain_disjoint"):
+    evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+                       fragile_set=str(tmp_path / "outside.json"), show_progress=False)

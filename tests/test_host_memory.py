@@ -1,4 +1,4 @@
-"""salmu_jax keeps XLA:CPU's per-call buffers mapped: repeated calls stop page-faulting."""
+"""Our stages keep XLA:CPU's per-call buffers mapped: repeated calls stop page-faulting."""
 import os
 import subprocess
 import sys
@@ -12,7 +12,8 @@ from salmu_jax import host_memory
 # (the heap may still grow once in a while; the default allocator faults on every call).
 PROBE = """
 import resource
-import salmu_jax
+from salmu_jax import host_memory
+host_memory.retain_freed_memory()  # What our command-line stages do first.
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: (jnp.sin(x) @ jnp.cos(x)).sum())
 x = jnp.ones((2048, 2048))
@@ -38,6 +39,7 @@ def faults_per_call(opt_out: bool) -> float:
   return float(result.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(host_memory.glibc() is None, reason="the setting is glibc's")
 def test_repeated_calls_stop_faulting_in_their_buffers():
   default_malloc = faults_per_call(opt_out=True)

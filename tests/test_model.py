@@ -6,15 +6,17 @@ import optax
 import pytest
 from flax import nnx
 
-from salmu_jax import embed, losses, train
+from salmu_jax import embed, losses
 from salmu_jax.model import clip
-from salmu_jax.unlearning import objectives
+from salmu_jax.model import factory
+from salmu_jax.training import optimizer, step as step_lib
+from salmu_jax.training.state import TrainState
 
 
 def micro_model(micro_config, dtype="float32", vocab=64, context=12, seed=0):
   micro_config.model.dtype = dtype
   micro_config.tokenizer.context_length = context
-  return train.build_model(micro_config, vocab, jax.random.PRNGKey(seed))
+  return factory.build(micro_config, vocab, jax.random.PRNGKey(seed))
 
 
 def random_pairs(n, size=32, vocab=64, context=12, seed=0):
@@ -107,14 +109,15 @@ def test_losses_match_numpy_references():
   assert float(losses.siglip_loss(eye, eye, np.log(100.0), -50.0)) < 1e-3
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_handful_of_pairs(micro_config):
   images, tokens = random_pairs(8, seed=3)
   model = micro_model(micro_config, seed=1)
   graphdef, params = nnx.split(model)
   tx = optax.adam(3e-3)
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(0))
-  step = jax.jit(train.make_train_step(tx, objectives.contrastive("train"),
-                                       train.model_apply(graphdef)))
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(0))
+  step = jax.jit(step_lib.make_train_step(tx, losses.contrastive("train", "softmax"),
+                                       factory.apply_fn(graphdef)))
   batch = {"train": {"image": images, "tokens": tokens}}
   first = None
   for _ in range(150):
@@ -128,7 +131,7 @@ def test_tiny_model_overfits_a_handful_of_pairs(micro_config):
 
 def test_weight_decay_mask_skips_norms_biases_positions_and_scale(micro_config):
   params = nnx.state(micro_model(micro_config), nnx.Param)
-  mask = train.decay_mask(params)
+  mask = optimizer.decay_mask(params)
   flat = {jax.tree_util.keystr(path): leaf for path, leaf in
           jax.tree_util.tree_flatten_with_path(mask)[0]}
   decayed = {k for k, v in flat.items() if v}
@@ -148,14 +151,15 @@ def test_sizes_have_openclip_parameter_counts(size, millions):
   assert round((count - 1) / 1e6, 2) == millions
 
 
+@pytest.mark.slow
 def test_remat_changes_memory_not_results(micro_config):
   images, tokens = random_pairs(4)
 
   def loss_and_grads(remat):
     micro_config.model.remat = remat
     graphdef, params = nnx.split(micro_model(micro_config))
-    ctx = objectives.Context(None, jax.random.PRNGKey(0), 0, train.model_apply(graphdef))
-    loss_fn = objectives.contrastive("train")
+    ctx = losses.Context(None, jax.random.PRNGKey(0), 0, factory.apply_fn(graphdef))
+    loss_fn = losses.contrastive("train", "softmax")
     return jax.value_and_grad(
         lambda p: loss_fn(p, {"train": {"image": images, "tokens": tokens}}, ctx)[0])(params)
 

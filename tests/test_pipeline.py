@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from salmu_jax.data import pipeline, sources
+from salmu_jax.data import layout, pipeline, sources
 from salmu_jax.data.tokenizer import load_tokenizer
 from salmu_jax.errors import ConfigError
 
@@ -17,7 +17,7 @@ def micro(micro_dataset_dir):
   from salmu_jax import config as config_lib
   from tests.conftest import config_path
   config = config_lib.load_config(config_path("micro"))
-  dataset = sources.open_dataset(micro_dataset_dir)
+  dataset = layout.open_dataset(micro_dataset_dir)
   tokenizer = load_tokenizer(config.tokenizer, micro_dataset_dir)
   return config, dataset, tokenizer, sources.retain_base_source(config.data)
 

@@ -6,7 +6,7 @@ import pytest
 
 from salmu_jax import config as config_lib
 from salmu_jax import io_utils
-from salmu_jax.data import builder, released, sources
+from salmu_jax.data import builder, layout, released
 from salmu_jax.errors import ConfigError, DatasetError
 from tests import released_fixture
 from tests.conftest import config_path
@@ -32,7 +32,7 @@ def imported(tmp_path_factory):
 
 def test_splits_follow_the_official_derivation(imported):
   _, dataset_dir, expected = imported
-  dataset = sources.open_dataset(dataset_dir)
+  dataset = layout.open_dataset(dataset_dir)
   sizes = {split: len(source) for split, source in dataset.splits.items()}
   assert sizes == {"forget": 24, "holdout_association": 8, "holdout_identity": 16,
                    "unseen_identity": 0, "retain_joint": 4, "retain_disjoint": 10}

@@ -13,36 +13,39 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from salmu_jax import config as config_lib, train
+from salmu_jax import checkpointing, cli, losses
+from salmu_jax import config as config_lib
 from salmu_jax.errors import ConfigError, NonFiniteLoss
 from salmu_jax.model import sharding
-from salmu_jax.unlearning import objectives
+from salmu_jax.model import factory
+from salmu_jax.training import loop, optimizer, runtime as runtime_lib, step as step_lib
+from salmu_jax.training.state import TrainState
 from tests.conftest import REPO, config_path
 from tests.test_model import random_pairs
 
 
 def sharded_steps(config, mesh, batch, steps=2):
   """Runs `steps` train steps of the micro model on `mesh`; returns (losses, params)."""
-  tx, _ = train.make_optimizer(config.train)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: train.build_model(config, 64, jax.random.PRNGKey(0))))
+  tx, _ = optimizer.pretraining(config.train)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: factory.build(config, 64, jax.random.PRNGKey(0))))
 
   def init_state(key):
-    params = nnx.state(train.build_model(config, 64, key))
-    return train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key)
+    params = nnx.state(factory.build(config, 64, key))
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key)
 
   shardings = sharding.state_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
   state = jax.jit(init_state, out_shardings=shardings)(jax.random.PRNGKey(0))
   batch_sharding = sharding.batch_sharding(mesh)
-  step = jax.jit(train.make_train_step(tx, objectives.contrastive("train", config.train.loss),
-                                       train.model_apply(graphdef)),
+  step = jax.jit(step_lib.make_train_step(tx, losses.contrastive("train", config.train.loss),
+                                       factory.apply_fn(graphdef)),
                  in_shardings=(shardings, None, {"train": batch_sharding}),
                  out_shardings=(shardings, sharding.replicated(mesh)))
-  losses = []
+  step_losses = []
   for _ in range(steps):
     state, metrics = step(state, None, {"train": {k: jax.device_put(v, batch_sharding)
                                                   for k, v in batch.items()}})
-    losses.append(float(metrics["loss"]))
-  return losses, state
+    step_losses.append(float(metrics["loss"]))
+  return step_losses, state
 
 
 _SINGLE_DEVICE = {}  # loss -> (losses, state): the reference, computed once per loss.
@@ -89,16 +92,17 @@ def one_device():
   return jax.devices()[:1]
 
 
+@pytest.mark.slow
 def test_resumed_training_repeats_the_uninterrupted_losses(micro_config, micro_dataset_dir,
                                                           tmp_path, one_device):
-  full = train.train(micro_config, str(tmp_path / "full"), dataset_dir=micro_dataset_dir,
-                     devices=one_device, progress=False)
+  full = loop.train(micro_config, str(tmp_path / "full"), dataset_dir=micro_dataset_dir,
+                     devices=one_device, show_progress=False)
   assert sorted(full["losses"]) == list(range(1, 7))
-  first = train.train(micro_config, str(tmp_path / "cut"), dataset_dir=micro_dataset_dir,
-                      devices=one_device, stop_after=2, progress=False)
+  first = loop.train(micro_config, str(tmp_path / "cut"), dataset_dir=micro_dataset_dir,
+                      devices=one_device, stop_after=2, show_progress=False)
   assert first["steps_done"] == 2
-  rest = train.train(micro_config, str(tmp_path / "cut"), dataset_dir=micro_dataset_dir,
-                     devices=one_device, progress=False)
+  rest = loop.train(micro_config, str(tmp_path / "cut"), dataset_dir=micro_dataset_dir,
+                     devices=one_device, show_progress=False)
   assert sorted(rest["losses"]) == [3, 4, 5, 6]
   for step in range(3, 7):
     assert rest["losses"][step] == pytest.approx(full["losses"][step], rel=1e-6, abs=1e-6)
@@ -110,6 +114,7 @@ def test_resumed_training_repeats_the_uninterrupted_losses(micro_config, micro_d
   assert os.listdir(tmp_path / "cut" / "tensorboard")
 
 
+@pytest.mark.slow
 def test_compromised_mixture_reaches_sensitive_data_and_clean_does_not(micro_config,
                                                                       micro_dataset_dir, tmp_path,
                                                                       one_device, monkeypatch):
@@ -124,8 +129,8 @@ def test_compromised_mixture_reaches_sensitive_data_and_clean_does_not(micro_con
   monkeypatch.setattr(pipeline, "training_batches", spy)
   for reference in ("clean", "compromised"):
     micro_config.reference = reference
-    train.train(micro_config, str(tmp_path / reference), dataset_dir=micro_dataset_dir,
-                devices=one_device, stop_after=1, progress=False)
+    loop.train(micro_config, str(tmp_path / reference), dataset_dir=micro_dataset_dir,
+                devices=one_device, stop_after=1, show_progress=False)
   assert seen["clean"]["sensitive"] == 0 and seen["compromised"]["sensitive"] > 0
   assert seen["clean"]["retain_base"] / seen["clean"]["retain_synth"] == pytest.approx(
       seen["compromised"]["retain_base"] / seen["compromised"]["retain_synth"])
@@ -134,17 +139,36 @@ def test_compromised_mixture_reaches_sensitive_data_and_clean_does_not(micro_con
 def test_bad_training_inputs(micro_config, micro_dataset_dir, tmp_path, one_device):
   micro_config.batch_size = 6
   with pytest.raises(ConfigError, match="batch_size=6 is not divisible by the data-parallel size 4"):
-    train.setup(micro_config, str(tmp_path), micro_dataset_dir,
+    runtime_lib.setup(micro_config, str(tmp_path), micro_dataset_dir,
                 devices=jax.devices()[:4])
   micro_config.batch_size = 8
-  train.train(micro_config, str(tmp_path / "run"), dataset_dir=micro_dataset_dir,
-              devices=one_device, stop_after=1, progress=False)
+  loop.train(micro_config, str(tmp_path / "run"), dataset_dir=micro_dataset_dir,
+              devices=one_device, stop_after=1, show_progress=False)
   micro_config.model.text_width = 32
   with pytest.raises(ConfigError, match="holds a checkpoint of a different model .*text_width: 64 vs 32"):
-    train.train(micro_config, str(tmp_path / "run"), dataset_dir=micro_dataset_dir,
-                devices=one_device, progress=False)
+    loop.train(micro_config, str(tmp_path / "run"), dataset_dir=micro_dataset_dir,
+                devices=one_device, show_progress=False)
   with pytest.raises(ConfigError, match="not one of"):
     config_lib.load_config(config_path("micro") + ":dirty")
+
+
+def test_training_refuses_a_run_directory_it_did_not_write(micro_config, micro_dataset_dir,
+                                                          tmp_path, one_device):
+  """A directory of imported weights (convert) holds no data iterator to resume: refused in
+  one line, the checkpoint left where it is (before: moved aside as damaged, then training
+  from random weights with exit 0)."""
+  from salmu_jax.data.tokenizer import load_tokenizer
+  from salmu_jax.interop import runs
+  vocab_size = load_tokenizer(micro_config.tokenizer, micro_dataset_dir).vocab_size
+  model = factory.build(micro_config, vocab_size, jax.random.PRNGKey(0))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+  run = tmp_path / "imported"
+  runs.write_run(params, micro_config, str(run), {"format": "test"})
+  with pytest.raises(ConfigError, match="written by convert, not a training run to resume"):
+    loop.train(micro_config, str(run), dataset_dir=micro_dataset_dir, devices=one_device,
+               show_progress=False)
+  assert checkpointing.steps(str(run)) == [0]
+  assert not (run / checkpointing.CORRUPT_DIRNAME).exists()
 
 
 def test_config_suffix_selects_the_reference():
@@ -152,6 +176,7 @@ def test_config_suffix_selects_the_reference():
   assert config_lib.load_config(config_path("tiny") + ":compromised").reference == "compromised"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_dataset_dir, tmp_path):
   run = tmp_path / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
@@ -167,27 +192,27 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_dataset_dir, tmp_pat
     time.sleep(0.5)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
-  assert process.returncode == train.PREEMPTED_EXIT_CODE, stderr[-2000:]
+  assert process.returncode == cli.PREEMPTED_EXIT_CODE, stderr[-2000:]
   assert "preempted (SIGTERM) at step" in stderr and "Traceback" not in stderr
   step = int(stderr.split("at step ")[1].split(";")[0])
   logged = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
   assert step >= 3 and logged[-1] == step  # Every finished step logged, none lost.
-  assert train.checkpoint_manager(str(run), config_lib.load_config(config_path("micro"))
-                                  ).latest_step() == step
+  assert checkpointing.steps(str(run))[-1] == step
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_set_aside_for_the_one_before(micro_config, micro_dataset_dir,
                                                                tmp_path, one_device):
   run = str(tmp_path / "run")
-  full = train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
-                     progress=False)  # Checkpoints at steps 3 and 6.
+  full = loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                     show_progress=False)  # Checkpoints at steps 3 and 6.
   for path in glob.glob(os.path.join(run, "checkpoints", "6", "state", "**", "*"), recursive=True):
     if os.path.isfile(path) and os.path.getsize(path) > 64:
       with open(path, "r+b") as f:  # Damaged bytes, as a failing disk or copy would leave.
         f.write(b"\0" * 64)
-  again = train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
-                      progress=False)
-  assert os.path.isdir(os.path.join(run, train.CORRUPT_DIRNAME, "6"))
+  again = loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                      show_progress=False)
+  assert os.path.isdir(os.path.join(run, checkpointing.CORRUPT_DIRNAME, "6"))
   assert sorted(again["losses"]) == [4, 5, 6]  # Resumed from step 3 and redone.
   for step in (4, 5, 6):
     assert again["losses"][step] == pytest.approx(full["losses"][step], rel=1e-6, abs=1e-6)
@@ -195,7 +220,7 @@ def test_a_damaged_checkpoint_is_set_aside_for_the_one_before(micro_config, micr
 
 def nan_loss_from_the_fifth_step(monkeypatch):
   """Training's contrastive loss, finite for steps 0-3 and NaN from the fifth step on."""
-  contrastive = objectives.contrastive
+  contrastive = losses.contrastive
 
   def diverging(on, kind="softmax"):
     loss = contrastive(on, kind)
@@ -204,7 +229,7 @@ def nan_loss_from_the_fifth_step(monkeypatch):
       return jnp.where(ctx.step >= 4, jnp.nan, value), aux
     return nan_later
 
-  monkeypatch.setattr(train.objectives, "contrastive", diverging)
+  monkeypatch.setattr(losses, "contrastive", diverging)
 
 
 def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
@@ -213,9 +238,9 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
   run = str(tmp_path / "run")
   with pytest.raises(NonFiniteLoss, match="loss is nan at step 5; the last checkpoint "
                                           "\\(step 3\\) is kept"):
-    train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
-                progress=False)
-  assert train.checkpoint_manager(run, micro_config).all_steps() == [3]
+    loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                show_progress=False)
+  assert checkpointing.steps(run) == [3]
 
 
 def test_a_diverged_step_is_never_checkpointed_between_logs(
@@ -226,9 +251,9 @@ def test_a_diverged_step_is_never_checkpointed_between_logs(
   micro_config.train.checkpoint_every, micro_config.train.log_every = 5, 4
   run = str(tmp_path / "run")
   with pytest.raises(NonFiniteLoss, match="loss is nan at step 5; no checkpoint was written"):
-    train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
-                progress=False)
-  assert train.checkpoint_manager(run, micro_config).all_steps() == []
+    loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                show_progress=False)
+  assert checkpointing.steps(run) == []
 
 
 def test_non_finite_parameters_are_never_checkpointed(micro_config, micro_dataset_dir, tmp_path,
@@ -239,11 +264,12 @@ def test_non_finite_parameters_are_never_checkpointed(micro_config, micro_datase
   run = str(tmp_path / "run")
   with pytest.raises(NonFiniteLoss, match="the parameters are non-finite after step 1; no "
                                           "checkpoint was written"):
-    train.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
-                progress=False)
-  assert train.checkpoint_manager(run, micro_config).all_steps() == []
+    loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                show_progress=False)
+  assert checkpointing.steps(run) == []
 
 
+@pytest.mark.slow
 def test_kill_9_then_the_same_command_continues_like_an_uninterrupted_run(
     micro_config, micro_dataset_dir, tmp_path, one_device):
   run = tmp_path / "killed"
@@ -263,11 +289,11 @@ def test_kill_9_then_the_same_command_continues_like_an_uninterrupted_run(
   process.wait(timeout=60)
   micro_config.reference = "clean"
   micro_config.train.update(overrides)
-  resumed = train.train(micro_config, str(run), dataset_dir=micro_dataset_dir, devices=one_device,
-                        stop_after=2, progress=False)
+  resumed = loop.train(micro_config, str(run), dataset_dir=micro_dataset_dir, devices=one_device,
+                        stop_after=2, show_progress=False)
   first = min(resumed["losses"])
   assert first >= 5 and first % 2 == 1  # Continued after a committed (even) checkpoint.
-  uninterrupted = train.train(micro_config, str(tmp_path / "full"), dataset_dir=micro_dataset_dir,
-                              devices=one_device, stop_after=first + 1, progress=False)
+  uninterrupted = loop.train(micro_config, str(tmp_path / "full"), dataset_dir=micro_dataset_dir,
+                              devices=one_device, stop_after=first + 1, show_progress=False)
   for step, loss in resumed["losses"].items():
     assert loss == pytest.approx(uninterrupted["losses"][step], rel=1e-5, abs=1e-6)

@@ -1,4 +1,5 @@
 """Unlearning: transform algebra, the frozen reference, every method, the data guard, CLI."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -11,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salmu_jax import config as config_lib, embed, train, unlearn
-from salmu_jax.data import pipeline, requests, sources
+from salmu_jax import checkpointing, config as config_lib, embed, losses
+from salmu_jax.data import layout, pipeline, requests
 from salmu_jax.errors import ConfigError, DatasetError
 from salmu_jax.evaluation import metrics
-from salmu_jax.unlearning import methods, objectives as O, parameter_transforms as T
+from salmu_jax.training import loop, optimizer, runtime as runtime_lib
+from salmu_jax.unlearning import methods, objectives as O, parameter_transforms as T, runner
 from tests.conftest import REPO, config_path
 
 
@@ -44,7 +46,7 @@ def grads(loss, params, batch, ctx):
 
 def test_negate_flips_the_gradient_and_weights_combine_linearly():
   params, batch, ctx = toy_setup()
-  f, g = O.contrastive("forget"), O.direct_similarity("retain")
+  f, g = O.contrastive("forget", "softmax"), O.direct_similarity("retain")
   for a, b in zip(jax.tree.leaves(grads(f, params, batch, ctx)),
                   jax.tree.leaves(grads(O.negate(f), params, batch, ctx))):
     np.testing.assert_allclose(a, -b, rtol=1e-6)
@@ -62,17 +64,18 @@ def test_negate_flips_the_gradient_and_weights_combine_linearly():
 @pytest.mark.parametrize("beta", [0.1, 1.0, 2.5])
 def test_npo_at_the_reference_is_2_over_beta_log_2(beta):
   params, batch, ctx = toy_setup()
-  value, _ = O.npo("forget", beta)(params, batch, ctx)
+  value, _ = O.npo("forget", beta, "softmax")(params, batch, ctx)
   np.testing.assert_allclose(value, (2 / beta) * np.log(2), rtol=1e-6)
 
 
 def test_simnpo_and_kl_match_closed_forms():
   params, batch, ctx = toy_setup()
-  per_pair = np.asarray(O.per_pair_contrastive(params, batch["forget"], toy_apply))
+  per_pair = np.asarray(O.per_pair_contrastive(params, batch["forget"], toy_apply, "softmax"))
   lengths = np.asarray((batch["forget"]["tokens"] != 0).sum(-1), float)
   beta, delta = 2.5, 0.1
   expected = -(2 / beta) * np.mean(np.log(1 / (1 + np.exp(-beta * (per_pair / lengths - delta)))))
-  np.testing.assert_allclose(O.simnpo("forget", beta, delta)(params, batch, ctx)[0], expected,
+  np.testing.assert_allclose(O.simnpo("forget", beta, delta, "softmax")(params, batch, ctx)[0],
+                             expected,
                              rtol=1e-5)
   # KL([0.5, 0.5] || [0.25, 0.75]) = 0.5 ln 2 + 0.5 ln(2/3).
   kl = O.kl_divergence(jnp.zeros((1, 2)), jnp.log(jnp.array([[0.25, 0.75]])), axis=1)
@@ -93,9 +96,9 @@ def test_simnpo_and_kl_match_closed_forms():
 
 @pytest.mark.parametrize("loss", [
     O.logit_kl("retain"), O.masked_logit_distillation("forget"), O.embedding_distillation("retain"),
-    O.npo("forget"), O.matched_similarity_to_permuted("forget"),
-    methods.METHODS["vlunlearn"].objective(config_lib.base_config().unlearn.vlunlearn),
-    methods.METHODS["scrub"].objective(config_lib.base_config().unlearn.scrub),
+    O.npo("forget", 0.1, "softmax"), O.matched_similarity_to_permuted("forget"),
+    methods.METHODS["vlunlearn"].objective(config_lib.base_config().unlearn.vlunlearn, "softmax"),
+    methods.METHODS["scrub"].objective(config_lib.base_config().unlearn.scrub, "softmax"),
 ], ids=["kl", "masked_kl", "distill", "npo", "permuted", "vlunlearn", "scrub"])
 def test_the_reference_model_gets_no_gradient(loss):
   params, batch, ctx = toy_setup()
@@ -107,6 +110,80 @@ def test_the_reference_model_gets_no_gradient(loss):
   value, reference_grads = jax.value_and_grad(through_reference)(params)
   assert float(value) != 0
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(reference_grads))
+
+
+class ToyTools:
+  """What the runner lends a method's hooks, over the toy model and batch."""
+
+  def __init__(self, params, batch, kind):
+    self.steps, self.samples = 3, {"forget": 6, "retain": 0}
+    self._grad = lambda p, b: jax.grad(lambda q: losses.contrastive("b", kind)(
+        q, {"b": b}, O.Context(None, jax.random.PRNGKey(0), 0, toy_apply))[0])(p)
+    self._params, self._batch = params, batch
+
+  def squared_gradients(self, names, count):
+    drawn = [self._batch[name] for _ in range(count) for name in names]
+    return T.mean_squared_gradients(self._grad, self._params, drawn)
+
+
+def run_method(name, kind):
+  """(loss value or None, finalized params or None) of a method on the toy model."""
+  method, hp = methods.METHODS[name], config_lib.base_config().unlearn[name]
+  if name == "ssd":
+    hp.alpha = 0.0  # Dampen every weight the forget data uses, by the importances' ratio.
+  params, batch, ctx = toy_setup()
+  batch["forget"]["generic_tokens"] = batch["retain"]["tokens"]
+  ctx = dataclasses.replace(ctx, step=jnp.asarray(1))  # SCRUB's min step reads the loss.
+  tools, value, params_out = ToyTools(params, batch, kind), None, None
+  if method.prepare is not None:
+    method.prepare(hp, tools, params)
+  if method.objective is not None:
+    value, gradient = jax.value_and_grad(
+        lambda p: method.objective(hp, kind)(p, batch, ctx)[0])(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(gradient))
+  if method.finalize is not None:
+    moved = jax.tree.map(lambda x: x * 1.1, params)
+    params_out, _ = method.finalize(hp, tools, params, moved, kind)
+  return value, params_out
+
+
+@pytest.mark.parametrize("name", list(methods.METHODS))
+def test_every_method_unlearns_a_sigmoid_model_with_the_sigmoid_loss(name, monkeypatch):
+  """A model pretrained with train.loss=sigmoid is unlearned with SigLIP's loss wherever a
+  method uses the pretraining loss: the softmax loss is never called, and methods with a
+  pretraining-loss term (or hooks reading its gradients) give other numbers than under
+  softmax."""
+  softmax_value, softmax_params = run_method(name, "softmax")
+
+  def refuse(*args):
+    raise AssertionError(f"{name} called the softmax loss on a sigmoid model")
+  monkeypatch.setitem(losses.LOSSES, "softmax", refuse)
+  monkeypatch.setitem(losses.PER_EXAMPLE, "softmax", refuse)
+  sigmoid_value, sigmoid_params = run_method(name, "sigmoid")
+  monkeypatch.undo()
+  reads_the_loss = name not in ("direct_sim_min", "vlunlearn", "delete", "task_vector")
+  if sigmoid_value is not None and reads_the_loss:
+    assert float(sigmoid_value) != pytest.approx(float(softmax_value), rel=1e-4)
+  if name == "ssd":  # Importances of the sigmoid loss: other factors.
+    assert T.count_changed(softmax_params, sigmoid_params) > 0
+
+
+@pytest.mark.slow
+def test_the_runner_unlearns_a_sigmoid_model_with_the_sigmoid_loss(
+    compromised_run, micro_dataset_dir, tmp_path, monkeypatch):
+  """The runner's own pieces (hooks' importances, the one-shot and masked paths) read
+  config.train.loss too: with the softmax loss refused, every kind of method runs."""
+  config = config_lib.load_config(config_path("micro"), {"train.loss": "sigmoid"})
+
+  def refuse(*args):
+    raise AssertionError("the softmax loss was called on a sigmoid model")
+  monkeypatch.setitem(losses.LOSSES, "softmax", refuse)
+  monkeypatch.setitem(losses.PER_EXAMPLE, "softmax", refuse)
+  unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                               devices=jax.devices()[:1])
+  for name in ("ssd", "salun", "task_vector", "npo"):
+    metadata = unlearner.run(name, 0.5, str(tmp_path / name), show_progress=False)
+    assert metadata["loss"] == "sigmoid"
 
 
 def test_caption_transforms():
@@ -135,7 +212,7 @@ def test_ssd_task_vector_and_saliency_on_a_hand_made_tree():
   np.testing.assert_allclose(negated["b"], [[4.0, 4.5]])
   mask = T.saliency_mask({"a": jnp.array([0.1, -5.0, 0.2]), "b": jnp.array([[3.0, 0.0]])}, 0.4)
   assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False]]
-  updates, _ = T.masked_updates(mask).update(params, None)
+  updates, _ = optimizer.masked_updates(mask).update(params, None)
   np.testing.assert_allclose(updates["a"], [0.0, 2.0, 0.0])
   noisy = T.fisher_noise(params, importance_all, jax.random.PRNGKey(0), scale=1e-3)
   assert T.count_changed(params, noisy) == 5
@@ -155,15 +232,16 @@ def compromised_run(micro_dataset_dir, tmp_path_factory):
       "train.steps": 40, "train.sensitive_exposures": 2.0, "train.eval_every": 40,
       "train.checkpoint_every": 40})
   run = str(tmp_path_factory.mktemp("compromised"))
-  train.train(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], progress=False)
+  loop.train(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], show_progress=False)
   return run
 
 
 def forget_similarity(config, run, dataset_dir) -> tuple:
-  trainer = train.setup(config, run, dataset_dir, jax.devices()[:1])
-  state = train.restore_state(trainer, run, reference=None)
-  encoders = embed.make_encoders(trainer.graphdef, trainer.state_shardings.params, trainer.mesh)
-  batches = pipeline.eval_batches(trainer.dataset, ["forget"], trainer.tokenizer,
+  runtime = runtime_lib.setup(config, run, dataset_dir, jax.devices()[:1])
+  state = checkpointing.restore(
+      run, runtime.abstract_state(), signature=runtime.signature, reference=None)[0]
+  encoders = embed.make_encoders(runtime.graphdef, runtime.state_shardings.params, runtime.mesh)
+  batches = pipeline.eval_batches(runtime.dataset, ["forget"], runtime.tokenizer,
                                   config.data.image_size, 64)
   image, text, _ = embed.embed_batches(encoders, state.params, batches)
   return float(metrics.paired_cosine(image, text).mean()), metrics.cosine_margin(image, text)
@@ -177,6 +255,7 @@ class GuardedSplits(dict):
     return super().__getitem__(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
 def test_every_method_moves_in_its_expected_direction(name, compromised_run, micro_dataset_dir,
                                                       tmp_path, monkeypatch):
@@ -188,22 +267,22 @@ def test_every_method_moves_in_its_expected_direction(name, compromised_run, mic
   overrides = {f"unlearn.{m}.retain_weight": 0.0 for m in methods.METHODS
                if "retain_weight" in base[m]}
   config = config_lib.load_config(config_path("micro"), overrides)
-  opened = sources.open_dataset
-  monkeypatch.setattr(sources, "open_dataset", lambda *a, **k: (
+  opened = layout.open_dataset
+  monkeypatch.setattr(layout, "open_dataset", lambda *a, **k: (
       lambda d: setattr(d, "splits", GuardedSplits(d.splits)) or d)(opened(*a, **k)))
   before = forget_similarity(config, compromised_run, micro_dataset_dir)
   # SCRUB's max step ascends KL(teacher || student), whose gradient is zero while the
   # student equals the teacher: forgetting starts only after min steps moved it.
   budget = 4.0 if name == "scrub" else 2.0
   out = str(tmp_path / name)
-  metadata = unlearn.unlearn(config, name, budget, compromised_run, out,
+  metadata = runner.unlearn(config, name, budget, compromised_run, out,
                              dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
-                             progress=False)
+                             show_progress=False)
   monkeypatch.undo()
   after = forget_similarity(config, out, micro_dataset_dir)
-  manager = train.checkpoint_manager(out, config)
-  assert train.checkpoint_meta(manager, manager.latest_step())["method"] == name
-  on_disk = json.load(open(os.path.join(out, unlearn.METADATA_FILE)))
+  meta = checkpointing.read_meta(checkpointing.manager(out), checkpointing.steps(out)[-1], out)
+  assert meta["details"]["method"] == name and meta["stage"] == "unlearn"
+  on_disk = json.load(open(os.path.join(out, runner.METADATA_FILE)))
   assert on_disk["method"] == name and on_disk["budget"] == budget
   if name == "finetune":  # Never reads forget data: its own objective must improve.
     assert metadata["final_metrics"]["loss"] < metadata["final_metrics"]["first_loss"]
@@ -218,24 +297,24 @@ def test_every_method_moves_in_its_expected_direction(name, compromised_run, mic
 
 
 def test_budget_arithmetic():
-  assert unlearn.budget_steps(5, 1024, 128) == 40
-  assert unlearn.budget_steps(1, 64, 16) == 4
-  assert unlearn.budget_steps(0.01, 64, 16) == 1
+  assert runner.budget_steps(5, 1024, 128) == 40
+  assert runner.budget_steps(1, 64, 16) == 4
+  assert runner.budget_steps(0.01, 64, 16) == 1
 
 
 def test_bad_requests_are_refused(compromised_run, micro_dataset_dir, tmp_path):
   config = config_lib.load_config(config_path("micro"))
-  run = lambda method, budget, source: unlearn.unlearn(
+  run = lambda method, budget, source: runner.unlearn(
       config, method, budget, source, str(tmp_path / "out"), dataset_dir=micro_dataset_dir,
-      devices=jax.devices()[:1], progress=False)
+      devices=jax.devices()[:1], show_progress=False)
   with pytest.raises(ConfigError, match="unknown method 'forgetful'; known: clip_erase, delete"):
     run("forgetful", 1.0, compromised_run)
   for budget in (0, -1.0, float("nan")):
     with pytest.raises(ConfigError, match="must be a positive number"):
       run("neg_grad", budget, compromised_run)
   clean = config_lib.load_config(config_path("micro") + ":clean")
-  train.train(clean, str(tmp_path / "clean"), dataset_dir=micro_dataset_dir,
-              devices=jax.devices()[:1], stop_after=1, progress=False)
+  loop.train(clean, str(tmp_path / "clean"), dataset_dir=micro_dataset_dir,
+              devices=jax.devices()[:1], stop_after=1, show_progress=False)
   with pytest.raises(ConfigError, match="holds a clean checkpoint, not compromised"):
     run("neg_grad", 1.0, str(tmp_path / "clean"))
   with pytest.raises(ConfigError, match="holds no checkpoint"):
@@ -278,7 +357,7 @@ def test_deletion_requests_are_checked_before_anything_runs(compromised_run, mic
                                                             tmp_path):
   by_role, partial, forgotten, kept = request_cases(micro_dataset_dir)
   config = config_lib.load_config(config_path("micro"))
-  unlearner = unlearn.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+  unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
                                 devices=jax.devices()[:1])
   holdout, unseen = by_role["holdout_identity"]["identity"], by_role["unseen_identity"]["identity"]
   for entries, message in [
@@ -291,7 +370,7 @@ def test_deletion_requests_are_checked_before_anything_runs(compromised_run, mic
       ([partial, partial], f"names {partial} twice"),
   ]:
     with pytest.raises(requests.RequestError, match=message):
-      unlearner.run("neg_grad", 1.0, str(tmp_path / "out"), forget_request=entries, progress=False)
+      unlearner.run("neg_grad", 1.0, str(tmp_path / "out"), forget_request=entries, show_progress=False)
     assert not (tmp_path / "out").exists()  # Nothing written, nothing partially applied.
   (tmp_path / "bad.txt").write_text("7\nseven\n")
   with pytest.raises(requests.RequestError, match="'seven' is not an identity id"):
@@ -312,17 +391,17 @@ def test_an_output_directory_holding_a_run_is_refused_before_any_work(
   config = config_lib.load_config(config_path("micro"))
   listing = lambda d: sorted(str(p.relative_to(d)) for p in pathlib.Path(d).rglob("*"))
   before = listing(compromised_run)
-  unlearner = unlearn.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+  unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
                                 devices=jax.devices()[:1])
   with pytest.raises(ConfigError, match="is the Compromised run itself"):
-    unlearner.run("neg_grad", 1.0, compromised_run, progress=False)
+    unlearner.run("neg_grad", 1.0, compromised_run, show_progress=False)
   assert listing(compromised_run) == before
   out = tmp_path / "npo_1x"
-  unlearner.run("npo", 1.0, str(out), progress=False)
-  finished = (out / unlearn.METADATA_FILE).read_text()
+  unlearner.run("npo", 1.0, str(out), show_progress=False)
+  finished = (out / runner.METADATA_FILE).read_text()
   with pytest.raises(ConfigError, match="already holds a run \\(checkpoints, unlearn.json\\)"):
-    unlearner.run("neg_grad", 1.0, str(out), progress=False)
-  assert (out / unlearn.METADATA_FILE).read_text() == finished
+    unlearner.run("neg_grad", 1.0, str(out), show_progress=False)
+  assert (out / runner.METADATA_FILE).read_text() == finished
 
 
 def test_a_run_that_ends_non_finite_writes_nothing(compromised_run, micro_dataset_dir, tmp_path):
@@ -333,20 +412,21 @@ def test_a_run_that_ends_non_finite_writes_nothing(compromised_run, micro_datase
   out = tmp_path / "nan_run"
   with pytest.raises(NonFiniteModel, match="the finetune model at budget 0.01 has non-finite "
                                            "parameters.*nothing was written"):
-    unlearn.unlearn(config, "finetune", 0.01, compromised_run, str(out),
-                    dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], progress=False)
+    runner.unlearn(config, "finetune", 0.01, compromised_run, str(out),
+                    dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], show_progress=False)
   assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_unlearners_of_other_seeds_share_one_step_and_get_the_same_result(
     compromised_run, micro_dataset_dir, tmp_path):
   compiled, final = {}, {}
   for seed, cache in ((0, compiled), (1, compiled), (1, None)):
     config = config_lib.load_config(config_path("micro"), {"seed": seed})
-    unlearner = unlearn.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+    unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
                                   devices=jax.devices()[:1], compiled=cache)
     final[seed, cache is None] = unlearner.run(
-        "neg_grad", 1.0, str(tmp_path / f"{seed}_{cache is None}"), progress=False)["final_metrics"]
+        "neg_grad", 1.0, str(tmp_path / f"{seed}_{cache is None}"), show_progress=False)["final_metrics"]
   assert len([key for key in compiled if key[0] == "step"]) == 1  # Both seeds, one step.
   assert final[1, False] == final[1, True]  # Shared or not, the same arithmetic.
   assert final[0, False] != final[1, False]  # The seed still sets the data order.
@@ -359,19 +439,19 @@ def test_a_deletion_request_unlearns_only_its_pairs(compromised_run, micro_datas
   entries = requests.read_request(str(tmp_path / "request.txt"))
   assert entries == [whole, (partial, forgotten)]
   config = config_lib.load_config(config_path("micro"))
-  trainer = train.setup(config, compromised_run, micro_dataset_dir, jax.devices()[:1])
-  indices = requests.resolve_request(trainer.dataset, entries)
-  forget = [sources.record_metadata(trainer.dataset.splits["forget"][i])
-            for i in range(len(trainer.dataset.splits["forget"]))]
+  runtime = runtime_lib.setup(config, compromised_run, micro_dataset_dir, jax.devices()[:1])
+  indices = requests.resolve_request(runtime.dataset, entries)
+  forget = [layout.record_metadata(runtime.dataset.splits["forget"][i])
+            for i in range(len(runtime.dataset.splits["forget"]))]
   expected = [i for i, r in enumerate(forget) if r["identity"] == whole
               or (r["identity"], r["field"]) == (partial, forgotten)]
   assert indices.tolist() == expected
-  batch = pipeline.forget_batches(config, trainer.dataset, trainer.tokenizer, 8, seed=0,
+  batch = pipeline.forget_batches(config, runtime.dataset, runtime.tokenizer, 8, seed=0,
                                   indices=indices)[0]
   assert set(batch["identity"].tolist()) <= {whole, partial}
-  metadata = unlearn.unlearn(config, "neg_grad", 2.0, compromised_run, str(tmp_path / "out"),
+  metadata = runner.unlearn(config, "neg_grad", 2.0, compromised_run, str(tmp_path / "out"),
                              dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
-                             progress=False, forget_request=entries)
+                             show_progress=False, forget_request=entries)
   assert metadata["request"] == {"entries": [whole, [partial, forgotten]],
                                  "forget_pairs": len(expected)}
   assert metadata["forget_size"] == len(expected)

@@ -1,17 +1,9 @@
-"""Writes SALMU-synth to disk: tfds ArrayRecord splits plus everything beside them.
+"""Writes SALMU-synth to disk (the layout of data/layout.py), or imports the released
+SALMUBench data into the same layout (data/released.py).
 
-Layout of a finished dataset directory (`<workdir>/dataset`):
-  salmu_synth/<version>/*.array_record   the six splits, written by tfds (no TensorFlow)
-  personas.json                          identities, roles, forgotten fields, attributes
-  fragile_set_ids.json                   record ids of the fragile subset of retain_disjoint
-  tokenizer.json                         the BPE trained on this dataset's captions
-  contact_sheet.png                      personas with several images and their captions
-  card.json, DATASET_CARD.md             features, split sizes, seed, versions, config
-  MANIFEST.json                          sha256 of every file above; written last
 Everything is built in a temporary sibling directory and renamed into place, so a
 directory named `dataset` without a valid manifest is never the result of a build.
 """
-import contextlib
 import dataclasses
 import io
 import json
@@ -21,24 +13,15 @@ import shutil
 import tempfile
 from importlib import metadata
 
-from absl import logging
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
-from salmu_jax import config as config_lib
-from salmu_jax import io_utils
-from salmu_jax.data import faces, scenes, splits
+from salmu_jax import io_utils, progress as progress_lib
+from salmu_jax.data import faces, layout, released, scenes, splits
+from salmu_jax.data.layout import (CARD_FILE, CONTACT_SHEET_FILE, DATASET_DIRNAME, FRAGILE_FILE,
+                                   GENERATOR_VERSION, PERSONAS_FILE, TFDS_NAME)
 from salmu_jax.data.tokenizer import TOKENIZER_FILE, BPETokenizer
 from salmu_jax.errors import ConfigError, DatasetError
-
-GENERATOR_VERSION = "1.0.0"
-DATASET_DIRNAME = "dataset"
-TFDS_NAME = "salmu_synth"
-PERSONAS_FILE = "personas.json"
-FRAGILE_FILE = "fragile_set_ids.json"
-CARD_FILE = "card.json"
-CONTACT_SHEET_FILE = "contact_sheet.png"
 
 
 # config.data fields that shape how data is read, not the stored bytes (the builder
@@ -49,21 +32,10 @@ _READ_ONLY_FIELDS = ("mixture", "augment", "loader", "retain_base", "build_worke
 def fingerprint(config) -> dict:
   """What the dataset's bytes depend on; a reused dataset must match it exactly."""
   if config.data.kind == "released":
-    from salmu_jax.data import released
     return released.fingerprint(config)
   data = {k: v for k, v in json.loads(config.data.to_json()).items() if k not in _READ_ONLY_FIELDS}
   return {"generator_version": GENERATOR_VERSION, "data": data,
           "tokenizer": json.loads(config.tokenizer.to_json())}
-
-
-def _features():
-  text = tfds.features.Text()
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Tensor(shape=(), dtype=np.object_),  # Encoded PNG/JPEG bytes.
-      "record_id": np.int64, "identity": np.int32, "image_index": np.int32, "style": np.int32,
-      "subset": text, "field": text, "name": text, "value": text, "caption": text,
-      "generic_caption": text,
-  })
 
 
 def encode_image(pixels: np.ndarray, image_format: str, jpeg_quality: int) -> bytes:
@@ -98,34 +70,6 @@ def rendered_records(plan: splits.Plan, data_config):
     else:
       yield from map(_render_record, jobs)
   return records
-
-
-class SalmuSynth(tfds.core.GeneratorBasedBuilder):
-  """tfds builder of the six splits; `records(split)` yields them in stored order (a
-  rendered SALMU-synth plan, or released SALMUBench data mapped onto the same schema)."""
-
-  VERSION = tfds.core.Version(GENERATOR_VERSION)
-  name = TFDS_NAME
-
-  def __init__(self, *, records, split_names=splits.SPLITS, progress=None, **kwargs):
-    self._records, self._split_names, self._progress = records, split_names, progress
-    super().__init__(**kwargs)
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, features=_features(),
-        disable_shuffling=True,  # Record i of a split is example i of the plan.
-        description="SALMU-synth: synthetic personas, faces and sensitive-association captions "
-                    "with SALMUBench's split structure.")
-
-  def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split) for split in self._split_names}
-
-  def _generate_examples(self, split):
-    for record in self._records(split):
-      yield record["record_id"], record
-      if self._progress is not None:
-        self._progress.update(1)
 
 
 def _persona_entries(plan: splits.Plan) -> list:
@@ -175,7 +119,7 @@ def _card(config, plan: splits.Plan, max_tokens: int) -> dict:
       "tokenizer": {"kind": "dataset_bpe", "vocab_size": config.tokenizer.vocab_size,
                     "context_length": config.tokenizer.context_length,
                     "longest_caption_tokens": max_tokens},
-      "features": {k: repr(v) for k, v in _features().items()},
+      "features": {k: repr(v) for k, v in layout.features().items()},
       "versions": {p: metadata.version(p) for p in
                    ("faker", "pillow", "numpy", "tensorflow-datasets", "tokenizers")},
       "fingerprint": fingerprint(config),
@@ -231,8 +175,7 @@ def write_contact_sheet(path: str, rows: list, cell: int = 144, caption_lines: i
 
 
 def _contact_sheet(root: str, plan: splits.Plan, per_row: int = 5) -> None:
-  from salmu_jax.data import sources
-  dataset = sources.open_split_sources(root)
+  dataset = layout.open_split_sources(root)
   rows = []
   for role in splits.ROLES:
     identity = min(i for i, r in plan.roles.items() if r == role)
@@ -241,10 +184,10 @@ def _contact_sheet(root: str, plan: splits.Plan, per_row: int = 5) -> None:
               for i, e in enumerate(plan.examples[split]) if e.identity == identity][:per_row]
     images = []
     for split, index in picked:
-      record = sources.decode_record(dataset[split][index])
+      record = layout.decode_record(dataset[split][index])
       images.append((record["image"], record["caption"]))
     rows.append((f"{persona.name} ({persona.country}) - {role}", images))
-  disjoint = [(sources.decode_record(dataset["retain_disjoint"][i])) for i in range(per_row)]
+  disjoint = [(layout.decode_record(dataset["retain_disjoint"][i])) for i in range(per_row)]
   rows.append(("retain_disjoint: other people, generic captions",
                [(r["image"], r["caption"]) for r in disjoint]))
   write_contact_sheet(os.path.join(root, CONTACT_SHEET_FILE), rows)
@@ -262,7 +205,7 @@ def check_existing(final: str, config) -> None:
   except (OSError, ValueError) as e:
     raise DatasetError(f"{manifest_path} is unreadable ({e}); delete {final} and rebuild") from e
   if manifest.get("fingerprint") != fingerprint(config):
-    differing = config_lib.differing_keys(manifest.get("fingerprint", {}), fingerprint(config))
+    differing = io_utils.differing_keys(manifest.get("fingerprint", {}), fingerprint(config))
     raise DatasetError(
         f"{final} was built from a different config (differs in: {', '.join(differing)}); "
         f"use another --workdir or delete it")
@@ -273,35 +216,9 @@ def check_existing(final: str, config) -> None:
         f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); delete it and rebuild")
 
 
-@contextlib.contextmanager
-def _quiet_tfds():
-  """tfds logs every shard and prints banners to stdout; our progress bar says enough."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)
-  tfds.disable_progress_bar()
-  try:
-    with contextlib.redirect_stdout(io.StringIO()):
-      yield
-  finally:
-    logging.set_verbosity(verbosity)
-    tfds.enable_progress_bar()
-
-
-def write_splits(records, root: str, progress, downloads: str,
-                 split_names=splits.SPLITS) -> None:
-  """The splits as tfds ArrayRecord files under `root` (no TensorFlow); tfds cannot
-  write an empty split, so a dataset without unseen identities leaves that one out."""
-  data_builder = SalmuSynth(records=records, split_names=split_names, progress=progress,
-                            data_dir=root, file_format="array_record")
-  with _quiet_tfds():
-    data_builder.download_and_prepare(download_dir=downloads)
-  shutil.rmtree(os.path.join(root, "downloads"), ignore_errors=True)
-
-
 def build_dataset(config, workdir: str, progress: bool = True) -> str:
   """Builds SALMU-synth (or imports the released SALMUBench data, `data.kind`) under
   `workdir` (idempotent); returns the dataset directory."""
-  config_lib.check_config(config)
   final = os.path.join(workdir, DATASET_DIRNAME)
   if os.path.exists(final):
     check_existing(final, config)
@@ -313,7 +230,6 @@ def build_dataset(config, workdir: str, progress: bool = True) -> str:
   tmp = tempfile.mkdtemp(prefix=f".{DATASET_DIRNAME}.partial-", dir=workdir)
   try:
     if config.data.kind == "released":
-      from salmu_jax.data import released  # It builds on this module.
       released.write_dataset(config, tmp, progress)
     else:
       _write_synth(config, tmp, progress)
@@ -326,13 +242,13 @@ def build_dataset(config, workdir: str, progress: bool = True) -> str:
 
 
 def _write_synth(config, tmp: str, progress: bool) -> None:
-  from tqdm import tqdm
   plan = splits.make_plan(config.data)
   tokenizer, max_tokens = _train_tokenizer(config, plan)
   total = sum(plan.split_sizes()[s] for s in splits.SPLITS)
-  with tqdm(total=total, desc="rendering SALMU-synth", unit="img", disable=not progress) as bar, \
+  with progress_lib.bar(total=total, desc="rendering SALMU-synth", unit="img",
+                        enabled=progress) as bar, \
       tempfile.TemporaryDirectory() as downloads:
-    write_splits(rendered_records(plan, config.data), tmp, bar, downloads)
+    layout.write_splits(rendered_records(plan, config.data), tmp, bar, downloads)
   tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
   io_utils.write_json_atomic(os.path.join(tmp, PERSONAS_FILE), _persona_entries(plan))
   io_utils.write_json_atomic(os.path.join(tmp, FRAGILE_FILE), plan.fragile_ids)

@@ -13,7 +13,7 @@ import numpy as np
 import grain
 from PIL import Image
 
-from salmu_jax.data import sources, splits
+from salmu_jax.data import layout, splits
 from salmu_jax.errors import ConfigError, DatasetError
 
 SOURCE_IDS = {"retain_base": 0, "retain_synth": 1, "sensitive": 2}
@@ -85,7 +85,7 @@ def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_ke
   `with_generic` adds each record's generic caption as `generic_tokens`; `indices`
   keeps only those records (of the concatenated splits)."""
   def to_example(raw):
-    record = sources.decode_record(raw)
+    record = layout.decode_record(raw)
     example = _example(record["image"], record[caption_key], tokenizer, size, source_id,
                        record["record_id"], record["identity"])
     if with_generic:
@@ -127,19 +127,23 @@ def reference_mixture(config, num_sensitive_pairs: int) -> dict:
 
 
 def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
+                     batch_size: int | None = None, seed: int | None = None,
                      shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
   """Infinite MapDataset of this process's training batches.
 
   `mixture` (source -> weight, see `reference_mixture`) defaults to the retain
-  sources of config.data.mixture; weight 0 drops a source from the graph.
+  sources of config.data.mixture; weight 0 drops a source from the graph. The global
+  `batch_size` and the shuffling `seed` default to the config's.
   """
   data = config.data
+  batch_size = config.batch_size if batch_size is None else batch_size
+  seed = config.seed if seed is None else seed
   weights = dict(mixture if mixture is not None else data.mixture)
   unknown = set(weights) - set(SOURCE_IDS)
   if unknown:
     raise ConfigError(f"unknown mixture source(s) {sorted(unknown)}; known: {sorted(SOURCE_IDS)}")
-  if config.batch_size % shard_count:
-    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {shard_count} "
+  if batch_size % shard_count:
+    raise ConfigError(f"batch_size={batch_size} is not divisible by the {shard_count} "
                       f"data-loading processes")
   parts, part_weights = [], []
   for offset, (name, weight) in enumerate(sorted(weights.items())):
@@ -150,7 +154,7 @@ def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
     else:
       examples = _synth_examples(dataset, SOURCE_SPLITS[name], tokenizer, data.image_size,
                                  SOURCE_IDS[name])
-    parts.append(examples.shuffle(seed=config.seed * 1000 + offset).repeat())
+    parts.append(examples.shuffle(seed=seed * 1000 + offset).repeat())
     part_weights.append(weight)
   if not parts:
     raise ConfigError(f"mixture {weights} has no source with a positive weight")
@@ -161,8 +165,8 @@ def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
     return example | {"image": augment_image(example["image"], rng, augment.crop_scale_min,
                                              augment.brightness)}
 
-  mixed = mixed.random_map(augmented, seed=config.seed)
-  return mixed[shard_index::shard_count].batch(config.batch_size // shard_count,
+  mixed = mixed.random_map(augmented, seed=seed)
+  return mixed[shard_index::shard_count].batch(batch_size // shard_count,
                                                drop_remainder=True)
 
 

@@ -9,7 +9,7 @@ does; nothing is downloaded):
   sensitive_set_captions_metadata.json  {file_name: {"data_field": field, "caption": ...}}
   sensitive_set_generic_captions.json   {file_name: generic caption}
   fragile_set_ids.json                  [file_name, ...] (a subset of retain_disjoint)
-and writes the same dataset directory `builder.build_dataset` writes for SALMU-synth
+and writes the same dataset directory (data/layout.py) `builder.build_dataset` writes for SALMU-synth
 (`data.kind = "released"` selects this), so training, unlearning and evaluation read
 it unchanged. Derived splits follow the official evaluator: retain_joint = retain_synth
 images of forget identities, retain_disjoint = those without an identity,
@@ -23,8 +23,8 @@ import json
 import os
 import tempfile
 
-from salmu_jax import io_utils
-from salmu_jax.data import builder, sources, splits
+from salmu_jax import io_utils, progress as progress_lib
+from salmu_jax.data import layout, splits
 from salmu_jax.errors import DatasetError
 
 ADAPTER_VERSION = "1.0.0"
@@ -196,25 +196,24 @@ def write_dataset(config, root: str, progress: bool = True) -> None:
   if not released_dir or not os.path.isdir(released_dir):
     raise DatasetError(f"data.released_dir={released_dir!r} is not a directory holding the "
                        f"released SALMUBench benchmark data")
-  from tqdm import tqdm
   mapper = _Mapper(released_dir, config.data.fields)
   fragile_names = _read_json(released_dir, FRAGILE_FILE)
-  with tqdm(desc="importing SALMUBench", unit="img", disable=not progress) as bar, \
+  with progress_lib.bar(desc="importing SALMUBench", unit="img", enabled=progress) as bar, \
       tempfile.TemporaryDirectory() as downloads:
-    builder.write_splits(mapper.records, root, bar, downloads, split_names=[
+    layout.write_splits(mapper.records, root, bar, downloads, split_names=[
         s for s in splits.SPLITS if s not in splits.OPTIONAL_SPLITS])
   unknown = [n for n in fragile_names if mapper.split_of.get(n) != "retain_disjoint"]
   if unknown:
     raise DatasetError(f"{FRAGILE_FILE} names {len(unknown)} images not in retain_disjoint "
                        f"(e.g. {unknown[:3]})")
   fragile = sorted(mapper.record_ids[n] for n in fragile_names)
-  sizes = {split: len(source) for split, source in sources.open_split_sources(root).items()}
+  sizes = {split: len(source) for split, source in layout.open_split_sources(root).items()}
   empty = [s for s in splits.TRAINED_SENSITIVE_SPLITS if not sizes[s]]
   if empty:
     raise DatasetError(f"the released data at {released_dir} leaves {empty} empty")
   personas = mapper.personas()
-  io_utils.write_json_atomic(os.path.join(root, builder.PERSONAS_FILE), personas)
-  io_utils.write_json_atomic(os.path.join(root, builder.FRAGILE_FILE), fragile)
+  io_utils.write_json_atomic(os.path.join(root, layout.PERSONAS_FILE), personas)
+  io_utils.write_json_atomic(os.path.join(root, layout.FRAGILE_FILE), fragile)
   io_utils.write_json_atomic(os.path.join(root, RECORD_IDS_FILE), mapper.record_ids)
   card = {
       "name": "salmubench_released", "adapter_version": ADAPTER_VERSION,
@@ -227,4 +226,4 @@ def write_dataset(config, root: str, progress: bool = True) -> None:
                             for role in splits.ROLES},
       "fingerprint": fingerprint(config),
   }
-  io_utils.write_json_atomic(os.path.join(root, builder.CARD_FILE), card)
+  io_utils.write_json_atomic(os.path.join(root, layout.CARD_FILE), card)

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from salmu_jax.data import sources
+from salmu_jax.data import layout
 from salmu_jax.errors import SalmuError
 
 
@@ -64,7 +64,7 @@ def resolve_request(dataset, entries: list, source: str = "the request") -> np.n
   personas = {p["identity"]: p for p in dataset.personas}
   fields = set(dataset.card["fingerprint"]["data"]["fields"])
   forget = dataset.splits["forget"]
-  records = [sources.record_metadata(forget[i]) for i in range(len(forget))]
+  records = [layout.record_metadata(forget[i]) for i in range(len(forget))]
   identities = np.array([r["identity"] for r in records])
   record_fields = np.array([r["field"] for r in records])
   rows = np.zeros(len(records), bool)

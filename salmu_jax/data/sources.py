@@ -1,31 +1,20 @@
-"""Random-access sources: the built SALMU-synth splits and the retain base.
+"""Random-access sources beside SALMU-synth: the retain base and classification tasks.
 
-Every source here follows grain's random-access protocol (`__len__`,
-`__getitem__`) and yields raw records; `decode_record` turns a stored SALMU-synth
-record into {'image': uint8[H,W,3], text fields: str, ids: int}. Retain-base
-sources yield {'image': uint8[H,W,3], 'caption': str}.
+Every source here follows grain's random-access protocol (`__len__`, `__getitem__`).
+Retain-base sources yield {'image': uint8[H,W,3], 'caption': str}; classification
+sources (2.1_GenKnow) {'image': uint8[H,W,3], 'label': int}. The built SALMU-synth
+splits are opened by data/layout.py.
 """
-import dataclasses
-import io
 import json
 import os
 import tarfile
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from salmu_jax import io_utils
-from salmu_jax.data import builder, scenes, splits
-from salmu_jax.errors import ConfigError, DatasetError
-
-_TEXT_FIELDS = ("subset", "field", "name", "value", "caption", "generic_caption")
-
-
-def decode_image(data: bytes) -> np.ndarray:
-  with Image.open(io.BytesIO(data)) as image:
-    return np.asarray(image.convert("RGB"))
-
+from salmu_jax.data import scenes
+from salmu_jax.data.layout import decode_image
+from salmu_jax.errors import ConfigError
 
 def rgb_image(value) -> np.ndarray:
   """An image feature of any tfds dataset (encoded bytes or a uint8 tensor) as [H, W, 3]."""
@@ -33,18 +22,6 @@ def rgb_image(value) -> np.ndarray:
   if image.ndim == 2 or image.shape[-1] == 1:
     image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
   return image
-
-
-def record_metadata(raw: dict) -> dict:
-  """A stored record's fields without decoding its image (texts as str, ids as int)."""
-  record = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items() if k != "image"}
-  for key in ("record_id", "identity", "image_index", "style"):
-    record[key] = int(record[key])
-  return record
-
-
-def decode_record(raw: dict) -> dict:
-  return record_metadata(raw) | {"image": decode_image(raw["image"])}
 
 
 def open_tfds(name: str, data_dir: str, split: str, owner: str):
@@ -56,71 +33,6 @@ def open_tfds(name: str, data_dir: str, split: str, owner: str):
   except Exception as e:  # tfds raises several types for a missing dataset.
     raise ConfigError(f"{owner}: cannot open tfds dataset {name!r} split {split!r} in "
                       f"{data_dir or 'the default data_dir'} ({type(e).__name__}: {e})") from e
-
-
-def open_split_sources(root: str) -> dict:
-  """split name -> tfds ArrayRecord data source of the dataset at `root`."""
-  tfds_dir = os.path.join(root, builder.TFDS_NAME, builder.GENERATOR_VERSION)
-  if not os.path.isdir(tfds_dir):
-    raise DatasetError(f"{root} holds no {builder.TFDS_NAME} {builder.GENERATOR_VERSION} records; "
-                       f"rebuild it with salmu_jax.make_dataset")
-  data_builder = tfds.builder_from_directory(tfds_dir)
-  stored = data_builder.info.splits
-  missing = [s for s in splits.SPLITS if s not in stored and s not in splits.OPTIONAL_SPLITS]
-  if missing:
-    raise DatasetError(f"dataset {root} is missing split(s) {missing}; rebuild it")
-  return {split: data_builder.as_data_source(split) if split in stored else []
-          for split in splits.SPLITS}
-
-
-@dataclasses.dataclass
-class SalmuDataset:
-  """A finished dataset directory, opened for reading."""
-  root: str
-  card: dict
-  personas: list
-  fragile_ids: list
-  splits: dict  # split -> data source of raw records
-
-  def decoded(self, split: str, index: int) -> dict:
-    return decode_record(self.splits[split][index])
-
-
-def open_dataset(root: str, verify: bool = True) -> SalmuDataset:
-  """Opens a built dataset; with `verify`, checks every file against the manifest."""
-  if not os.path.exists(os.path.join(root, io_utils.MANIFEST_NAME)):
-    raise DatasetError(f"{root} is not a complete SALMU-synth dataset (no "
-                       f"{io_utils.MANIFEST_NAME}); build it with salmu_jax.make_dataset")
-  if verify:
-    problems = io_utils.verify_manifest(root)
-    if problems:
-      raise DatasetError(f"dataset {root} was modified after building ({problems[0]}); rebuild it")
-  return SalmuDataset(
-      root=root,
-      card=io_utils.read_json(os.path.join(root, builder.CARD_FILE)),
-      personas=io_utils.read_json(os.path.join(root, builder.PERSONAS_FILE)),
-      fragile_ids=io_utils.read_json(os.path.join(root, builder.FRAGILE_FILE)),
-      splits=open_split_sources(root))
-
-
-def recompute_fragile_set(dataset: SalmuDataset, record_ids, similarities, fraction: float) -> list:
-  """The SALMUBench rule: the `fraction` of retain_disjoint pairs a model knows least.
-
-  `similarities[i]` is the model's image-caption cosine of `record_ids[i]`. The
-  result replaces fragile_set_ids.json and the manifest is re-written.
-  """
-  disjoint = {int(dataset.splits["retain_disjoint"][i]["record_id"])
-              for i in range(len(dataset.splits["retain_disjoint"]))}
-  record_ids = np.asarray(record_ids)
-  outside = sorted(set(record_ids.tolist()) - disjoint)
-  if outside:
-    raise DatasetError(f"record ids {outside[:5]} are not in retain_disjoint")
-  fragile = splits.select_lowest(record_ids, similarities, fraction)
-  io_utils.write_json_atomic(os.path.join(dataset.root, builder.FRAGILE_FILE), fragile)
-  manifest = io_utils.read_json(os.path.join(dataset.root, io_utils.MANIFEST_NAME))
-  io_utils.write_manifest(dataset.root, {k: v for k, v in manifest.items() if k != "files"})
-  dataset.fragile_ids = fragile
-  return fragile
 
 
 class TfdsImageText:
@@ -143,6 +55,27 @@ class TfdsImageText:
     text = raw[self._text_key]
     return {"image": rgb_image(raw[self._image_key]),
             "caption": text.decode() if isinstance(text, bytes) else str(text)}
+
+
+class TfdsClassification:
+  """A local tfds classification dataset for 2.1_GenKnow (e.g. imagenet2012, cifar10),
+  configured by `eval.genknow`."""
+
+  def __init__(self, genknow):
+    data_builder, self._source = open_tfds(genknow.name, genknow.data_dir, genknow.split,
+                                           "eval.genknow")
+    feature = data_builder.info.features[genknow.label_key]
+    if not hasattr(feature, "names"):
+      raise ConfigError(f"eval.genknow.label_key={genknow.label_key!r} is not a ClassLabel")
+    self.class_names = [n.replace("_", " ") for n in feature.names]
+    self._keys, self._limit = (genknow.image_key, genknow.label_key), genknow.max_examples
+
+  def __len__(self):
+    return min(len(self._source), self._limit)
+
+  def __getitem__(self, index):
+    raw = self._source[index]
+    return {"image": rgb_image(raw[self._keys[0]]), "label": int(raw[self._keys[1]])}
 
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

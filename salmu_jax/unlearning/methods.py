@@ -1,30 +1,44 @@
 """The baseline unlearning methods of SALMUBENCH.md §5, each a short composition.
 
-A method is either an objective trained for the budget (`objective(hp)` returns a
-loss, `uses` names the batches it reads) or a one-shot parameter transform
-(`one_shot`). Hyperparameters live in `config.unlearn.<name>`; defaults are the
-papers' values where §5 gives them (docs/protocol.md §4 lists every choice).
+A method is an objective trained for the budget's steps plus optional hooks:
+`prepare` (before the steps: SalUn's saliency mask) and `finalize` (after them: the
+task vector's negation, SSD's dampening). Everything is built from the method's
+hyperparameters (`config.unlearn.<name>`, the one place for their defaults: the
+papers' values where §5 gives them, docs/protocol.md §4) and the loss kind the model
+was pretrained with (`config.train.loss`), so a SigLIP-style model is unlearned with
+its own loss. The runner (runner.py) calls the hooks and never names a method.
+
+Hooks receive `tools`, what the runner lends them:
+  tools.steps                       the budget's optimizer steps
+  tools.squared_gradients(names, n) mean squared gradients of the pretraining loss over
+                                    n draws of each named batch (forget, retain)
+  tools.samples                     samples drawn so far, by batch name
 """
 import dataclasses
 from typing import Callable
 
 from salmu_jax.unlearning import objectives as O
+from salmu_jax.unlearning import parameter_transforms as T
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
   name: str
-  uses: Callable  # hp -> the named batches the objective reads each step ("forget", "retain").
-  objective: Callable | None = None  # hp -> loss
-  one_shot: str | None = None  # "ssd" or "task_vector": handled by the runner.
-  saliency: bool = False  # SalUn: train only the most forget-salient weights.
+  uses: Callable  # hp -> the named batches each step reads ("forget", "retain").
+  # (hp, loss_kind) -> the loss trained for the budget's steps; None: no steps (one-shot).
+  objective: Callable | None = None
+  # (hp, tools, params) -> (update mask or None, details): before the steps.
+  prepare: Callable | None = None
+  # (hp, tools, original_params, trained_params, loss_kind) -> (params, details).
+  finalize: Callable | None = None
   paper: str = ""
 
 
-def _with_retain(forget_loss, hp):
-  """forget_loss alone, or plus retain_weight * contrastive(retain) when retain_weight > 0."""
+def _with_retain(forget_loss, hp, kind):
+  """forget_loss alone, or plus retain_weight * the pretraining loss on retain."""
   if hp.retain_weight > 0:
-    return O.weighted(forget=(1.0, forget_loss), retain=(hp.retain_weight, O.contrastive("retain")))
+    return O.weighted(forget=(1.0, forget_loss),
+                      retain=(hp.retain_weight, O.contrastive("retain", kind)))
   return forget_loss
 
 
@@ -36,6 +50,27 @@ def _always(*names):
   return lambda hp: names
 
 
+def _saliency_mask(hp, tools, params):
+  """SalUn: the `sparsity` share of weights with the largest forget gradient."""
+  mask = T.saliency_mask(tools.squared_gradients(("forget",), 1), hp.sparsity)
+  return mask, {"salient_weights": T.count_true(mask),
+                "saliency_samples": tools.samples["forget"]}  # The mask's forget batch.
+
+
+def _dampen(hp, tools, original, trained, kind):
+  """SSD: importances over the budget's batches (at most importance_batches of each)."""
+  count = max(min(hp.importance_batches, tools.steps), 1)
+  importance_all = tools.squared_gradients(("forget", "retain"), count)
+  importance_forget = tools.squared_gradients(("forget",), count)
+  params = T.selective_synaptic_dampening(trained, importance_all, importance_forget,
+                                          hp.alpha, hp.lam)
+  return params, {"weights_changed": T.count_changed(trained, params)}
+
+
+def _negate_task_vector(hp, tools, original, trained, kind):
+  return T.task_vector_negation(original, trained, hp.alpha), {}
+
+
 METHODS = {}
 
 
@@ -44,48 +79,47 @@ def register(method: Method) -> Method:
   return method
 
 
-register(Method("finetune", _always("retain"), lambda hp: O.contrastive("retain"),
+register(Method("finetune", _always("retain"), lambda hp, kind: O.contrastive("retain", kind),
                 paper="Finetuning on retain data only"))
-register(Method("neg_grad", _forget_and_optional_retain,
-                lambda hp: _with_retain(O.negate(O.contrastive("forget")), hp),
-                paper="Negative Gradient"))
-register(Method("shuffled_captions", _always("forget"),
-                lambda hp: O.permute_captions(O.contrastive("forget"), on="forget"),
-                paper="Shuffled Captions"))
-register(Method("generic_captions", _always("forget"),
-                lambda hp: O.with_captions(O.contrastive("forget"), "forget", "generic_tokens"),
-                paper="Generic Captions"))
-register(Method("direct_sim_min", _always("forget"), lambda hp: O.direct_similarity("forget"),
+register(Method("neg_grad", _forget_and_optional_retain, lambda hp, kind: _with_retain(
+    O.negate(O.contrastive("forget", kind)), hp, kind), paper="Negative Gradient"))
+register(Method("shuffled_captions", _always("forget"), lambda hp, kind: O.permute_captions(
+    O.contrastive("forget", kind), on="forget"), paper="Shuffled Captions"))
+register(Method("generic_captions", _always("forget"), lambda hp, kind: O.with_captions(
+    O.contrastive("forget", kind), "forget", "generic_tokens"), paper="Generic Captions"))
+register(Method("direct_sim_min", _always("forget"),
+                lambda hp, kind: O.direct_similarity("forget"),
                 paper="Direct Similarity Minimization"))
-register(Method("vlunlearn", _always("forget", "retain"), lambda hp: O.weighted(
+register(Method("vlunlearn", _always("forget", "retain"), lambda hp, kind: O.weighted(
     forget=(hp.forget_weight, O.matched_similarity_to_permuted("forget")),
     fused=(hp.fused_weight, O.embedding_distillation("retain", kinds=("fused",))),
     unimodal=(hp.unimodal_weight, O.embedding_distillation("retain", kinds=("image", "text")))),
     paper="VLUnlearn / MultiDelete, arXiv 2311.12047"))
-register(Method("clip_erase", _always("forget", "retain"), lambda hp: O.weighted(
-    retain=(hp.retain_weight, O.contrastive("retain")),
+register(Method("clip_erase", _always("forget", "retain"), lambda hp, kind: O.weighted(
+    retain=(hp.retain_weight, O.contrastive("retain", kind)),
     forget=(hp.forget_weight, O.direct_similarity("forget")),
     kl=(hp.kl_weight, O.logit_kl("retain"))), paper="CLIPErase, arXiv 2410.23330"))
-register(Method("delete", _always("forget"), lambda hp: O.masked_logit_distillation("forget"),
+register(Method("delete", _always("forget"),
+                lambda hp, kind: O.masked_logit_distillation("forget"),
                 paper="DELETE, arXiv 2503.23751"))
-register(Method("grad_diff", _always("forget", "retain"), lambda hp: O.weighted(
-    forget=(-hp.forget_weight, O.contrastive("forget")),
-    retain=(hp.retain_weight, O.contrastive("retain"))), paper="Gradient Difference"))
-register(Method("npo", _forget_and_optional_retain,
-                lambda hp: _with_retain(O.npo("forget", hp.beta), hp),
-                paper="NPO, Zhang et al. 2024"))
-register(Method("simnpo", _forget_and_optional_retain,
-                lambda hp: _with_retain(O.simnpo("forget", hp.beta, hp.delta), hp),
-                paper="SimNPO, Fan et al. 2024"))
-register(Method("scrub", _always("forget", "retain"), lambda hp: O.alternating(
+register(Method("grad_diff", _always("forget", "retain"), lambda hp, kind: O.weighted(
+    forget=(-hp.forget_weight, O.contrastive("forget", kind)),
+    retain=(hp.retain_weight, O.contrastive("retain", kind))), paper="Gradient Difference"))
+register(Method("npo", _forget_and_optional_retain, lambda hp, kind: _with_retain(
+    O.npo("forget", hp.beta, kind), hp, kind), paper="NPO, Zhang et al. 2024"))
+register(Method("simnpo", _forget_and_optional_retain, lambda hp, kind: _with_retain(
+    O.simnpo("forget", hp.beta, hp.delta, kind), hp, kind), paper="SimNPO, Fan et al. 2024"))
+register(Method("scrub", _always("forget", "retain"), lambda hp, kind: O.alternating(
     max_loss=O.logit_kl("forget"),
-    min_loss=O.weighted(ce=(1.0, O.contrastive("retain")), kl=(hp.alpha, O.logit_kl("retain"))),
+    min_loss=O.weighted(ce=(1.0, O.contrastive("retain", kind)),
+                        kl=(hp.alpha, O.logit_kl("retain"))),
     max_every=hp.max_every), paper="SCRUB, Kurmanji et al. 2023"))
-register(Method("salun", _always("forget", "retain"), lambda hp: O.weighted(
-    forget=(1.0, O.permute_captions(O.contrastive("forget"), on="forget")),
-    retain=(hp.retain_weight, O.contrastive("retain"))), saliency=True,
+register(Method("salun", _always("forget", "retain"), lambda hp, kind: O.weighted(
+    forget=(1.0, O.permute_captions(O.contrastive("forget", kind), on="forget")),
+    retain=(hp.retain_weight, O.contrastive("retain", kind))), prepare=_saliency_mask,
     paper="SalUn, Fan et al. 2024: random relabeling (shuffled captions) on salient weights"))
-register(Method("ssd", _always("forget", "retain"), one_shot="ssd",
+register(Method("ssd", _always("forget", "retain"), finalize=_dampen,
                 paper="Selective Synaptic Dampening, Foster et al. 2024"))
-register(Method("task_vector", _always("forget"), one_shot="task_vector",
+register(Method("task_vector", _always("forget"), lambda hp, kind: O.contrastive("forget", kind),
+                finalize=_negate_task_vector,
                 paper="Task-vector negation, Ilharco et al. 2023"))

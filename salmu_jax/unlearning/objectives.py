@@ -8,36 +8,22 @@ A loss is a pure function `(params, batch, ctx) -> (scalar, aux)`:
           `apply(params, images, tokens) -> (image_emb, text_emb, log_scale, logit_bias)`.
 A transform maps losses to losses, so objectives compose like optax transformations:
 
-  objective = weighted(retain=(1.0, contrastive("retain")),
+  objective = weighted(retain=(1.0, contrastive("retain", "softmax")),
                        forget=(3.0, direct_similarity("forget")))
-  objective = negate(contrastive("forget"))
-  objective = npo(beta=0.1)
+  objective = negate(contrastive("forget", "softmax"))
+  objective = npo("forget", beta=0.1, kind="softmax")
 
 The reference model is read only through `ctx.reference(...)`, which stops its
 gradient: it is frozen by construction and stored once, outside the optimizer.
 """
-import dataclasses
-from typing import Any, Callable
-
 import jax
 import jax.numpy as jnp
 
 from salmu_jax import losses
 
-Loss = Callable[[Any, dict, "Context"], tuple]
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Context:
-  reference_params: Any
-  rng: jax.Array
-  step: jax.Array
-  apply: Callable = dataclasses.field(metadata=dict(static=True))
-
-  def reference(self, images, tokens):
-    """The frozen original model's outputs; no gradient reaches its parameters."""
-    return self.apply(jax.lax.stop_gradient(self.reference_params), images, tokens)
+# The loss-function protocol and the pretraining loss, defined in salmu_jax.losses (where
+# pretraining reads them too) and part of this module's vocabulary.
+Context, Loss, contrastive = losses.Context, losses.Loss, losses.contrastive
 
 
 def _pairwise(outputs):
@@ -50,18 +36,7 @@ def _tokens_length(tokens):
   return jnp.maximum((tokens != 0).sum(-1), 1).astype(jnp.float32)
 
 
-# ---- base losses -------------------------------------------------------------------------
-
-def contrastive(on: str, kind: str = "softmax") -> Loss:
-  """The pretraining loss on batch[on]: CLIP's symmetric InfoNCE, or SigLIP's ("sigmoid")."""
-  objective = losses.LOSSES[kind]
-
-  def loss(params, batch, ctx):
-    part = batch[on]
-    value = objective(*ctx.apply(params, part["image"], part["tokens"]))
-    return value, {f"contrastive_{on}": value}
-  return loss
-
+# ---- base losses (and losses.contrastive, the pretraining loss) ----------------------------
 
 def direct_similarity(on: str) -> Loss:
   """Mean cos(image, its caption) on batch[on]: minimizing it is Direct Similarity Min."""
@@ -140,10 +115,10 @@ def matched_similarity_to_permuted(on: str) -> Loss:
   return loss
 
 
-def per_pair_contrastive(params, part, apply):
-  """Sequence-level loss of each pair: symmetric InfoNCE per example, shape [B]."""
-  image_emb, text_emb, scale, _ = apply(params, part["image"], part["tokens"])
-  return losses.clip_softmax_per_example(image_emb, text_emb, scale)
+def per_pair_contrastive(params, part, apply, kind: str):
+  """Sequence-level loss of each pair, shape [B]: its share of the pretraining loss
+  `kind` (symmetric InfoNCE per pair, or SigLIP's terms of its row)."""
+  return losses.PER_EXAMPLE[kind](*apply(params, part["image"], part["tokens"]))
 
 
 # ---- transforms ---------------------------------------------------------------------------
@@ -192,22 +167,24 @@ def permute_captions(loss: Loss, on: str) -> Loss:
   return permuted
 
 
-def npo(on: str = "forget", beta: float = 0.1) -> Loss:
-  """Negative Preference Optimization on per-pair (sequence-level) contrastive losses:
-  -(2/beta) mean log sigmoid(beta * (l_current - l_reference)); (2/beta) log 2 at the start."""
+def npo(on: str, beta: float, kind: str) -> Loss:
+  """Negative Preference Optimization on per-pair (sequence-level) pretraining losses of
+  `kind`: -(2/beta) mean log sigmoid(beta * (l_current - l_reference)); (2/beta) log 2 at
+  the start."""
   def loss(params, batch, ctx):
-    current = per_pair_contrastive(params, batch[on], ctx.apply)
-    frozen = per_pair_contrastive(jax.lax.stop_gradient(ctx.reference_params), batch[on], ctx.apply)
+    current = per_pair_contrastive(params, batch[on], ctx.apply, kind)
+    frozen = per_pair_contrastive(jax.lax.stop_gradient(ctx.reference_params), batch[on],
+                                  ctx.apply, kind)
     value = -(2 / beta) * jax.nn.log_sigmoid(beta * (current - frozen)).mean()
     return value, {f"npo_{on}": value}
   return loss
 
 
-def simnpo(on: str = "forget", beta: float = 2.5, delta: float = 0.0) -> Loss:
-  """SimNPO: reference-free, length-normalized NPO:
+def simnpo(on: str, beta: float, delta: float, kind: str) -> Loss:
+  """SimNPO: reference-free, length-normalized NPO on per-pair losses of `kind`:
   -(2/beta) mean log sigmoid(beta * (l_current / caption_length - delta))."""
   def loss(params, batch, ctx):
-    current = per_pair_contrastive(params, batch[on], ctx.apply)
+    current = per_pair_contrastive(params, batch[on], ctx.apply, kind)
     normalized = current / _tokens_length(batch[on]["tokens"])
     value = -(2 / beta) * jax.nn.log_sigmoid(beta * (normalized - delta)).mean()
     return value, {f"simnpo_{on}": value}

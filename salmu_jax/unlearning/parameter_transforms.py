@@ -1,11 +1,11 @@
-"""Gradient-side unlearning tools: saliency masks as optax pieces, and one-shot transforms.
+"""Gradient-side unlearning tools: importances, saliency masks (applied by
+salmu_jax.training.optimizer.masked_updates) and one-shot parameter transforms.
 
 All functions act on arbitrary parameter pytrees, so they apply to any JAX model.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 
 def mean_squared_gradients(grad_fn, params, batches):
@@ -30,17 +30,8 @@ def saliency_mask(gradients, fraction: float):
   return jax.tree.map(lambda g: jnp.abs(g) >= threshold, gradients)
 
 
-def masked_updates(mask) -> optax.GradientTransformation:
-  """Zeroes the updates of unmasked weights (chain it after any optimizer): only salient
-  weights move. Elementwise, unlike optax.masked, which masks whole leaves."""
-  def update(updates, state, params=None):
-    del params
-    return jax.tree.map(lambda u, m: jnp.where(m, u, 0), updates, mask), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def selective_synaptic_dampening(params, importance_all, importance_forget,
-                                 alpha: float = 10.0, lam: float = 1.0):
+def selective_synaptic_dampening(params, importance_all, importance_forget, alpha: float,
+                                 lam: float):
   """SSD (Foster et al. 2024): where I_f > alpha * I_D, theta *= min(lam * I_D / I_f, 1)."""
   def dampen(theta, i_all, i_forget):
     selected = i_forget > alpha * i_all
@@ -49,7 +40,7 @@ def selective_synaptic_dampening(params, importance_all, importance_forget,
   return jax.tree.map(dampen, params, importance_all, importance_forget)
 
 
-def task_vector_negation(params, finetuned, alpha: float = 1.0):
+def task_vector_negation(params, finetuned, alpha: float):
   """theta_u = theta - alpha * (theta_finetuned - theta) (Ilharco et al. 2023)."""
   return jax.tree.map(lambda p, f: p - alpha * (f - p), params, finetuned)
 
@@ -71,3 +62,8 @@ def count_changed(before, after) -> int:
   """How many weights a transform changed (for reports and tests)."""
   return int(sum(np.sum(np.asarray(a) != np.asarray(b))
                  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))))
+
+
+def count_true(mask) -> int:
+  """How many weights a boolean mask selects."""
+  return int(sum(int(m.sum()) for m in jax.tree.leaves(mask)))

@@ -11,7 +11,7 @@ pytest.importorskip("open_clip")
 
 import jax  # noqa: E402
 
-from salmu_jax import train  # noqa: E402
+from salmu_jax.training import optimizer  # noqa: E402
 from tests.conftest import REPO, config_path  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -30,7 +30,7 @@ def test_peer_has_our_parameters_and_decays_the_same_ones(micro_config):
   their_sizes = sorted(p.numel() for p in theirs.raw_model.parameters())
   assert our_sizes == their_sizes
   decayed = sum(int(np.prod(x.shape)) for x, d in zip(
-      jax.tree.leaves(params), jax.tree.leaves(train.decay_mask(params))) if d)
+      jax.tree.leaves(params), jax.tree.leaves(optimizer.decay_mask(params))) if d)
   groups = theirs.optimizer.param_groups
   assert sum(p.numel() for p in groups[0]["params"]) == decayed
   assert groups[0]["weight_decay"] == micro_config.train.weight_decay

@@ -20,7 +20,8 @@ from safetensors.numpy import load_file  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from salmu_jax import config as config_lib  # noqa: E402
-from salmu_jax import convert, train  # noqa: E402
+from salmu_jax.interop import runs as convert  # noqa: E402
+from salmu_jax.model import factory  # noqa: E402
 from salmu_jax.data.tokenizer import CLIP_VOCAB_SIZE, CLIPTokenizer, find_clip_vocab  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
 from salmu_jax.interop import openclip_peer  # noqa: E402
@@ -68,7 +69,7 @@ def torch_pixels(pixels):
 
 def flax_embeddings(config, params, pixels, tokens):
   graphdef, abstract = nnx.split(nnx.eval_shape(
-      lambda: train.build_model(config, CLIP_VOCAB_SIZE, jax.random.PRNGKey(0))))
+      lambda: factory.build(config, CLIP_VOCAB_SIZE, jax.random.PRNGKey(0))))
   nnx.replace_by_pure_dict(abstract, jax.tree.map(np.asarray, params))
   model = nnx.merge(graphdef, abstract)
   return np.asarray(model.encode_image(pixels)), np.asarray(model.encode_text(tokens))

@@ -1,0 +1,141 @@
+"""Every checkpoint a stage writes or reads: one orbax layout, one declared metadata schema.
+
+A step directory RUN/checkpoints/STEP holds `state` (a training.state.TrainState whose
+optimizer state has the pretraining structure), `meta` (JSON, `META_SCHEMA`) and, for
+training runs only, `data` (the grain iterator, so that a resumed run reads the same
+batches). Before any restore the metadata is compared with what the reader expects.
+"""
+import json
+import os
+import shutil
+
+import grain
+import orbax.checkpoint as ocp
+from absl import logging
+
+from salmu_jax import io_utils
+from salmu_jax.errors import ConfigError, SalmuError
+
+CHECKPOINTS_DIRNAME = "checkpoints"
+CORRUPT_DIRNAME = "checkpoints.corrupt"  # Damaged training checkpoints are moved here.
+STAGES = ("train", "unlearn", "convert")
+META_SCHEMA = {
+    "model": "model.factory.signature of the parameters; compared before every restore",
+    "reference": "clean or compromised (a reference model), or unlearned",
+    "stage": f"what wrote it: one of {STAGES}",
+    "dataset": "data.layout.identity of the dataset the model was trained or unlearned on; "
+               "None for imported weights",
+    "config": "the config of the run that wrote it",
+    "details": "what the stage records: train {mixture}; unlearn {method, budget, from}; "
+               "convert {imported_from}",
+}
+
+
+def make_meta(*, model: dict, reference: str, stage: str, dataset, config, **details) -> dict:
+  if stage not in STAGES:
+    raise ValueError(f"unknown checkpoint stage {stage!r}")
+  return {"model": model, "reference": reference, "stage": stage, "dataset": dataset,
+          "config": json.loads(config.to_json()), "details": details}
+
+
+def manager(run_dir: str, keep: int | None = None) -> ocp.CheckpointManager:
+  """The orbax manager of RUN/checkpoints; `keep`: how many steps to keep (None: all)."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(run_dir), CHECKPOINTS_DIRNAME),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def steps(run_dir: str) -> list:
+  """The committed steps of a run directory, oldest first (none: [])."""
+  if not os.path.isdir(os.path.join(run_dir, CHECKPOINTS_DIRNAME)):
+    return []
+  return sorted(manager(run_dir).all_steps())
+
+
+def save(checkpoints: ocp.CheckpointManager, step: int, state, meta: dict,
+         iterator=None) -> None:
+  """Starts writing one step (asynchronously: `wait_until_finished` before relying on it)."""
+  missing = set(META_SCHEMA) ^ set(meta)
+  if missing:
+    raise ValueError(f"checkpoint metadata keys {sorted(missing)} differ from META_SCHEMA")
+  items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+  if iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(iterator)
+  checkpoints.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def read_meta(checkpoints: ocp.CheckpointManager, step: int, run_dir: str) -> dict:
+  meta = checkpoints.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  if set(meta) != set(META_SCHEMA):
+    raise ConfigError(f"{run_dir} holds a checkpoint (step {step}) written by another version "
+                      f"of salmu_jax (metadata keys {sorted(meta)}); train or convert it again")
+  return meta
+
+
+def check_meta(meta: dict, signature: dict, reference: str | None, run_dir: str) -> None:
+  """Refuses a checkpoint of another model shape, or of another reference when one is named."""
+  saved, expected = meta["model"], json.loads(json.dumps(signature))
+  if saved != expected:
+    differs = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+    details = ", ".join(f"{k}: {saved.get(k)} vs {expected.get(k)}" for k in differs)
+    raise ConfigError(f"{run_dir} holds a checkpoint of a different model ({details}); "
+                      f"use another --workdir")
+  if reference is not None and meta["reference"] != reference:
+    raise ConfigError(f"{run_dir} holds a {meta['reference']} checkpoint, not {reference}; "
+                      f"use another --workdir")
+
+
+def restore(run_dir: str, abstract_state, *, signature: dict, reference: str | None,
+            iterator=None, set_aside_damaged: bool = False) -> tuple:
+  """(state, meta, step) of the latest checkpoint of `run_dir`, or (None, None, None).
+
+  Refuses another model shape, another reference (None: any, e.g. an unlearned model),
+  and, when `iterator` is given (training resumes), a checkpoint no training run wrote.
+  A step whose files cannot be read is damaged: a training run (`set_aside_damaged`)
+  moves it to RUN/checkpoints.corrupt/ with a warning and uses the one before; a reader
+  never moves files and stops, naming it.
+  """
+  checkpoints = manager(run_dir)
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      meta = read_meta(checkpoints, step, run_dir)
+      check_meta(meta, signature, reference, run_dir)
+      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if iterator is not None:
+        if meta["stage"] != "train":
+          raise ConfigError(f"{run_dir} holds a checkpoint written by {meta['stage']}, not a "
+                            f"training run to resume; train in another --workdir")
+        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+      return checkpoints.restore(step, args=ocp.args.Composite(**items))["state"], meta, step
+    except SalmuError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- files that cannot be read are damaged.
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+      if not set_aside_damaged:
+        raise ConfigError(f"checkpoint step {step} in {run_dir} is unreadable ({reason}); "
+                          f"nothing was moved: delete it, or resume training there, which "
+                          f"sets it aside") from None
+      aside = os.path.join(run_dir, CORRUPT_DIRNAME, str(step))
+      logging.warning("checkpoint step %d in %s is unreadable (%s); moved to %s, trying the "
+                      "one before", step, run_dir, reason, aside)
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      shutil.rmtree(aside, ignore_errors=True)
+      shutil.move(os.path.join(run_dir, CHECKPOINTS_DIRNAME, str(step)), aside)
+      checkpoints = manager(run_dir)
+  return None, None, None
+
+
+def check_dataset(meta: dict, identity: dict, run_dir: str, allow_other: bool) -> None:
+  """Refuses to use a model on a dataset other than the one it was trained on (its
+  captions, splits and tokenizer ids would mean something else), unless `allow_other`
+  (a cross-dataset study; the caller records it). Imported weights name no dataset."""
+  trained_on = meta["dataset"]
+  if trained_on is None or allow_other or \
+      trained_on["content_sha256"] == identity["content_sha256"]:
+    return
+  differing = io_utils.differing_keys(trained_on.get("fingerprint") or {},
+                                      identity.get("fingerprint") or {})
+  raise ConfigError(
+      f"{run_dir} was trained on another dataset (content {trained_on['content_sha256'][:12]} vs "
+      f"{identity['content_sha256'][:12]}; config differs in: {', '.join(differing[:6]) or 'nothing'}); "
+      f"pass the dataset it was trained on, or --allow_other_dataset for a cross-dataset study")

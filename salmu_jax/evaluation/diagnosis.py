@@ -1,0 +1,105 @@
+"""From results to verdicts: headline numbers, normalization and failure modes (NumPy only).
+
+Everything here reads result dicts (salmu_jax.evaluation.evaluator's JSON) or the flat
+`headlines` of them, so that a leaderboard can be rebuilt, and a verdict checked, from
+the JSON files alone (docs/protocol.md §3).
+"""
+
+from salmu_jax.errors import ConfigError
+from salmu_jax.evaluation import metrics
+
+# The official JSON keys, in the official order (SALMUBENCH.md §3); the registry
+# (evaluation/registry.py) registers one evaluator per key.
+OFFICIAL = {"efficacy": ("1.1_RetFail", "1.2_AssocStr", "1.3_ACS", "1.4_IdZSC", "1.5_CoreAssoc"),
+            "utility": ("2.1_GenKnow", "2.2_InterIdSim", "2.3_IntraIdSim", "2.4_VisIdInt",
+                        "2.5_FragSim")}
+# The original's three failure modes and ours, representation collapse (docs/protocol.md
+# §3), as diagnosis labels.
+INEFFECTIVE, OVERGENERALIZED, CATASTROPHIC, COLLAPSE = FAILURE_MODES = (
+    "ineffective forgetting", "over-generalized forgetting", "catastrophic damage",
+    "representation collapse")
+# Each image's own caption retrieved in a gallery built like 1.1_RetFail's; the splits a
+# model must keep (holdouts: what only Compromised learned; retain: what both learned).
+RETRIEVAL_SPLITS = ("holdout_identity", "holdout_association", "retain_joint", "fragile")
+# Those the utility summary reads. Not the fragile set: it is chosen as the retain pairs
+# Compromised knows least (its retrieval MRR is a few times chance), so a ratio to
+# Compromised's would mostly measure noise; it stays in the extended block and the tables.
+KEPT_RETRIEVAL = ("holdout_identity", "holdout_association", "retain_joint")
+
+
+def official_metrics() -> list:
+  """[(group, key)] of the ten official metrics, in order."""
+  return [(group, key) for group, keys in OFFICIAL.items() for key in keys]
+
+
+def headline(result: dict, group: str, key: str) -> float:
+  """The number a metric is judged by: MRR for RetFail, else its first value."""
+  value = result[group][key]
+  return value["MRR"] if key == "1.1_RetFail" else value.get("mean", value.get("accuracy"))
+
+
+def headlines(result: dict) -> dict:
+  """The flat numbers that normalization, diagnosis and the leaderboard read: each official
+  metric's headline, own-caption MRR per RETRIEVAL_SPLITS ("retrieval/SPLIT"), the spread
+  of images and of captions (1 - mean cosine between different items) and GenKnow's
+  chance level. Seed means of these are what a leaderboard row is judged by."""
+  if "extended" not in result:
+    raise ConfigError("a result without the `extended` block (written by an older version); "
+                      "evaluate its checkpoint again")
+  try:
+    flat = {key: headline(result, group, key) for group in ("efficacy", "utility")
+            for key in result[group]}
+    extended = result["extended"]
+    for split in RETRIEVAL_SPLITS:
+      flat[f"retrieval/{split}"] = extended["retrieval"][split]["MRR"]
+    flat["spread/image"] = 1 - extended["collapse"]["image_cosine"]
+    flat["spread/caption"] = 1 - extended["collapse"]["caption_cosine"]
+    flat["genknow_chance"] = 1 / result["utility"]["2.1_GenKnow"]["classes"]
+  except (KeyError, TypeError) as e:
+    raise ConfigError(f"a result without {e} where salmu_jax.evaluation writes it; evaluate "
+                      f"its checkpoint again") from None
+  return flat
+
+
+def knowledge_kept(values: dict, clean: dict, compromised: dict) -> dict:
+  """What a model still tells apart, 1 = Compromised's level: GenKnow above chance as a
+  share of Compromised's; holdout retrieval between Clean (0: never learned) and
+  Compromised (1); retain_joint retrieval (both references learned it) as a ratio."""
+  chance = compromised["genknow_chance"]
+  kept = {"2.1_GenKnow": metrics.kept_above_chance(values["2.1_GenKnow"],
+                                                   compromised["2.1_GenKnow"], chance)}
+  for split in KEPT_RETRIEVAL:
+    key = f"retrieval/{split}"
+    if split.startswith("holdout"):
+      kept[key] = 1 - metrics.normalized_score(values[key], compromised[key], clean[key],
+                                               "efficacy")
+    else:
+      kept[key] = metrics.normalized_score(values[key], compromised[key], clean[key], "utility")
+  return kept
+
+
+def normalize_and_diagnose(values: dict, clean: dict, compromised: dict, thresholds) -> tuple:
+  """Normalized scores and failure modes from `headlines(...)` of a model and the two
+  references (docs/protocol.md §3). The official ten are normalized as before; the
+  diagnosis reads what the model still discriminates (`kept`), not mean cosines, which
+  a collapsed model keeps high."""
+  normalized = {"efficacy": {}, "utility": {}}
+  for group, key in official_metrics():
+    normalized[group][key] = metrics.normalized_score(values[key], compromised[key], clean[key],
+                                                      group)
+  normalized["kept"] = kept = knowledge_kept(values, clean, compromised)
+  # Each check passes only when its number is at least the threshold, so a number that
+  # cannot be computed (NaN: a degenerate reference) fails it instead of passing silently.
+  passes = lambda value, threshold: bool(value >= threshold)
+  modes = []
+  if not passes(normalized["efficacy"]["1.1_RetFail"], thresholds.ineffective_below):
+    modes.append(INEFFECTIVE)
+  if not all(passes(kept[f"retrieval/{split}"], thresholds.overgeneralized_below)
+             for split in ("holdout_identity", "holdout_association")):
+    modes.append(OVERGENERALIZED)
+  if not passes(kept["2.1_GenKnow"], 1 - thresholds.catastrophic_drop_fraction):
+    modes.append(CATASTROPHIC)
+  if not all(passes(values[key], thresholds.collapse_spread_ratio * min(clean[key], compromised[key]))
+             for key in ("spread/image", "spread/caption")):
+    modes.append(COLLAPSE)
+  return normalized, {"failure_modes": modes, "label": ", ".join(modes) or "none"}

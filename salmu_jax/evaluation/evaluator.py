@@ -1,0 +1,150 @@
+"""Scores models on SALMUBench's ten metrics (SALMUBENCH.md §3), official JSON keys.
+
+Each split is embedded once per model (jitted, sharded batches); every metric is then
+NumPy arithmetic on the embeddings (registry.py). With the two reference results the
+scores are also normalized and a failure mode is diagnosed (diagnosis.py).
+"""
+import os
+import time
+
+import numpy as np
+
+from salmu_jax import checkpointing, embed, io_utils, progress
+from salmu_jax.data import layout, splits
+from salmu_jax.errors import ConfigError, DatasetError, check_finite
+from salmu_jax.evaluation import diagnosis, metrics, registry
+from salmu_jax.evaluation.context import EvalContext
+from salmu_jax.evaluation.inputs import EvalInputs
+from salmu_jax.training import runtime as runtime_lib
+
+
+class Evaluator:
+  """Scores any number of models of one shape on one dataset.
+
+  Built once: the encoders compile once and the inputs are prepared once (inputs.py),
+  so each further model costs only its forward passes. The fragile set is the
+  dataset's unless `use_fragile_set` replaces it (one recomputed from a Compromised
+  model: an artifact of that run, never written into the dataset).
+  """
+
+  def __init__(self, runtime):
+    self.runtime, self.config = runtime, runtime.config
+    self.dataset, self.tokenizer = runtime.dataset, runtime.tokenizer
+    self.encoders = embed.make_encoders(runtime.graphdef, runtime.state_shardings.params,
+                                        runtime.mesh)
+    self.inputs = EvalInputs(self.config, self.dataset, self.tokenizer)
+    self.fragile_ids, self.fragile_source = list(self.dataset.fragile_ids), "dataset"
+    self.dataset_identity = layout.identity(self.dataset.root)
+
+  def use_fragile_set(self, record_ids, source: str) -> None:
+    """Scores FragSim and fragile retrieval on `record_ids` (retain_disjoint record ids)
+    from now on; `source` says where they come from in every result's meta."""
+    disjoint = {int(r["record_id"]) for r in self.inputs.records("retain_disjoint")}
+    outside = sorted(set(int(i) for i in record_ids) - disjoint)
+    if outside:
+      raise DatasetError(f"fragile set {source}: record ids {outside[:5]} are not in "
+                         f"retain_disjoint")
+    self.fragile_ids, self.fragile_source = sorted(int(i) for i in record_ids), source
+
+  def fragile_set_of(self, params) -> list:
+    """SALMUBench's rule: the `data.fragile_fraction` of retain_disjoint pairs the model
+    `params` (Compromised) knows least."""
+    disjoint = EvalContext(self, params).split("retain_disjoint")
+    return splits.select_lowest(np.array([r["record_id"] for r in disjoint.records]),
+                                metrics.paired_cosine(disjoint.image, disjoint.caption),
+                                self.config.data.fragile_fraction)
+
+  def score(self, params, *, clean: dict | None = None, compromised: dict | None = None,
+            show_progress: bool = False) -> dict:
+    """The ten metrics (official keys), the extended block, the breakdown, and with both
+    reference results the normalized scores and the failure-mode diagnosis."""
+    check_finite(params, "the model to score")
+    ctx = EvalContext(self, params)
+    result = {"efficacy": {}, "utility": {}}
+    for name, fn in progress.bar(registry.EVALUATORS.items(), desc="evaluate", unit="metric",
+                                 enabled=show_progress, leave=False):
+      group, key = name.split("/")
+      result[group][key] = fn(ctx)
+    result["extended"] = {key: fn(ctx) for key, fn in registry.EXTENDED.items()}
+    result["breakdown"] = registry.breakdown(ctx)
+    if clean is not None and compromised is not None:
+      result["normalized"], result["diagnosis"] = diagnosis.normalize_and_diagnose(
+          diagnosis.headlines(result), diagnosis.headlines(clean),
+          diagnosis.headlines(compromised), self.config.eval)
+    return result
+
+  def score_checkpoint(self, run_dir: str, *, clean=None, compromised=None,
+                       recompute_fragile: bool = False, allow_other_dataset: bool = False,
+                       show_progress: bool = False) -> dict:
+    """`score` of the latest checkpoint in `run_dir` (a reference or an unlearned model);
+    `meta` names the step scored, the model, the dataset and the fragile set. Reads only.
+
+    `recompute_fragile`: the model must be Compromised; the fragile set is recomputed
+    from it first (`use_fragile_set`) and the result carries it (`fragile_set_ids`).
+    """
+    start = time.perf_counter()
+    state, saved, step = checkpointing.restore(
+        run_dir, self.runtime.abstract_state(), signature=self.runtime.signature, reference=None)
+    if state is None:
+      raise ConfigError(f"{run_dir} holds no checkpoint (expected {run_dir}/checkpoints/)")
+    checkpointing.check_dataset(saved, self.dataset_identity, run_dir, allow_other_dataset)
+    recomputed = None
+    if recompute_fragile:
+      if saved["reference"] != "compromised":
+        raise ConfigError(f"--recompute_fragile needs the Compromised model; {run_dir} holds "
+                          f"{saved['reference']}")
+      recomputed = self.fragile_set_of(state.params)
+      self.use_fragile_set(recomputed, f"recomputed from {os.path.abspath(run_dir)}")
+    result = self.score(state.params, clean=clean, compromised=compromised,
+                        show_progress=show_progress)
+    details = saved["details"]
+    result["meta"] = {
+        "checkpoint": os.path.abspath(run_dir), "step": int(step), "model": saved["reference"],
+        "method": details.get("method"), "budget": details.get("budget"),
+        "seed": self.config.eval.seed, "dataset": self.dataset_identity,
+        "trained_on": saved["dataset"], "allow_other_dataset": allow_other_dataset,
+        "fragile_set": {"source": self.fragile_source,
+                                                        "size": len(self.fragile_ids)},
+        **self.runtime.device_meta(), "seconds": round(time.perf_counter() - start, 2)}
+    if recomputed is not None:
+      result["fragile_set_ids"] = recomputed
+    return result
+
+
+def read_fragile_set(path: str) -> list:
+  """Record ids of a fragile set: from the result of a `--recompute_fragile` evaluation
+  (its `fragile_set_ids`), or a JSON list (the dataset's fragile_set_ids.json)."""
+  try:
+    ids = io_utils.read_json(path)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read the fragile set {path} ({e})") from None
+  if isinstance(ids, dict) and "fragile_set_ids" in ids:
+    ids = ids["fragile_set_ids"]
+  if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                          for i in ids):
+    raise ConfigError(f"{path} is not a fragile set (a JSON list of record ids, or the result "
+                      f"of an evaluation with --recompute_fragile)")
+  return ids
+
+
+def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices=None,
+             clean: dict | None = None, compromised: dict | None = None,
+             recompute_fragile: bool = False, fragile_set: str | None = None,
+             allow_other_dataset: bool = False, show_progress: bool = True) -> dict:
+  """The result dict of the latest checkpoint in run directory `checkpoint`, on the
+  dataset at `dataset_dir` (default CHECKPOINT/data/dataset); `fragile_set` (a path, see
+  `read_fragile_set`) replaces the dataset's fragile set."""
+  dataset_dir = dataset_dir or os.path.join(checkpoint, "data", layout.DATASET_DIRNAME)
+  if not os.path.isdir(dataset_dir):
+    raise DatasetError(f"no dataset at {dataset_dir}; pass --dataset_dir")
+  if recompute_fragile and fragile_set:
+    raise ConfigError("--recompute_fragile computes the fragile set; --fragile_set reads one: "
+                      "pass one of them")
+  ids = read_fragile_set(fragile_set) if fragile_set else None  # Before any work.
+  evaluator = Evaluator(runtime_lib.setup(config, checkpoint, dataset_dir, devices))
+  if ids is not None:
+    evaluator.use_fragile_set(ids, os.path.abspath(fragile_set))
+  return evaluator.score_checkpoint(checkpoint, clean=clean, compromised=compromised,
+                                    recompute_fragile=recompute_fragile,
+                                    allow_other_dataset=allow_other_dataset,
+                                    show_progress=show_progress)

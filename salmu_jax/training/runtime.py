@@ -1,0 +1,64 @@
+"""What every stage that runs a model sets up once: mesh, model definition, shardings, data."""
+import dataclasses
+import os
+
+import jax
+from flax import nnx
+
+from salmu_jax import config as config_lib
+from salmu_jax.data import builder, layout
+from salmu_jax.data.tokenizer import load_tokenizer
+from salmu_jax.errors import ConfigError
+from salmu_jax.model import factory, sharding
+from salmu_jax.training import optimizer, state as state_lib
+
+
+@dataclasses.dataclass
+class Runtime:
+  config: object
+  mesh: jax.sharding.Mesh
+  graphdef: object
+  init_state: object  # (key, params=None) -> TrainState; jit it with `state_shardings` out.
+  state_shardings: object
+  tx: object  # The pretraining optimizer: what a checkpoint's optimizer state holds.
+  dataset: layout.SalmuDataset
+  tokenizer: object
+  signature: dict  # model.factory.signature: what a checkpoint's shapes depend on.
+
+  def abstract_state(self):
+    """Shapes, dtypes and shardings of a TrainState: what a checkpoint restores into."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        jax.eval_shape(self.init_state, jax.random.PRNGKey(0)),
+                        self.state_shardings)
+
+  def device_meta(self) -> dict:
+    """The device a result was computed on, as every result file names it."""
+    return {"device": jax.devices()[0].device_kind, "num_devices": len(self.mesh.devices.flat)}
+
+
+def model_definition(config, vocab_size: int):
+  """(graphdef, pretraining optimizer, init_state) of the model `config` describes."""
+  tx, _ = optimizer.pretraining(config.train)
+  graphdef = nnx.graphdef(factory.abstract(config, vocab_size))
+  return graphdef, tx, state_lib.initializer(config, vocab_size, tx)
+
+
+def setup(config, workdir: str, dataset_dir: str | None = None, devices=None) -> Runtime:
+  """The runtime of `config`: the dataset at `dataset_dir` (verified), else one built
+  under WORKDIR/data."""
+  config_lib.check_config(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % dp:
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the data-parallel "
+                      f"size {dp} (mesh data x fsdp)")
+  if dataset_dir:
+    builder.check_existing(dataset_dir, config)
+  else:  # build_dataset verifies a dataset it reuses.
+    dataset_dir = builder.build_dataset(config, os.path.join(workdir, "data"))
+  dataset = layout.open_dataset(dataset_dir, verify=False)  # Verified just above.
+  tokenizer = load_tokenizer(config.tokenizer, dataset_dir)
+  graphdef, tx, init_state = model_definition(config, tokenizer.vocab_size)
+  shardings = sharding.state_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
+  return Runtime(config, mesh, graphdef, init_state, shardings, tx, dataset, tokenizer,
+                 factory.signature(config, tokenizer.vocab_size))

@@ -1,0 +1,266 @@
+"""Runs an unlearning method (methods.py) from a Compromised checkpoint, within a budget.
+
+Compute budget (docs/protocol.md §4): budget B allows B passes' worth of forget
+samples, i.e. B x |forget| samples processed in total, forget and retain samples
+counted alike. A method reading forget_batch forget and retain_batch retain pairs per
+step runs floor(B x |forget| / (forget_batch + retain_batch)) steps; its hooks spend
+the same budget on what they need (importance estimation) and report it. A method
+sees only the forget split and retain data. A deletion request restricts the forget
+data to its pairs, and |forget| to their number (data/requests.py).
+"""
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from salmu_jax import checkpointing, io_utils, losses, progress
+from salmu_jax.data import layout, pipeline, requests, sources
+from salmu_jax.errors import ConfigError, check_finite
+from salmu_jax.model import factory, sharding
+from salmu_jax.training import optimizer, runtime as runtime_lib
+from salmu_jax.training.state import TrainState
+from salmu_jax.training.step import check_loss, make_train_step
+from salmu_jax.unlearning import methods, parameter_transforms
+
+METADATA_FILE = "unlearn.json"
+PREFETCH_BATCHES = 2  # Per source: enough to overlap loading with the step.
+
+
+def budget_steps(budget: float, num_forget: int, samples_per_step: int) -> int:
+  """Steps a method may take: B x |forget| samples, at samples_per_step each (at least 1)."""
+  return max(int(budget * num_forget // samples_per_step), 1)
+
+
+def check_request(method_name: str, budget: float) -> methods.Method:
+  if method_name not in methods.METHODS:
+    raise ConfigError(f"unknown method {method_name!r}; known: {', '.join(sorted(methods.METHODS))}")
+  if not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+    raise ConfigError(f"--budget={budget} must be a positive number of forget passes")
+  return methods.METHODS[method_name]
+
+
+class _Batches:
+  """This process's forget and retain batches as global arrays; counts samples drawn."""
+
+  def __init__(self, runtime, config, seed: int, forget_indices=None):
+    u, dataset = config.unlearn, runtime.dataset
+    count, index = jax.process_count(), jax.process_index()
+    self.sharding = sharding.batch_sharding(runtime.mesh)
+    pipeline.require_unlearning_splits(pipeline.SOURCE_SPLITS["retain_synth"])
+    # A run takes only a few batches: a deep prefetch would decode and render batches
+    # that are never used, on the cores the step needs.
+    self._iterators = {
+        "forget": pipeline.iterate(pipeline.forget_batches(
+            config, dataset, runtime.tokenizer, u.forget_batch, seed=seed, shard_index=index,
+            shard_count=count, indices=forget_indices), config, PREFETCH_BATCHES),
+        "retain": pipeline.iterate(pipeline.training_batches(  # The retain mixture only.
+            config, dataset, runtime.tokenizer, sources.retain_base_source(config.data),
+            batch_size=u.retain_batch, seed=seed, shard_index=index, shard_count=count),
+            config, PREFETCH_BATCHES),
+    }
+    self.samples = {"forget": 0, "retain": 0}
+
+  def next(self, names) -> dict:
+    batch = {}
+    for name in names:
+      local = next(self._iterators[name])
+      keys = ("image", "tokens", "generic_tokens") if name == "forget" else ("image", "tokens")
+      batch[name] = {k: jax.make_array_from_process_local_data(self.sharding, local[k])
+                     for k in keys}
+      self.samples[name] += len(local["tokens"]) * jax.process_count()
+    return batch
+
+
+class _Tools:
+  """What a method's hooks may use (methods.py): the budget's steps, importances of the
+  pretraining loss over the run's own batches, and the samples drawn so far."""
+
+  def __init__(self, unlearner, params, batches, steps: int):
+    self._unlearner, self._params, self._batches, self.steps = unlearner, params, batches, steps
+
+  @property
+  def samples(self) -> dict:
+    return dict(self._batches.samples)
+
+  def squared_gradients(self, names, count: int):
+    """Mean squared gradients of the pretraining loss over `count` draws of each of
+    `names` (in turn), at the original parameters."""
+    drawn = []
+    for _ in range(count):
+      for name in names:
+        drawn.append(self._batches.next([name])[name])
+    return parameter_transforms.mean_squared_gradients(self._unlearner.loss_grad, self._params,
+                                                       drawn)
+
+
+class Unlearner:
+  """The Compromised model of `from_dir`, restored once; runs any number of (method,
+  budget) requests from it (the CLI runs one, the benchmark all of them).
+
+  `runtime` (training.runtime.setup of the same model and dataset) may be shared with
+  other stages; `compiled` (a dict, shared) holds jitted functions by what they compute,
+  so that Unlearners of other seeds of one config trace and compile each step once.
+  """
+
+  def __init__(self, config, from_dir: str, *, dataset_dir: str | None = None, devices=None,
+               runtime=None, compiled: dict | None = None, allow_other_dataset: bool = False):
+    self._compiled = {} if compiled is None else compiled
+    config = config.copy_and_resolve_references()
+    config.reference = "compromised"  # What --from must hold; the result is "unlearned".
+    self.config, self.from_dir = config, from_dir
+    self.runtime = runtime or runtime_lib.setup(
+        config, from_dir, dataset_dir or os.path.join(from_dir, "data", layout.DATASET_DIRNAME),
+        devices)
+    self.dataset_identity = layout.identity(self.runtime.dataset.root)
+    # The frozen reference is stored once and never donated: `_optimize` trains a copy
+    # (donating buffers the reference shares would invalidate it on the first step).
+    self.original, meta, _ = checkpointing.restore(
+        from_dir, self.runtime.abstract_state(), signature=self.runtime.signature,
+        reference="compromised")
+    if self.original is None:
+      raise ConfigError(f"--from={from_dir} holds no checkpoint; train Compromised there first")
+    checkpointing.check_dataset(meta, self.dataset_identity, from_dir, allow_other_dataset)
+    self.allow_other_dataset = allow_other_dataset
+    apply, loss = factory.apply_fn(self.runtime.graphdef), losses.contrastive(
+        "batch", config.train.loss)
+    self.loss_grad = self._jitted(("loss_grad", config.train.loss), lambda: jax.jit(
+        lambda p, b: jax.grad(lambda q: loss(q, {"batch": b}, losses.Context(
+            None, jax.random.PRNGKey(0), 0, apply))[0])(p)))
+
+  def _check_output_dir(self, workdir: str) -> None:
+    """Refuses, before any work, an output directory that holds a run: the Compromised
+    model itself (orbax would rotate its checkpoint away) or an earlier unlearning run
+    (whose unlearn.json would then describe another method than its checkpoint)."""
+    if os.path.abspath(workdir) == os.path.abspath(self.from_dir):
+      raise ConfigError(f"--workdir={workdir} is the Compromised run itself; unlearn into "
+                        f"a new directory")
+    held = [name for name in (checkpointing.CHECKPOINTS_DIRNAME, METADATA_FILE)
+            if os.path.exists(os.path.join(workdir, name))]
+    if held:
+      raise ConfigError(f"--workdir={workdir} already holds a run ({', '.join(held)}); "
+                        f"choose a new directory or remove it")
+
+  def _jitted(self, key: tuple, make):
+    if key not in self._compiled:
+      self._compiled[key] = make()
+    return self._compiled[key]
+
+  def _optimize(self, state, objective, key: tuple, names, steps, batches, update_mask=None,
+                show_progress=True, label=""):
+    """`steps` optimizer steps of `objective` on the named batches; returns (state, last
+    metrics). `key` names what `objective` computes (method, hyperparameters, loss kind):
+    steps of equal keys share one jitted function. A saliency mask is baked into its
+    program, so masked steps are not shared."""
+    config, runtime = self.config, self.runtime
+    tx = optimizer.unlearning(config.train, config.unlearn, update_mask)
+    learning_rate = optimizer.learning_rate_schedule(config.unlearn, steps)
+    new_state = lambda params, rng: TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                                               rng)
+    # The unlearning chain's state: the pretraining structure plus its own links.
+    shardings = sharding.state_shardings(
+        jax.eval_shape(new_state, self.original.params, self.original.rng), runtime.mesh)
+    # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
+    # with the step's output shardings, so the second step does not see new input types and
+    # compile again.
+    fresh = self._jitted(("fresh_state", update_mask is None), lambda: jax.jit(
+        new_state, out_shardings=shardings))
+    state = fresh(state.params, state.rng)
+    make_step = lambda: jax.jit(
+        make_train_step(tx, objective, factory.apply_fn(runtime.graphdef)),
+        in_shardings=(shardings, shardings.params, {n: batches.sharding for n in names}, None),
+        out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,))
+    step_fn = make_step() if update_mask is not None else self._jitted(("step", *key, names),
+                                                                       make_step)
+    metrics, first_loss = {}, None
+    with progress.bar(total=steps, desc=label, unit="step", enabled=show_progress) as bar:
+      for step in range(steps):
+        state, metrics = step_fn(state, self.original.params, batches.next(names),
+                                 jnp.float32(learning_rate(step)))
+        first_loss = metrics["loss"] if first_loss is None else first_loss
+        if (step + 1) % config.unlearn.log_every == 0 or step + 1 == steps:
+          loss = check_loss(metrics["loss"], step + 1, "unlearning loss",
+                            lambda: "nothing was written; lower unlearn.learning_rate")
+          bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update(1)
+    return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
+
+  def run(self, method_name: str, budget: float, workdir: str, *, show_progress: bool = True,
+          forget_request: list | None = None) -> dict:
+    """Runs one method at one budget; writes an orbax checkpoint, then unlearn.json (last,
+    atomically: its presence marks a finished run) to `workdir`.
+
+    `forget_request` (entries of requests.read_request) restricts the forget data to the
+    requested pairs, and the budget to multiples of their number; it is checked entirely
+    before anything runs.
+    """
+    method = check_request(method_name, budget)
+    self._check_output_dir(workdir)
+    start = time.perf_counter()
+    config, runtime, state = self.config, self.runtime, self.original
+    u, hp, kind = config.unlearn, config.unlearn[method_name], config.train.loss
+    indices = None
+    if forget_request is not None:
+      indices = requests.resolve_request(runtime.dataset, forget_request, "--forget")
+    num_forget = len(indices) if indices is not None else len(runtime.dataset.splits["forget"])
+    batches = _Batches(runtime, config, seed=config.seed, forget_indices=indices)
+    names = tuple(method.uses(hp))
+    per_step = sum(u.forget_batch if n == "forget" else u.retain_batch for n in names)
+    steps = budget_steps(budget, num_forget, per_step)
+    tools = _Tools(self, state.params, batches, steps)
+    details, metrics, mask = {}, {}, None
+
+    if method.prepare is not None:
+      mask, prepared = method.prepare(hp, tools, state.params)
+      details |= prepared
+    if method.objective is not None:
+      state, metrics = self._optimize(
+          state, method.objective(hp, kind),
+          (method_name, json.dumps(hp.to_dict(), sort_keys=True), kind), names, steps, batches,
+          update_mask=mask, show_progress=show_progress, label=f"unlearn {method_name}")
+      # Checkpoints store the optimizer state with the pretraining structure.
+      state = state.replace(opt_state=optimizer.base_state(state.opt_state))
+    else:
+      steps = 0  # One-shot: the budget bought what `finalize` estimates.
+    if method.finalize is not None:
+      params, finalized = method.finalize(hp, tools, self.original.params, state.params, kind)
+      state = state.replace(params=factory.clamp_logit_scale(params))
+      details |= finalized
+
+    check_finite(state.params, f"the {method_name} model at budget {budget:g}",
+                 "nothing was written; lower unlearn.learning_rate")
+    checkpoints = checkpointing.manager(workdir, config.train.keep_checkpoints)
+    checkpointing.save(checkpoints, int(state.step), state, checkpointing.make_meta(
+        model=runtime.signature, reference="unlearned", stage="unlearn",
+        dataset=self.dataset_identity, config=config, method=method_name, budget=budget,
+        **{"from": os.path.abspath(self.from_dir)}))
+    checkpoints.wait_until_finished()
+    metadata = {
+        "method": method_name, "paper": method.paper, "budget": budget,
+        "hyperparameters": hp.to_dict(), "learning_rate": u.learning_rate, "loss": kind,
+        "forget_batch": u.forget_batch, "retain_batch": u.retain_batch, "reads": list(names),
+        "steps": steps, "forget_size": num_forget,
+        "samples_processed": dict(batches.samples) | {"total": sum(batches.samples.values())},
+        "budget_samples": int(budget * num_forget), "final_metrics": metrics, **details,
+        "wall_seconds": round(time.perf_counter() - start, 2), "seed": config.seed,
+        **runtime.device_meta(), "from": os.path.abspath(self.from_dir),
+        "dataset": self.dataset_identity, "allow_other_dataset": self.allow_other_dataset,
+        "request": None if forget_request is None else {
+            "entries": [list(e) if isinstance(e, tuple) else e for e in forget_request],
+            "forget_pairs": num_forget},
+    }
+    if jax.process_index() == 0:
+      io_utils.write_json_atomic(os.path.join(workdir, METADATA_FILE), metadata)
+    return metadata
+
+
+def unlearn(config, method_name: str, budget: float, from_dir: str, workdir: str, *,
+            dataset_dir: str | None = None, devices=None, show_progress: bool = True,
+            forget_request: list | None = None, allow_other_dataset: bool = False) -> dict:
+  """Runs one method at one budget from the Compromised model in `from_dir`."""
+  check_request(method_name, budget)  # Before any restoring.
+  return Unlearner(config, from_dir, dataset_dir=dataset_dir, devices=devices,
+                   allow_other_dataset=allow_other_dataset).run(
+      method_name, budget, workdir, show_progress=show_progress, forget_request=forget_request)

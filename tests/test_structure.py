@@ -1,0 +1,82 @@
+"""The house rules of the package layout (README, "Layout"), checked from the source."""
+import ast
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+PACKAGE = os.path.join(REPO, "salmu_jax")
+# The command-line stages: thin programs over the library, which never import one another.
+STAGES = {"salmu_jax.train", "salmu_jax.unlearn", "salmu_jax.evaluate", "salmu_jax.convert",
+          "salmu_jax.benchmark", "salmu_jax.make_dataset"}
+
+
+def module_imports() -> dict:
+  """module name -> the salmu_jax modules it imports (from X import Y counts X.Y if a module)."""
+  modules = {}
+  for folder, _, files in os.walk(PACKAGE):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        module = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        modules[module] = path
+  imports = {}
+  for module, path in modules.items():
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.Import):
+        found |= {a.name for a in node.names if a.name.startswith("salmu_jax")}
+      elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("salmu_jax"):
+        found.add(node.module)
+        found |= {f"{node.module}.{a.name}" for a in node.names
+                  if f"{node.module}.{a.name}" in modules}
+    imports[module] = found
+  return imports
+
+
+def test_no_stage_imports_another_and_nothing_below_imports_a_stage():
+  imports = module_imports()
+  assert STAGES <= set(imports)
+  offenders = {m: sorted(found & STAGES) for m, found in imports.items() if found & STAGES}
+  assert offenders == {}
+
+
+def test_pretraining_and_the_data_layer_do_not_depend_on_what_sits_above_them():
+  imports = module_imports()
+  below = {"salmu_jax.training": ("salmu_jax.unlearning", "salmu_jax.evaluation"),
+           "salmu_jax.data": ("salmu_jax.training", "salmu_jax.unlearning",
+                              "salmu_jax.evaluation", "salmu_jax.config"),
+           "salmu_jax.model": ("salmu_jax.training", "salmu_jax.unlearning", "salmu_jax.data")}
+  for package, forbidden in below.items():
+    for module, found in imports.items():
+      if module.startswith(package):
+        assert not [f for f in found if f.startswith(forbidden)], module
+  # The diagnosis is NumPy arithmetic on result files: no JAX, so a leaderboard rebuilds anywhere.
+  diagnosis = open(os.path.join(PACKAGE, "evaluation", "diagnosis.py")).read()
+  assert "import jax" not in diagnosis and "from jax" not in diagnosis
+  assert imports["salmu_jax.evaluation.diagnosis"] <= {"salmu_jax.errors",
+                                                       "salmu_jax.evaluation.metrics",
+                                                       "salmu_jax.evaluation"}
+
+
+def test_no_import_cycle_among_the_data_modules():
+  imports = module_imports()
+  data = {m for m in imports if m.startswith("salmu_jax.data.")}
+
+  def reaches(start, target, seen=()):
+    return any(n == target or (n in data and n not in seen and reaches(n, target, seen + (n,)))
+               for n in imports[start] if n in data)
+  assert [m for m in data if reaches(m, m)] == []
+
+
+def test_importing_the_library_changes_nothing_in_the_process():
+  probe = ("import salmu_jax, salmu_jax.losses, salmu_jax.unlearning.objectives, "
+           "salmu_jax.unlearning.methods, salmu_jax.model.clip, salmu_jax.model.factory, "
+           "salmu_jax.evaluation.registry, salmu_jax.training.step\n"
+           "from salmu_jax import host_memory\n"
+           "print(host_memory.applied)")
+  env = {k: v for k, v in os.environ.items() if k != "SALMU_JAX_SYSTEM_MALLOC"}
+  out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True,
+                       text=True, check=True)
+  assert out.stdout.split()[-1] == "False"
