@@ -83,9 +83,7 @@ def resolve_budgets(budgets) -> list:
       value = float(budget)
     except (TypeError, ValueError):
       raise ConfigError(f"benchmark budget {budget!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-      raise ConfigError(f"benchmark budget {budget!r} must be a positive number of forget passes")
-    values.append(value)
+    values.append(runner.check_budget(value, "benchmark budget "))
   if not values or len(set(values)) != len(values):
     raise ConfigError(f"benchmark budgets {list(budgets)} must be distinct and not empty")
   return values
@@ -233,6 +231,10 @@ class Benchmark:
   def run(self) -> dict:
     """Runs what is not finished, then writes the leaderboard and report; returns the
     leaderboard dict."""
+    with io_utils.exclusive(self.workdir, "benchmark"):
+      return self._run()
+
+  def _run(self) -> dict:
     start = time.perf_counter()
     stages = self.stages()
     self.check_workdir()
@@ -329,4 +331,4 @@ if __name__ == "__main__":
   _BUDGETS = flags.DEFINE_list("budgets", None, "Budgets, e.g. 1,5 (default: benchmark.budgets).")
   _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds to average over (default: benchmark.seeds).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -10,6 +10,8 @@ import os
 import shutil
 
 import grain
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -28,7 +30,38 @@ META_SCHEMA = {
     "config": "the config of the run that wrote it",
     "details": "what the stage records: train {mixture}; unlearn {method, budget, from}; "
                "convert {imported_from}",
+    "checksums": "per parameter array, a checksum of its bits (`parameter_checksums`), "
+                 "written by `save` and verified by `restore`",
 }
+# What a resumed training run may change: how it logs, checks, stores and is laid out on
+# devices, and what other stages read. Anything else (learning rate, batch size, mixture,
+# exposures, steps, data, model) would continue another recipe than the one begun.
+SAFE_ON_RESUME = ("train.log_every", "train.eval_every", "train.eval_examples",
+                  "train.checkpoint_every", "train.keep_checkpoints", "data.loader.",
+                  "data.build_workers", "mesh.", "eval.", "unlearn.", "benchmark.")
+
+
+class DamagedCheckpoint(Exception):
+  """A step's parameters differ from the checksums saved with them (a flipped bit)."""
+
+
+@jax.jit
+def _checksums(params):
+  def checksum(x):
+    unsigned = {2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    odd = 2 * jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape) + 1
+    return jnp.sum(bits * odd, dtype=jnp.uint32)  # Wraps modulo 2^32.
+  return jax.tree.map(checksum, params)
+
+
+def parameter_checksums(params) -> dict:
+  """{array path: the sum of its words' bits times odd position weights, modulo 2^32}:
+  any one changed word changes it (odd weights are invertible modulo 2^32), and so does
+  moving values between positions. Reduced where the arrays live (sharded included)."""
+  sums = jax.device_get(_checksums(params))
+  return {jax.tree_util.keystr(path): int(value)
+          for path, value in jax.tree_util.tree_leaves_with_path(sums)}
 
 
 def make_meta(*, model: dict, reference: str, stage: str, dataset, config, **details) -> dict:
@@ -54,10 +87,12 @@ def steps(run_dir: str) -> list:
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, meta: dict,
          iterator=None) -> None:
-  """Starts writing one step (asynchronously: `wait_until_finished` before relying on it)."""
-  missing = set(META_SCHEMA) ^ set(meta)
+  """Starts writing one step (asynchronously: `wait_until_finished` before relying on it),
+  with the checksums of its parameters."""
+  missing = (set(META_SCHEMA) - {"checksums"}) ^ set(meta)
   if missing:
     raise ValueError(f"checkpoint metadata keys {sorted(missing)} differ from META_SCHEMA")
+  meta = meta | {"checksums": parameter_checksums(state.params)}
   items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
   if iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(iterator)
@@ -106,7 +141,13 @@ def restore(run_dir: str, abstract_state, *, signature: dict, reference: str | N
           raise ConfigError(f"{run_dir} holds a checkpoint written by {meta['stage']}, not a "
                             f"training run to resume; train in another --workdir")
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-      return checkpoints.restore(step, args=ocp.args.Composite(**items))["state"], meta, step
+      state = checkpoints.restore(step, args=ocp.args.Composite(**items))["state"]
+      sums = parameter_checksums(state.params)
+      differ = sorted(k for k in sums if sums[k] != meta["checksums"].get(k))
+      if differ or set(sums) != set(meta["checksums"]):
+        raise DamagedCheckpoint(f"its parameters differ from their saved checksums in "
+                                f"{len(differ)} arrays ({', '.join(differ[:2])})")
+      return state, meta, step
     except SalmuError:
       raise
     except Exception as e:  # noqa: BLE001 -- files that cannot be read are damaged.
@@ -123,6 +164,18 @@ def restore(run_dir: str, abstract_state, *, signature: dict, reference: str | N
       shutil.move(os.path.join(run_dir, CHECKPOINTS_DIRNAME, str(step)), aside)
       checkpoints = manager(run_dir)
   return None, None, None
+
+
+def check_recipe(meta: dict, config, run_dir: str) -> None:
+  """Refuses to resume a training run with another recipe than the one it began with,
+  naming the keys; those in SAFE_ON_RESUME may change."""
+  differing = io_utils.differing_keys(meta["config"], json.loads(config.to_json()))
+  unsafe = [k for k in differing if not k.startswith(SAFE_ON_RESUME)]
+  if unsafe:
+    raise ConfigError(f"{run_dir} was begun with another recipe (differs in: "
+                      f"{', '.join(unsafe[:8])}); resume it with the config it began with, or "
+                      f"train in another --workdir (safe to change: "
+                      f"{', '.join(k.rstrip('.') for k in SAFE_ON_RESUME)})")
 
 
 def check_dataset(meta: dict, identity: dict, run_dir: str, allow_other: bool) -> None:

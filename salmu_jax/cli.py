@@ -5,6 +5,7 @@ Exit codes: 0 done; 2 a user error (`SalmuError`: bad input, config, data, diver
 model), printed as `error: ...`; 143 preempted (SIGTERM), with a checkpoint to resume
 from; salmu_jax.benchmark adds 3 for a failed soundness check.
 """
+import errno
 import signal
 import sys
 
@@ -32,3 +33,26 @@ def run(body) -> None:
   except Preempted as e:  # Not an error: the same command resumes.
     print(str(e), file=sys.stderr)
     sys.exit(PREEMPTED_EXIT_CODE)
+  except OSError as e:  # A full disk, a file where a directory belongs, no permission.
+    hint = "; free some space and run the same command again: finished work is kept" \
+        if e.errno == errno.ENOSPC else ""
+    print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}{hint}",
+          file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with an unknown config key (`--config.data.num_personaz=3`) as
+  one line instead of ml_collections' traceback. Pass as app.run's flags_parser."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+    sys.exit(1)
+  except (AttributeError, KeyError) as e:
+    detail = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "")
+    detail = " ".join(detail.strip("'\"").split())
+    given = [a for a in argv[1:] if a.startswith("--config.")]
+    print(f"error: unknown config key among {' '.join(given) or 'the flags'} ({detail})",
+          file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)

@@ -226,6 +226,14 @@ def _require(ok: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def _finite(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_rate(value, name: str) -> None:
+  _require(_finite(value) and value > 0, f"{name}={value} must be a positive, finite number")
+
+
 def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Raises ConfigError naming the first unknown key or impossible value."""
   _check_keys(config, base_config())
@@ -274,10 +282,29 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   _require(data.image_size % model.patch_size == 0,
            f"data.image_size={data.image_size} is not divisible by model.patch_size={model.patch_size}")
   for tower in ("vision", "text"):
+    for part in ("width", "heads", "layers"):
+      value = model[f"{tower}_{part}"]
+      _require(isinstance(value, int) and value >= 1,
+               f"model.{tower}_{part}={value!r} must be a positive integer")
     width, heads = model[f"{tower}_width"], model[f"{tower}_heads"]
     _require(width % heads == 0, f"model.{tower}_width={width} is not divisible by "
                                  f"model.{tower}_heads={heads}")
+  for name in ("embed_dim", "patch_size"):
+    _require(isinstance(model[name], int) and model[name] >= 1,
+             f"model.{name}={model[name]!r} must be a positive integer")
   train = config.train
+  _positive_rate(train.learning_rate, "train.learning_rate")
+  _positive_rate(config.unlearn.learning_rate, "unlearn.learning_rate")
+  for group in (train, config.unlearn):
+    prefix = "train" if group is train else "unlearn"
+    _require(_finite(group.grad_clip_norm) and group.grad_clip_norm > 0,
+             f"{prefix}.grad_clip_norm={group.grad_clip_norm} must be a positive number")
+    _require(_finite(group.weight_decay) and group.weight_decay >= 0,
+             f"{prefix}.weight_decay={group.weight_decay} must be a non-negative number")
+  for name in ("b1", "b2"):
+    _require(_finite(train[name]) and 0 <= train[name] < 1,
+             f"train.{name}={train[name]} must lie in [0, 1)")
+  _require(_finite(train.eps) and train.eps > 0, f"train.eps={train.eps} must be positive")
   _require(train.loss in LOSS_KINDS, f"train.loss={train.loss!r} is not one of {LOSS_KINDS}")
   _require(train.steps >= 1, f"train.steps={train.steps} must be at least 1")
   _require(0 <= train.warmup_steps <= train.steps,
@@ -296,6 +323,17 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
            f"{config.benchmark.rank_confidence} must lie strictly between 0 and 1")
   _require(0 < config.eval.probe_fraction < 1,
            f"eval.probe_fraction={config.eval.probe_fraction} must lie strictly between 0 and 1")
+  for name in ("batch_size", "input_cache_mb"):
+    _require(isinstance(config.eval[name], int) and config.eval[name] >= (name == "batch_size"),
+             f"eval.{name}={config.eval[name]!r} must be a "
+             f"{'positive' if name == 'batch_size' else 'non-negative'} integer")
+  for name in ("gallery_forget", "gallery_retain"):
+    _require(isinstance(config.eval[name], int) and config.eval[name] >= 0,
+             f"eval.{name}={config.eval[name]!r} must be a non-negative integer")
+  _require(1 <= data.jpeg_quality <= 100,
+           f"data.jpeg_quality={data.jpeg_quality} must lie in 1 .. 100")
+  _require(config.tokenizer.vocab_size >= 64,
+           f"tokenizer.vocab_size={config.tokenizer.vocab_size} must be at least 64")
   unlearn = config.unlearn
   for name in ("forget_batch", "retain_batch", "log_every"):
     _require(isinstance(unlearn[name], int) and unlearn[name] >= 1,

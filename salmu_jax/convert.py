@@ -31,4 +31,4 @@ if __name__ == "__main__":
   _LOGIT_BIAS = flags.DEFINE_bool("logit_bias", False, "Exporting: also write logit_bias "
                                   "(sigmoid-loss models; OpenCLIP's softmax CLIP has none).")
   flags.mark_flags_as_required(["from", "to"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

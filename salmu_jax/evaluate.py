@@ -77,4 +77,4 @@ if __name__ == "__main__":
   _OTHER_DATASET = flags.DEFINE_bool("allow_other_dataset", False, "Score a model on a dataset "
                                      "other than the one it was trained on (recorded in meta).")
   flags.mark_flags_as_required(["config", "checkpoint", "out"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -3,13 +3,18 @@
 Every artifact is written under a temporary name in the same directory and then
 renamed, so an interrupted run never leaves a file that looks complete.
 """
+import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 
 MANIFEST_NAME = "MANIFEST.json"
+LOCK_NAME = ".lock"  # Held by the process writing into a run directory.
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -67,7 +72,9 @@ def write_manifest(root: str, extra: dict | None = None) -> dict:
 def verify_manifest(root: str) -> list[str]:
   """Returns the problems found (missing, changed or unlisted files); empty if intact."""
   manifest = read_json(os.path.join(root, MANIFEST_NAME))
-  listed = manifest["files"]
+  listed = manifest.get("files") if isinstance(manifest, dict) else None
+  if not isinstance(listed, dict):
+    return [f"{MANIFEST_NAME} has no file list"]
   problems = []
   for rel, digest in listed.items():
     path = os.path.join(root, rel)
@@ -96,3 +103,37 @@ def differing_keys(saved: dict, current: dict, prefix: str = "") -> list:
     elif a != b:
       keys.append(prefix + key)
   return keys
+
+
+@contextlib.contextmanager
+def exclusive(directory: str, what: str):
+  """Holds DIRECTORY/.lock for the process writing into it (`what`: which stage); a second
+  process gets a one-line error naming the holder. The kernel releases the lock when the
+  holder dies, so a killed run never leaves the directory locked. A directory this call
+  created and in which nothing else was written is removed again on the way out, so a
+  refused request leaves nothing behind."""
+  from salmu_jax.errors import ConfigError
+  created = not os.path.exists(directory)
+  os.makedirs(directory, exist_ok=True)
+  handle = open(os.path.join(directory, LOCK_NAME), "a+")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise ConfigError(f"{directory} is in use by {holder}; wait for it to finish, or use "
+                      f"another directory") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"{what} (pid {os.getpid()} on {socket.gethostname()}, since "
+               f"{datetime.datetime.now().isoformat(timespec='seconds')})\n")
+  handle.flush()
+  try:
+    yield
+  finally:
+    if created and os.listdir(directory) == [LOCK_NAME]:
+      os.unlink(os.path.join(directory, LOCK_NAME))
+      os.rmdir(directory)
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()

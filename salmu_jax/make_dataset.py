@@ -28,4 +28,4 @@ if __name__ == "__main__":
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory that receives dataset/.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

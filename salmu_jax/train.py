@@ -41,4 +41,4 @@ if __name__ == "__main__":
   _DATASET = flags.DEFINE_string("dataset_dir", None,
                                  "A built SALMU-synth; default: build one under WORKDIR/data.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -49,4 +49,4 @@ if __name__ == "__main__":
   _OTHER_DATASET = flags.DEFINE_bool("allow_other_dataset", False, "Unlearn on a dataset other "
                                      "than the one Compromised was trained on (recorded).")
   flags.mark_flags_as_required(["config", "method", "from", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

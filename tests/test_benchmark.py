@@ -147,7 +147,8 @@ def test_the_stage_plan_covers_every_seed_method_and_budget(micro_config, tmp_pa
     (dict(methods="npo,forget_everything"), "unknown \\['forget_everything'\\]"),
     (dict(methods="npo,npo"), "name a method twice"),
     (dict(budgets=["1", "x"]), "budget 'x' is not a number"),
-    (dict(budgets=[0]), "budget 0 must be a positive"),
+    (dict(budgets=[0]), "budget 0.0 must be a positive"),
+    (dict(budgets=[1e9]), "budget 1e\\+09 passes exceeds the bound of 1000"),
     (dict(seeds=0), "--seeds=0 must be at least 1"),
 ])
 def test_bad_benchmark_requests_are_named(micro_config, tmp_path, kwargs, message):

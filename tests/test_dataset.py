@@ -1,6 +1,8 @@
 """Building, storing and reading SALMU-synth: determinism, atomicity, bad input."""
 import glob
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -112,6 +114,17 @@ def test_the_fragile_rule_keeps_the_pairs_a_model_knows_least():
     ({"model.dtype": "float16"}, "model.dtype='float16'"),
     ({"train.loss": "hinge"}, "train.loss='hinge'"),
     ({"data.nonexistent": 1}, "unknown config key 'data.nonexistent'"),
+    ({"train.learning_rate": -1.0}, "train.learning_rate=-1.0 must be a positive, finite"),
+    ({"train.learning_rate": float("nan")}, "train.learning_rate=nan must be a positive"),
+    ({"unlearn.learning_rate": float("inf")}, "unlearn.learning_rate=inf must be a positive"),
+    ({"eval.batch_size": 0}, "eval.batch_size=0 must be a positive integer"),
+    ({"eval.gallery_forget": -1}, "eval.gallery_forget=-1 must be a non-negative integer"),
+    ({"data.jpeg_quality": 500}, "data.jpeg_quality=500 must lie in 1 .. 100"),
+    ({"train.b2": 2.0}, "train.b2=2.0 must lie in \\[0, 1\\)"),
+    ({"train.grad_clip_norm": 0.0}, "train.grad_clip_norm=0.0 must be a positive number"),
+    ({"model.vision_layers": -1}, "model.vision_layers=-1 must be a positive integer"),
+    ({"tokenizer.vocab_size": 0}, "tokenizer.vocab_size=0 must be at least 64"),
+    ({"model.text_heads": 3}, "model.text_width=64 is not divisible by model.text_heads=3"),
 ])
 def test_bad_config_values_get_one_line_errors(overrides, message):
   with pytest.raises(ConfigError, match=message) as error:
@@ -124,6 +137,23 @@ def test_a_config_file_adding_a_key_is_rejected(micro_config):
   micro_config.data.num_personaz = 5
   with pytest.raises(ConfigError, match="unknown config key 'data.num_personaz'"):
     config_lib.check_config(micro_config)
+
+
+def test_a_missing_or_malformed_dataset_is_named(micro_config, micro_dataset_dir, tmp_path):
+  with pytest.raises(DatasetError, match="nowhere does not exist"):
+    builder.check_existing(str(tmp_path / "nowhere"), micro_config)
+  (tmp_path / "file").write_text("")
+  with pytest.raises(DatasetError, match="is a file, not a dataset directory"):
+    builder.check_existing(str(tmp_path / "file"), micro_config)
+  copy = tmp_path / "copy"
+  shutil.copytree(micro_dataset_dir, copy)
+  manifest = json.loads((copy / "MANIFEST.json").read_text())
+  (copy / "MANIFEST.json").write_text(json.dumps({"fingerprint": manifest["fingerprint"]}))
+  with pytest.raises(DatasetError, match="MANIFEST.json has no file list"):
+    builder.check_existing(str(copy), micro_config)
+  (copy / "MANIFEST.json").write_text("[]")
+  with pytest.raises(DatasetError, match="is not a manifest"):
+    builder.check_existing(str(copy), micro_config)
 
 
 def test_too_short_context_is_refused(micro_config, tmp_path):
@@ -141,11 +171,20 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
   result = run("--config.data.num_personas=2")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: data.num_personas=2 is too small")
-  result = run("--config.data.no_such_field=2")
-  assert result.returncode != 0 and "no_such_field" in result.stderr
+  result = run("--config.data.no_such_field=2")  # One line, not ml_collections' traceback.
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip() == ("error: unknown config key among --config.data.no_such_field=2"
+                                   " (no_such_field)")
   os.makedirs(tmp_path / "dataset")
   result = run()
   assert result.returncode == 2 and "incomplete" in result.stderr
+  (tmp_path / "a_file").write_text("")  # A file where the workdir (a directory) belongs.
+  result = subprocess.run(
+      [sys.executable, "-m", "salmu_jax.make_dataset", f"--config={config_path('micro')}",
+       f"--workdir={tmp_path / 'a_file' / 'sub'}"], capture_output=True, text=True, env=env,
+      cwd=REPO)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith("error: Not a directory: ")
 
 
 def test_tokenizer_layout_and_normalization(micro_dataset_dir, micro_config):

@@ -292,9 +292,17 @@ def test_evaluator_writes_the_official_shape_deterministically(trained_micro, mi
   again = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
   for part in ("efficacy", "utility", "breakdown"):  # Same checkpoint, same JSON.
     assert json.dumps(first[part], sort_keys=True) == json.dumps(again[part], sort_keys=True)
+  clean = json.loads(json.dumps(first))  # A Clean-like reference: forgets, knows less.
+  clean["efficacy"]["1.1_RetFail"]["MRR"] /= 10
+  clean["utility"]["2.2_InterIdSim"]["mean"] -= 0.1
   scored = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
-                             clean=first, compromised=first)
+                              clean=clean, compromised=first, show_progress=False)
   assert scored["normalized"]["utility"]["2.2_InterIdSim"] == pytest.approx(1.0)
+  # References that cannot be the two references are refused before any work.
+  for references, message in (((first, first), "identical"), ((first, clean), "swapped")):
+    with pytest.raises(ConfigError, match=message):
+      evaluator.evaluate(config, "/nonexistent", dataset_dir=micro_dataset_dir,
+                         clean=references[0], compromised=references[1])
 
 
 def fragile_ids_of(dataset_dir):
@@ -310,6 +318,13 @@ def test_cli_writes_json_and_refuses_another_model_shape(trained_micro, micro_da
   result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   assert set(json.loads(out.read_text())) >= {"efficacy", "utility", "breakdown", "meta"}
+  # It says which step it scored.
+  assert result.stdout.strip().splitlines()[-1].startswith(
+      f"step 6 of {run} (compromised) written to {out}")
+  for extra, message in ((f"--out={tmp_path}", f"--out={tmp_path} is a directory"),
+                         (f"--clean={micro_dataset_dir}/card.json", "card.json: a result without")):
+    refused = subprocess.run(command + [extra], capture_output=True, text=True, env=env, cwd=REPO)
+    assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-1000:]
   bad = subprocess.run(command + ["--config.model.vision_width=32", f"--out={tmp_path / 'x.json'}"],
                        capture_output=True, text=True, env=env, cwd=REPO)
   assert bad.returncode == 2 and "different model (vision_width: 64 vs 32)" in bad.stderr

@@ -80,3 +80,21 @@ def test_importing_the_library_changes_nothing_in_the_process():
   out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True,
                        text=True, check=True)
   assert out.stdout.split()[-1] == "False"
+
+
+def test_every_stage_reports_a_full_disk_in_one_line(capsys):
+  """What every stage's opening (cli.run) does with an error from the operating system."""
+  import errno
+
+  import pytest
+
+  from salmu_jax import cli
+
+  def full_disk():
+    raise OSError(errno.ENOSPC, "No space left on device", "/runs/tiny/metrics.jsonl")
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run(full_disk)
+  assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+  assert capsys.readouterr().err == (
+      "error: No space left on device: /runs/tiny/metrics.jsonl; free some space and run the "
+      "same command again: finished work is kept\n")

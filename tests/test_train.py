@@ -171,6 +171,60 @@ def test_training_refuses_a_run_directory_it_did_not_write(micro_config, micro_d
   assert not (run / checkpointing.CORRUPT_DIRNAME).exists()
 
 
+def test_resuming_with_another_recipe_or_while_another_process_writes_is_refused(
+    micro_config, micro_dataset_dir, tmp_path, one_device):
+  from salmu_jax import io_utils
+  run = str(tmp_path / "run")
+  loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+             stop_after=1, show_progress=False)
+  for key, value in (("learning_rate", 1e-2), ("sensitive_exposures", 0.0)):
+    other = micro_config.copy_and_resolve_references()
+    other.train[key] = value
+    with pytest.raises(ConfigError, match=f"begun with another recipe \\(differs in: train.{key}\\)"):
+      loop.train(other, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                 show_progress=False)
+  assert checkpointing.steps(run) == [1]  # Refused before any step.
+  with io_utils.exclusive(run, "another trainer"):  # Two processes on one run directory.
+    with pytest.raises(ConfigError, match="is in use by another trainer \\(pid "):
+      loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                 show_progress=False)
+  # How it logs and checkpoints may change; the run then finishes where it would have.
+  safe = micro_config.copy_and_resolve_references()
+  safe.train.log_every, safe.train.checkpoint_every = 2, 2
+  assert loop.train(safe, run, dataset_dir=micro_dataset_dir, devices=one_device,
+                    show_progress=False)["steps_done"] == safe.train.steps
+
+
+def test_a_checkpoint_whose_parameters_changed_on_disk_is_caught(
+    micro_config, micro_dataset_dir, tmp_path, one_device, monkeypatch):
+  """Each checkpoint carries checksums of its parameters: a flipped bit that still
+  restores is caught (readers refuse, training sets the step aside)."""
+  run = str(tmp_path / "run")
+  loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
+             stop_after=3, show_progress=False)  # Step 3.
+  runtime = runtime_lib.setup(micro_config, run, micro_dataset_dir, one_device)
+  restore = lambda **kw: checkpointing.restore(
+      run, runtime.abstract_state(), signature=runtime.signature, reference=None, **kw)
+  state, meta, step = restore()
+  assert step == 3 and meta["checksums"] == checkpointing.parameter_checksums(state.params)
+  one_bit = jax.tree.map(lambda x: x, state.params)
+  leaf = one_bit["text"]["token_embedding"]
+  bits = np.asarray(leaf.get_value()).view(np.uint32).copy()
+  bits[5, 7] ^= 1 << 3
+  leaf.set_value(jnp.asarray(bits.view(np.float32)))
+  changed = checkpointing.parameter_checksums(one_bit)
+  assert [k for k in changed if changed[k] != meta["checksums"][k]] == [
+      "['text']['token_embedding'].value"]
+  # What a flipped bit on disk does to a restore: the parameters read differ from the
+  # checksums saved with them.
+  monkeypatch.setattr(checkpointing, "parameter_checksums",
+                      lambda params, real=checkpointing.parameter_checksums: changed)
+  with pytest.raises(ConfigError, match="checkpoint step 3 in .* is unreadable .*differ from "
+                                        "their saved checksums in 1 arrays .*nothing was moved"):
+    restore()
+  assert checkpointing.steps(run) == [3]
+
+
 def test_config_suffix_selects_the_reference():
   assert config_lib.load_config(config_path("tiny") + ":clean").reference == "clean"
   assert config_lib.load_config(config_path("tiny") + ":compromised").reference == "compromised"
@@ -256,10 +310,16 @@ def test_a_diverged_step_is_never_checkpointed_between_logs(
   assert checkpointing.steps(run) == []
 
 
+def blow_up_every_update(monkeypatch):
+  """Every update leaves infinite parameters behind (the loss of the step that made it is
+  still finite: it is computed before the update), as an overflowing update would."""
+  monkeypatch.setattr(factory, "clamp_logit_scale",
+                      lambda params: jax.tree.map(lambda x: x + jnp.inf, params))
+
+
 def test_non_finite_parameters_are_never_checkpointed(micro_config, micro_dataset_dir, tmp_path,
-                                                      one_device):
-  # Step 1's loss is finite (computed before its update); the update is infinite.
-  micro_config.train.learning_rate = float("inf")
+                                                      one_device, monkeypatch):
+  blow_up_every_update(monkeypatch)
   micro_config.train.checkpoint_every = micro_config.train.log_every = 1
   run = str(tmp_path / "run")
   with pytest.raises(NonFiniteLoss, match="the parameters are non-finite after step 1; no "

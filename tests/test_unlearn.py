@@ -309,9 +309,11 @@ def test_bad_requests_are_refused(compromised_run, micro_dataset_dir, tmp_path):
       devices=jax.devices()[:1], show_progress=False)
   with pytest.raises(ConfigError, match="unknown method 'forgetful'; known: clip_erase, delete"):
     run("forgetful", 1.0, compromised_run)
-  for budget in (0, -1.0, float("nan")):
+  for budget in (0, -1.0, float("nan"), True):
     with pytest.raises(ConfigError, match="must be a positive number"):
       run("neg_grad", budget, compromised_run)
+  with pytest.raises(ConfigError, match="--budget=1e\\+09 passes exceeds the bound of 1000"):
+    run("neg_grad", 1e9, compromised_run)  # 4e9 steps: years, almost surely a typo.
   clean = config_lib.load_config(config_path("micro") + ":clean")
   loop.train(clean, str(tmp_path / "clean"), dataset_dir=micro_dataset_dir,
               devices=jax.devices()[:1], stop_after=1, show_progress=False)
@@ -372,9 +374,19 @@ def test_deletion_requests_are_checked_before_anything_runs(compromised_run, mic
     with pytest.raises(requests.RequestError, match=message):
       unlearner.run("neg_grad", 1.0, str(tmp_path / "out"), forget_request=entries, show_progress=False)
     assert not (tmp_path / "out").exists()  # Nothing written, nothing partially applied.
-  (tmp_path / "bad.txt").write_text("7\nseven\n")
-  with pytest.raises(requests.RequestError, match="'seven' is not an identity id"):
-    requests.read_request(str(tmp_path / "bad.txt"))
+  for text, message in (("7\nseven\n", "'seven' is not an identity id"),
+                        ("[Infinity]", "inf is not an identity id"),
+                        ("[true]", "True is not an identity id"),  # Not identity 1.
+                        ("[7.5]", "7.5 is not an identity id"),
+                        ("[[7, 3]]", "is not an \\[identity, field\\] pair")):
+    (tmp_path / "bad.txt").write_text(text)
+    with pytest.raises(requests.RequestError, match=message):
+      requests.read_request(str(tmp_path / "bad.txt"))
+  (tmp_path / "binary").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+  with pytest.raises(requests.RequestError, match="is not text"):
+    requests.read_request(str(tmp_path / "binary"))
+  (tmp_path / "ok.txt").write_text("12\n7,iban\n")
+  assert requests.read_request(str(tmp_path / "ok.txt")) == [12, (7, "iban")]
   with pytest.raises(requests.RequestError, match="cannot read the deletion request"):
     requests.read_request(str(tmp_path / "missing.json"))
   result = subprocess.run(  # The CLI: one line, exit 2.
@@ -404,11 +416,14 @@ def test_an_output_directory_holding_a_run_is_refused_before_any_work(
   assert (out / runner.METADATA_FILE).read_text() == finished
 
 
-def test_a_run_that_ends_non_finite_writes_nothing(compromised_run, micro_dataset_dir, tmp_path):
-  # One step at an infinite rate: the loss of that step is still finite (it is computed
-  # before the update), the parameters after it are not.
+def test_a_run_that_ends_non_finite_writes_nothing(compromised_run, micro_dataset_dir, tmp_path,
+                                                   monkeypatch):
+  # One step whose update blows up: its loss is still finite (computed before the
+  # update), the parameters after it are not.
   from salmu_jax.errors import NonFiniteModel
-  config = config_lib.load_config(config_path("micro"), {"unlearn.learning_rate": float("inf")})
+  from tests.test_train import blow_up_every_update
+  blow_up_every_update(monkeypatch)
+  config = config_lib.load_config(config_path("micro"))
   out = tmp_path / "nan_run"
   with pytest.raises(NonFiniteModel, match="the finetune model at budget 0.01 has non-finite "
                                            "parameters.*nothing was written"):

@@ -196,6 +196,11 @@ def _contact_sheet(root: str, plan: splits.Plan, per_row: int = 5) -> None:
 def check_existing(final: str, config) -> None:
   """Raises DatasetError unless `final` is a complete, unmodified build of `config`."""
   manifest_path = os.path.join(final, io_utils.MANIFEST_NAME)
+  if not os.path.exists(final):
+    raise DatasetError(f"{final} does not exist; build it with salmu_jax.make_dataset or pass "
+                       f"the directory the dataset was built in")
+  if not os.path.isdir(final):
+    raise DatasetError(f"{final} is a file, not a dataset directory")
   if not os.path.exists(manifest_path):
     raise DatasetError(
         f"{final} exists but has no {io_utils.MANIFEST_NAME}: it is incomplete or not a "
@@ -204,6 +209,8 @@ def check_existing(final: str, config) -> None:
     manifest = io_utils.read_json(manifest_path)
   except (OSError, ValueError) as e:
     raise DatasetError(f"{manifest_path} is unreadable ({e}); delete {final} and rebuild") from e
+  if not isinstance(manifest, dict):
+    raise DatasetError(f"{manifest_path} is not a manifest; delete {final} and rebuild")
   if manifest.get("fingerprint") != fingerprint(config):
     differing = io_utils.differing_keys(manifest.get("fingerprint", {}), fingerprint(config))
     raise DatasetError(

@@ -7,6 +7,7 @@ as kept, so a request touching them is refused, as are unknown ids, unknown fiel
 duplicates and an empty request. Every entry is checked before anything runs.
 """
 import json
+import math
 
 import numpy as np
 
@@ -21,10 +22,12 @@ class RequestError(SalmuError):
 def read_request(path: str) -> list:
   """Entries of a request file: identity ids (int) and (identity, field) pairs."""
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       text = f.read()
   except OSError as e:
     raise RequestError(f"cannot read the deletion request {path}: {e.strerror}") from None
+  except UnicodeDecodeError:
+    raise RequestError(f"the deletion request {path} is not text (JSON or lines of ids)") from None
   try:
     raw = json.loads(text)
   except ValueError:
@@ -38,13 +41,14 @@ def read_request(path: str) -> list:
 
 def _entry(item, path):
   def identity(value):
-    try:
-      number = int(value)
-    except (TypeError, ValueError):
-      raise RequestError(f"{path}: {value!r} is not an identity id") from None
-    if isinstance(value, float) and value != number:
+    # JSON true is not identity 1, nor Infinity or 7.5 an id; "12" (a line) is.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
       raise RequestError(f"{path}: {value!r} is not an identity id")
-    return number
+    if isinstance(value, float) and not (math.isfinite(value) and value == int(value)):
+      raise RequestError(f"{path}: {value!r} is not an identity id")
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+      raise RequestError(f"{path}: {value!r} is not an identity id")
+    return int(value)
   if isinstance(item, (list, tuple)):
     if len(item) != 2 or not isinstance(item[1], str):
       raise RequestError(f"{path}: {item!r} is not an [identity, field] pair")

@@ -61,6 +61,19 @@ def headlines(result: dict) -> dict:
   return flat
 
 
+def check_references(clean: dict, compromised: dict) -> None:
+  """Refuses reference results that cannot be the two references: the same result twice
+  (every normalized score would be 0/0), or a Clean that retrieves the forget set better
+  than Compromised (swapped files: every verdict would flip). `headlines` of each."""
+  if clean == compromised:
+    raise ConfigError("the Clean and Compromised results are identical (the same file "
+                      "twice?); normalization needs both references")
+  if not clean["1.1_RetFail"] < compromised["1.1_RetFail"]:
+    raise ConfigError(f"Clean's RetFail MRR {clean['1.1_RetFail']:.4f} is not below "
+                      f"Compromised's {compromised['1.1_RetFail']:.4f}: are --clean and "
+                      f"--compromised swapped?")
+
+
 def knowledge_kept(values: dict, clean: dict, compromised: dict) -> dict:
   """What a model still tells apart, 1 = Compromised's level: GenKnow above chance as a
   share of Compromised's; holdout retrieval between Clean (0: never learned) and

@@ -140,7 +140,9 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
   if recompute_fragile and fragile_set:
     raise ConfigError("--recompute_fragile computes the fragile set; --fragile_set reads one: "
                       "pass one of them")
-  ids = read_fragile_set(fragile_set) if fragile_set else None  # Before any work.
+  if clean is not None and compromised is not None:  # Before any work.
+    diagnosis.check_references(diagnosis.headlines(clean), diagnosis.headlines(compromised))
+  ids = read_fragile_set(fragile_set) if fragile_set else None
   evaluator = Evaluator(runtime_lib.setup(config, checkpoint, dataset_dir, devices))
   if ids is not None:
     evaluator.use_fragile_set(ids, os.path.abspath(fragile_set))

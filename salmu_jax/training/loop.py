@@ -15,7 +15,7 @@ import time
 import grain
 import jax
 
-from salmu_jax import checkpointing, embed, progress
+from salmu_jax import checkpointing, embed, io_utils, progress
 from salmu_jax.data import layout, pipeline, scenes, sources, splits
 from salmu_jax.errors import NonFiniteLoss, Preempted, non_finite_leaves
 from salmu_jax.model import sharding
@@ -52,8 +52,16 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
   """Trains (or resumes) to config.train.steps; returns {'losses': {step: loss}, ...}.
 
   `stop_after` ends the run early after that many steps of this call, with a
-  checkpoint, as a preemption would (used to test exact resumption).
+  checkpoint, as a preemption would (used to test exact resumption). One process at a
+  time writes into `workdir` (process 0 of a multi-process run holds its lock).
   """
+  lock = io_utils.exclusive(workdir, "train") if jax.process_index() == 0 else \
+      contextlib.nullcontext()
+  with lock:
+    return _train(config, workdir, dataset_dir, devices, stop_after, show_progress)
+
+
+def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> dict:
   runtime = runtime_lib.setup(config, workdir, dataset_dir, devices)
   mesh, train_cfg = runtime.mesh, config.train
   init_state, state_shardings = runtime.init_state, runtime.state_shardings
@@ -76,6 +84,7 @@ def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
                                          iterator=iterator, set_aside_damaged=True)
   if meta is not None:
     checkpointing.check_dataset(meta, dataset_identity, workdir, allow_other=False)
+    checkpointing.check_recipe(meta, config, workdir)
   # After restore: it may set steps aside.
   manager = checkpointing.manager(workdir, train_cfg.keep_checkpoints)
   if state is None:

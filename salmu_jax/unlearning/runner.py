@@ -8,6 +8,7 @@ the same budget on what they need (importance estimation) and report it. A metho
 sees only the forget split and retain data. A deletion request restricts the forget
 data to its pairs, and |forget| to their number (data/requests.py).
 """
+import contextlib
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from salmu_jax.unlearning import methods, parameter_transforms
 
 METADATA_FILE = "unlearn.json"
 PREFETCH_BATCHES = 2  # Per source: enough to overlap loading with the step.
+MAX_BUDGET = 1000.0  # Forget passes.
 
 
 def budget_steps(budget: float, num_forget: int, samples_per_step: int) -> int:
@@ -34,11 +36,22 @@ def budget_steps(budget: float, num_forget: int, samples_per_step: int) -> int:
   return max(int(budget * num_forget // samples_per_step), 1)
 
 
+def check_budget(budget, flag: str = "--budget=") -> float:
+  """A budget is a positive number of forget passes, at most MAX_BUDGET (a larger one is
+  almost surely a typo: 1e9 passes of the tiny forget set would run for years)."""
+  if isinstance(budget, bool) or not isinstance(budget, (int, float)) or \
+      not math.isfinite(budget) or budget <= 0:
+    raise ConfigError(f"{flag}{budget!r} must be a positive number of forget passes")
+  if budget > MAX_BUDGET:
+    raise ConfigError(f"{flag}{budget:g} passes exceeds the bound of {MAX_BUDGET:g}; the "
+                      f"benchmark's budgets are 1 and 5 (docs/protocol.md §4)")
+  return float(budget)
+
+
 def check_request(method_name: str, budget: float) -> methods.Method:
   if method_name not in methods.METHODS:
     raise ConfigError(f"unknown method {method_name!r}; known: {', '.join(sorted(methods.METHODS))}")
-  if not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
-    raise ConfigError(f"--budget={budget} must be a positive number of forget passes")
+  check_budget(budget)
   return methods.METHODS[method_name]
 
 
@@ -198,6 +211,13 @@ class Unlearner:
     """
     method = check_request(method_name, budget)
     self._check_output_dir(workdir)
+    lock = io_utils.exclusive(workdir, f"unlearn {method_name}") if jax.process_index() == 0 \
+        else contextlib.nullcontext()
+    with lock:
+      self._check_output_dir(workdir)  # Again, now that no other process can write there.
+      return self._run(method, method_name, budget, workdir, show_progress, forget_request)
+
+  def _run(self, method, method_name, budget, workdir, show_progress, forget_request) -> dict:
     start = time.perf_counter()
     config, runtime, state = self.config, self.runtime, self.original
     u, hp, kind = config.unlearn, config.unlearn[method_name], config.train.loss
