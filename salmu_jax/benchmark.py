@@ -136,8 +136,8 @@ class Benchmark:
       runtime = runtime_lib.setup(self.config, self.workdir, self.dataset_dir, self.devices)
       self._evaluator = evaluator_lib.Evaluator(runtime)
       if os.path.exists(self.fragile_source):  # A resumed run.
-        self._evaluator.use_fragile_set(evaluator_lib.read_fragile_set(self.fragile_source),
-                                        self.fragile_source)
+        ids, _ = evaluator_lib.read_fragile_set(self.fragile_source)
+        self._evaluator.use_fragile_set(ids, self.fragile_source)
     return self._evaluator
 
   def unlearner(self, seed: int) -> runner.Unlearner:

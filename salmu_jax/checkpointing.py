@@ -30,8 +30,9 @@ META_SCHEMA = {
     "config": "the config of the run that wrote it",
     "details": "what the stage records: train {mixture}; unlearn {method, budget, from}; "
                "convert {imported_from}",
-    "checksums": "per parameter array, a checksum of its bits (`parameter_checksums`), "
-                 "written by `save` and verified by `restore`",
+    "checksums": "per array of the state (parameters, optimizer state, step, RNG), a "
+                 "checksum of its bits (`checksums`), written by `save` and verified by "
+                 "`restore`",
 }
 # What a resumed training run may change: how it logs, checks, stores and is laid out on
 # devices, and what other stages read. Anything else (learning rate, batch size, mixture,
@@ -42,24 +43,29 @@ SAFE_ON_RESUME = ("train.log_every", "train.eval_every", "train.eval_examples",
 
 
 class DamagedCheckpoint(Exception):
-  """A step's parameters differ from the checksums saved with them (a flipped bit)."""
+  """A step's state differs from the checksums saved with it (a flipped bit)."""
+
+
+_WORDS = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}  # 8 bytes: two words.
 
 
 @jax.jit
-def _checksums(params):
+def _checksums(tree):
   def checksum(x):
-    unsigned = {2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    odd = 2 * jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape) + 1
+    x = jnp.asarray(x)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    bits = jax.lax.bitcast_convert_type(x, _WORDS[x.dtype.itemsize]).astype(jnp.uint32)
+    odd = 2 * jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape) + 1
     return jnp.sum(bits * odd, dtype=jnp.uint32)  # Wraps modulo 2^32.
-  return jax.tree.map(checksum, params)
+  return jax.tree.map(checksum, tree)
 
 
-def parameter_checksums(params) -> dict:
+def checksums(tree) -> dict:
   """{array path: the sum of its words' bits times odd position weights, modulo 2^32}:
   any one changed word changes it (odd weights are invertible modulo 2^32), and so does
   moving values between positions. Reduced where the arrays live (sharded included)."""
-  sums = jax.device_get(_checksums(params))
+  sums = jax.device_get(_checksums(tree))
   return {jax.tree_util.keystr(path): int(value)
           for path, value in jax.tree_util.tree_leaves_with_path(sums)}
 
@@ -92,7 +98,7 @@ def save(checkpoints: ocp.CheckpointManager, step: int, state, meta: dict,
   missing = (set(META_SCHEMA) - {"checksums"}) ^ set(meta)
   if missing:
     raise ValueError(f"checkpoint metadata keys {sorted(missing)} differ from META_SCHEMA")
-  meta = meta | {"checksums": parameter_checksums(state.params)}
+  meta = meta | {"checksums": checksums(state)}
   items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
   if iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(iterator)
@@ -142,10 +148,10 @@ def restore(run_dir: str, abstract_state, *, signature: dict, reference: str | N
                             f"training run to resume; train in another --workdir")
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)
       state = checkpoints.restore(step, args=ocp.args.Composite(**items))["state"]
-      sums = parameter_checksums(state.params)
+      sums = checksums(state)
       differ = sorted(k for k in sums if sums[k] != meta["checksums"].get(k))
       if differ or set(sums) != set(meta["checksums"]):
-        raise DamagedCheckpoint(f"its parameters differ from their saved checksums in "
+        raise DamagedCheckpoint(f"its state differs from its saved checksums in "
                                 f"{len(differ)} arrays ({', '.join(differ[:2])})")
       return state, meta, step
     except SalmuError:

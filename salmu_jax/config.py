@@ -221,6 +221,23 @@ def _check_keys(config, reference, prefix=""):
       _check_keys(config[key], reference[key], path + ".")
 
 
+# Ranges of the methods' hyperparameters, by name (the same name means the same thing in
+# every method): (lowest, highest, what the error says).
+UNLEARN_RANGES = {
+    "beta": (0, math.inf, "positive (NPO and SimNPO divide by it)"),
+    "sparsity": (1e-9, 1, "in (0, 1]: the share of weights SalUn trains"),
+    "max_every": (1, math.inf, "an integer of at least 1: every max_every-th step ascends"),
+    "importance_batches": (1, math.inf, "at least 1"),
+    "alpha": (0, math.inf, "non-negative"),
+    "lam": (0, math.inf, "non-negative: SSD scales weights by min(lam * I_D / I_f, 1)"),
+    "retain_weight": (0, math.inf, "non-negative"),
+    "forget_weight": (0, math.inf, "non-negative"),
+    "kl_weight": (0, math.inf, "non-negative"),
+    "fused_weight": (0, math.inf, "non-negative"),
+    "unimodal_weight": (0, math.inf, "non-negative"),
+}
+
+
 def _require(ok: bool, message: str) -> None:
   if not ok:
     raise ConfigError(message)
@@ -271,7 +288,12 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   _require(data.retain_base.kind in RETAIN_BASE_KINDS,
            f"data.retain_base.kind={data.retain_base.kind!r} is not one of {RETAIN_BASE_KINDS}")
   for name, weight in data.mixture.items():
-    _require(weight >= 0, f"data.mixture.{name}={weight} must not be negative")
+    _require(_finite(weight) and weight >= 0,
+             f"data.mixture.{name}={weight} must be a finite, non-negative weight")
+  for name in ("num_threads", "prefetch_buffer_size"):
+    value = data.loader[name]
+    _require(isinstance(value, int) and value >= 0,
+             f"data.loader.{name}={value!r} must be a non-negative integer")
   _require(sum(data.mixture.values()) > 0, "data.mixture weights are all 0: nothing to train on")
   _require(config.reference in REFERENCE_MODELS,
            f"reference={config.reference!r} is not one of {REFERENCE_MODELS}")
@@ -292,6 +314,10 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name in ("embed_dim", "patch_size"):
     _require(isinstance(model[name], int) and model[name] >= 1,
              f"model.{name}={model[name]!r} must be a positive integer")
+  for name in ("vision_mlp_ratio", "text_mlp_ratio"):
+    if name in model:
+      _require(_finite(model[name]) and model[name] > 0,
+               f"model.{name}={model[name]} must be a positive number")
   train = config.train
   _positive_rate(train.learning_rate, "train.learning_rate")
   _positive_rate(config.unlearn.learning_rate, "unlearn.learning_rate")
@@ -341,9 +367,11 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name, group in unlearn.items():
     if isinstance(group, ml_collections.ConfigDict):
       for key, value in group.items():
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and
-                 math.isfinite(value),
-                 f"unlearn.{name}.{key}={value!r} must be a finite number")
+        _require(_finite(value), f"unlearn.{name}.{key}={value!r} must be a finite number")
+        low, high, what = UNLEARN_RANGES.get(key, (-math.inf, math.inf, ""))
+        _require(low <= value <= high and (key != "max_every" or isinstance(value, int)) and
+                 (key not in ("beta",) or value > 0),
+                 f"unlearn.{name}.{key}={value!r} must be {what}")
   for axis in ("data", "fsdp", "tensor"):
     _require(config.mesh[axis] == -1 or config.mesh[axis] >= 1,
              f"mesh.{axis}={config.mesh[axis]} must be -1 or at least 1")

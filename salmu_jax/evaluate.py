@@ -39,8 +39,21 @@ def main(argv):
   del argv
 
   def body():
-    if os.path.isdir(_OUT.value):
+    out = os.path.abspath(_OUT.value)
+    if os.path.isdir(out):
       raise ConfigError(f"--out={_OUT.value} is a directory; name the result file")
+    inputs = {flag: os.path.abspath(path) for flag, path in (
+        ("--clean", _CLEAN.value), ("--compromised", _COMPROMISED.value),
+        ("--fragile_set", _FRAGILE_SET.value)) if path}
+    clash = [flag for flag, path in inputs.items() if path == out]
+    if clash:
+      raise ConfigError(f"--out={_OUT.value} is also {clash[0]}: it would be overwritten; "
+                        f"write the result elsewhere")
+    dataset = os.path.abspath(_DATASET.value or os.path.join(_CHECKPOINT.value, "data",
+                                                             "dataset"))
+    if out.startswith(dataset + os.sep):
+      raise ConfigError(f"--out={_OUT.value} lies inside the dataset {dataset}, which is "
+                        f"read-only; write the result elsewhere")
     references = [_read_reference(p) for p in (_CLEAN.value, _COMPROMISED.value)]
     result = evaluator.evaluate(
         _CONFIG.value, _CHECKPOINT.value, dataset_dir=_DATASET.value, clean=references[0],

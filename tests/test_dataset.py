@@ -108,7 +108,7 @@ def test_the_fragile_rule_keeps_the_pairs_a_model_knows_least():
     ({"data.forget_fields_per_partial": 8}, "forget_fields_per_partial=8"),
     ({"data.fields": ("city", "shoe_size")}, "shoe_size"),
     ({"data.image_format": "gif"}, "gif"),
-    ({"data.mixture.retain_synth": -1.0}, "must not be negative"),
+    ({"data.mixture.retain_synth": -1.0}, "retain_synth=-1.0 must be a finite, non-negative"),
     ({"reference": "dirty"}, "reference='dirty'"),
     ({"mesh.fsdp": 0}, "mesh.fsdp=0"),
     ({"model.dtype": "float16"}, "model.dtype='float16'"),
@@ -125,6 +125,13 @@ def test_the_fragile_rule_keeps_the_pairs_a_model_knows_least():
     ({"model.vision_layers": -1}, "model.vision_layers=-1 must be a positive integer"),
     ({"tokenizer.vocab_size": 0}, "tokenizer.vocab_size=0 must be at least 64"),
     ({"model.text_heads": 3}, "model.text_width=64 is not divisible by model.text_heads=3"),
+    ({"model.vision_mlp_ratio": 0.0}, "model.vision_mlp_ratio=0.0 must be a positive number"),
+    ({"data.mixture.retain_base": float("inf")}, "retain_base=inf must be a finite, non-negative"),
+    ({"data.loader.num_threads": -1}, "data.loader.num_threads=-1 must be a non-negative"),
+    ({"unlearn.npo.beta": 0.0}, "unlearn.npo.beta=0.0 must be positive"),
+    ({"unlearn.salun.sparsity": 5.0}, "unlearn.salun.sparsity=5.0 must be in \\(0, 1\\]"),
+    ({"unlearn.scrub.max_every": 0}, "unlearn.scrub.max_every=0 must be an integer of at least 1"),
+    ({"unlearn.ssd.lam": -1.0}, "unlearn.ssd.lam=-1.0 must be non-negative"),
 ])
 def test_bad_config_values_get_one_line_errors(overrides, message):
   with pytest.raises(ConfigError, match=message) as error:
@@ -149,10 +156,17 @@ def test_a_missing_or_malformed_dataset_is_named(micro_config, micro_dataset_dir
   shutil.copytree(micro_dataset_dir, copy)
   manifest = json.loads((copy / "MANIFEST.json").read_text())
   (copy / "MANIFEST.json").write_text(json.dumps({"fingerprint": manifest["fingerprint"]}))
-  with pytest.raises(DatasetError, match="MANIFEST.json has no file list"):
+  with pytest.raises(DatasetError, match="MANIFEST.json is not a manifest \\(no file list\\)"):
     builder.check_existing(str(copy), micro_config)
+  with pytest.raises(DatasetError, match="MANIFEST.json has no file list"):
+    layout.open_dataset(str(copy))
   (copy / "MANIFEST.json").write_text("[]")
   with pytest.raises(DatasetError, match="is not a manifest"):
+    builder.check_existing(str(copy), micro_config)
+  # A stray file in a dataset: named, and the advice is to remove it, not to rebuild.
+  shutil.copy(micro_dataset_dir + "/MANIFEST.json", copy / "MANIFEST.json")
+  (copy / "comp.json").write_text("{}")
+  with pytest.raises(DatasetError, match="unlisted file comp.json.*remove the file"):
     builder.check_existing(str(copy), micro_config)
 
 

@@ -322,7 +322,9 @@ def test_cli_writes_json_and_refuses_another_model_shape(trained_micro, micro_da
   assert result.stdout.strip().splitlines()[-1].startswith(
       f"step 6 of {run} (compromised) written to {out}")
   for extra, message in ((f"--out={tmp_path}", f"--out={tmp_path} is a directory"),
-                         (f"--clean={micro_dataset_dir}/card.json", "card.json: a result without")):
+                         (f"--clean={micro_dataset_dir}/card.json", "card.json: a result without"),
+                         (f"--fragile_set={out}", "is also --fragile_set: it would be overwritten"),
+                         (f"--out={micro_dataset_dir}/result.json", "lies inside the dataset")):
     refused = subprocess.run(command + [extra], capture_output=True, text=True, env=env, cwd=REPO)
     assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-1000:]
   bad = subprocess.run(command + ["--config.model.vision_width=32", f"--out={tmp_path / 'x.json'}"],
@@ -433,6 +435,17 @@ def test_evaluation_reads_a_recomputed_fragile_set_and_leaves_the_dataset_alone(
                              devices=jax.devices()[:1], fragile_set=str(path), show_progress=False)
   assert again["meta"]["fragile_set"] == {"source": str(path), "size": len(ids)}
   assert again["utility"]["2.5_FragSim"] == recomputed["utility"]["2.5_FragSim"]
+  elsewhere = json.loads(json.dumps(recomputed))  # As if computed on another dataset.
+  elsewhere["meta"]["dataset"]["content_sha256"] = "0" * 64
+  (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
+  with pytest.raises(ConfigError, match="elsewhere.json was computed on another dataset"):
+    evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+                       fragile_set=str(tmp_path / "elsewhere.json"), show_progress=False)
+  clean = json.loads(json.dumps(elsewhere))
+  clean["efficacy"]["1.1_RetFail"]["MRR"] /= 10
+  with pytest.raises(ConfigError, match="--clean was computed on another dataset"):
+    evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+                       clean=clean, compromised=recomputed, show_progress=False)
   (tmp_path / "bad.json").write_text("[1.5]")
   with pytest.raises(ConfigError, match="is not a fragile set"):
     evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],

@@ -195,9 +195,9 @@ def test_resuming_with_another_recipe_or_while_another_process_writes_is_refused
                     show_progress=False)["steps_done"] == safe.train.steps
 
 
-def test_a_checkpoint_whose_parameters_changed_on_disk_is_caught(
+def test_a_checkpoint_whose_state_changed_on_disk_is_caught(
     micro_config, micro_dataset_dir, tmp_path, one_device, monkeypatch):
-  """Each checkpoint carries checksums of its parameters: a flipped bit that still
+  """Each checkpoint carries checksums of its whole state: a flipped bit that still
   restores is caught (readers refuse, training sets the step aside)."""
   run = str(tmp_path / "run")
   loop.train(micro_config, run, dataset_dir=micro_dataset_dir, devices=one_device,
@@ -206,21 +206,30 @@ def test_a_checkpoint_whose_parameters_changed_on_disk_is_caught(
   restore = lambda **kw: checkpointing.restore(
       run, runtime.abstract_state(), signature=runtime.signature, reference=None, **kw)
   state, meta, step = restore()
-  assert step == 3 and meta["checksums"] == checkpointing.parameter_checksums(state.params)
-  one_bit = jax.tree.map(lambda x: x, state.params)
-  leaf = one_bit["text"]["token_embedding"]
-  bits = np.asarray(leaf.get_value()).view(np.uint32).copy()
-  bits[5, 7] ^= 1 << 3
-  leaf.set_value(jnp.asarray(bits.view(np.float32)))
-  changed = checkpointing.parameter_checksums(one_bit)
-  assert [k for k in changed if changed[k] != meta["checksums"][k]] == [
-      "['text']['token_embedding'].value"]
-  # What a flipped bit on disk does to a restore: the parameters read differ from the
-  # checksums saved with them.
-  monkeypatch.setattr(checkpointing, "parameter_checksums",
-                      lambda params, real=checkpointing.parameter_checksums: changed)
-  with pytest.raises(ConfigError, match="checkpoint step 3 in .* is unreadable .*differ from "
-                                        "their saved checksums in 1 arrays .*nothing was moved"):
+  assert step == 3 and meta["checksums"] == checkpointing.checksums(state)
+
+  def flip_one_bit(array):
+    bits = np.asarray(array).view(np.uint32).copy()
+    bits.reshape(-1)[7] ^= 1 << 3
+    return jnp.asarray(bits.view(np.float32))
+  # One bit of the parameters, or of the optimizer state, changes that array's checksum.
+  params = jax.tree.map(lambda x: x, state.params)
+  params["text"]["token_embedding"].set_value(
+      flip_one_bit(params["text"]["token_embedding"].get_value()))
+  opt_leaves, opt_tree = jax.tree.flatten(state.opt_state)
+  largest = max(range(len(opt_leaves)), key=lambda i: opt_leaves[i].size)
+  opt_leaves[largest] = flip_one_bit(opt_leaves[largest])
+  for changed_state, where in ((state.replace(params=params), "token_embedding"),
+                               (state.replace(opt_state=jax.tree.unflatten(opt_tree, opt_leaves)),
+                                "opt_state")):
+    changed = checkpointing.checksums(changed_state)
+    differ = [k for k in changed if changed[k] != meta["checksums"][k]]
+    assert len(differ) == 1 and where in differ[0], differ
+  # What a flipped bit on disk does to a restore: the state read differs from the
+  # checksums saved with it.
+  monkeypatch.setattr(checkpointing, "checksums", lambda tree: changed)
+  with pytest.raises(ConfigError, match="checkpoint step 3 in .* is unreadable .*differs from "
+                                        "its saved checksums in 1 arrays .*nothing was moved"):
     restore()
   assert checkpointing.steps(run) == [3]
 

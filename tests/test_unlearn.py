@@ -173,13 +173,24 @@ def test_the_runner_unlearns_a_sigmoid_model_with_the_sigmoid_loss(
     compromised_run, micro_dataset_dir, tmp_path, monkeypatch):
   """The runner's own pieces (hooks' importances, the one-shot and masked paths) read
   config.train.loss too: with the softmax loss refused, every kind of method runs."""
-  config = config_lib.load_config(config_path("micro"), {"train.loss": "sigmoid"})
+  config = config_lib.load_config(config_path("micro") + ":compromised",
+                                  {"train.loss": "sigmoid"})
+  sigmoid_run = str(tmp_path / "sigmoid_compromised")
+  loop.train(config, sigmoid_run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+             show_progress=False)
+  # The loss kind is the checkpoint's: a config that says otherwise is refused, both ways.
+  for run, kind, other in ((sigmoid_run, "sigmoid", "softmax"), (compromised_run, "softmax",
+                                                                 "sigmoid")):
+    with pytest.raises(ConfigError, match=f"was pretrained with train.loss='{kind}', not "
+                                          f"'{other}'; unlearn it with --config.train.loss={kind}"):
+      runner.Unlearner(config_lib.load_config(config_path("micro"), {"train.loss": other}), run,
+                       dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
 
   def refuse(*args):
     raise AssertionError("the softmax loss was called on a sigmoid model")
   monkeypatch.setitem(losses.LOSSES, "softmax", refuse)
   monkeypatch.setitem(losses.PER_EXAMPLE, "softmax", refuse)
-  unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+  unlearner = runner.Unlearner(config, sigmoid_run, dataset_dir=micro_dataset_dir,
                                devices=jax.devices()[:1])
   for name in ("ssd", "salun", "task_vector", "npo"):
     metadata = unlearner.run(name, 0.5, str(tmp_path / name), show_progress=False)
@@ -282,6 +293,11 @@ def test_every_method_moves_in_its_expected_direction(name, compromised_run, mic
   after = forget_similarity(config, out, micro_dataset_dir)
   meta = checkpointing.read_meta(checkpointing.manager(out), checkpointing.steps(out)[-1], out)
   assert meta["details"]["method"] == name and meta["stage"] == "unlearn"
+  # Trained on Compromised's dataset; unlearned on this one (the same here).
+  original = checkpointing.read_meta(checkpointing.manager(compromised_run),
+                                     checkpointing.steps(compromised_run)[-1], compromised_run)
+  assert meta["dataset"] == original["dataset"] == meta["details"]["unlearned_on"]
+  assert meta["details"]["allow_other_dataset"] is False
   on_disk = json.load(open(os.path.join(out, runner.METADATA_FILE)))
   assert on_disk["method"] == name and on_disk["budget"] == budget
   if name == "finetune":  # Never reads forget data: its own objective must improve.
@@ -382,6 +398,11 @@ def test_deletion_requests_are_checked_before_anything_runs(compromised_run, mic
     (tmp_path / "bad.txt").write_text(text)
     with pytest.raises(requests.RequestError, match=message):
       requests.read_request(str(tmp_path / "bad.txt"))
+  (tmp_path / "bad.txt").write_text("\u00b2\n")  # A digit to str.isdigit, not to int().
+  with pytest.raises(requests.RequestError, match="'\u00b2' is not an identity id"):
+    requests.read_request(str(tmp_path / "bad.txt"))
+  (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf[0, [1, \"iban\"]]")  # Saved with a BOM.
+  assert requests.read_request(str(tmp_path / "bom.json")) == [0, (1, "iban")]
   (tmp_path / "binary").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
   with pytest.raises(requests.RequestError, match="is not text"):
     requests.read_request(str(tmp_path / "binary"))

@@ -209,18 +209,21 @@ def check_existing(final: str, config) -> None:
     manifest = io_utils.read_json(manifest_path)
   except (OSError, ValueError) as e:
     raise DatasetError(f"{manifest_path} is unreadable ({e}); delete {final} and rebuild") from e
-  if not isinstance(manifest, dict):
-    raise DatasetError(f"{manifest_path} is not a manifest; delete {final} and rebuild")
+  if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+    raise DatasetError(f"{manifest_path} is not a manifest (no file list); rebuild {final}")
   if manifest.get("fingerprint") != fingerprint(config):
     differing = io_utils.differing_keys(manifest.get("fingerprint", {}), fingerprint(config))
     raise DatasetError(
         f"{final} was built from a different config (differs in: {', '.join(differing)}); "
-        f"use another --workdir or delete it")
+        f"pass the config it was built with, or build a dataset of this config elsewhere")
   problems = io_utils.verify_manifest(final)
   if problems:
+    only_extra = all(p.startswith("unlisted file") for p in problems)
     raise DatasetError(
         f"{final} is corrupted or was modified after building ({problems[0]}"
-        f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); delete it and rebuild")
+        f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); "
+        + ("remove the file(s) that were added to it" if only_extra else
+           "restore it from a copy, or delete it and rebuild (the build is deterministic)"))
 
 
 def build_dataset(config, workdir: str, progress: bool = True) -> str:

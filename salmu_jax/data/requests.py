@@ -8,6 +8,7 @@ duplicates and an empty request. Every entry is checked before anything runs.
 """
 import json
 import math
+import re
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class RequestError(SalmuError):
 def read_request(path: str) -> list:
   """Entries of a request file: identity ids (int) and (identity, field) pairs."""
   try:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # A byte-order mark is not part of the list.
       text = f.read()
   except OSError as e:
     raise RequestError(f"cannot read the deletion request {path}: {e.strerror}") from None
@@ -46,7 +47,7 @@ def _entry(item, path):
       raise RequestError(f"{path}: {value!r} is not an identity id")
     if isinstance(value, float) and not (math.isfinite(value) and value == int(value)):
       raise RequestError(f"{path}: {value!r} is not an identity id")
-    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and not re.fullmatch(r"-?[0-9]+", value.strip()):  # Not "²".
       raise RequestError(f"{path}: {value!r} is not an identity id")
     return int(value)
   if isinstance(item, (list, tuple)):

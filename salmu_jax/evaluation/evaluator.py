@@ -111,20 +111,34 @@ class Evaluator:
     return result
 
 
-def read_fragile_set(path: str) -> list:
-  """Record ids of a fragile set: from the result of a `--recompute_fragile` evaluation
-  (its `fragile_set_ids`), or a JSON list (the dataset's fragile_set_ids.json)."""
+def read_fragile_set(path: str) -> tuple:
+  """(record ids, dataset identity or None) of a fragile set: the result of a
+  `--recompute_fragile` evaluation (its `fragile_set_ids`, and the dataset it was computed
+  on), or a JSON list (the dataset's fragile_set_ids.json)."""
   try:
     ids = io_utils.read_json(path)
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read the fragile set {path} ({e})") from None
+  dataset = None
   if isinstance(ids, dict) and "fragile_set_ids" in ids:
+    dataset = ids.get("meta", {}).get("dataset")
     ids = ids["fragile_set_ids"]
-  if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+  if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
                                           for i in ids):
-    raise ConfigError(f"{path} is not a fragile set (a JSON list of record ids, or the result "
-                      f"of an evaluation with --recompute_fragile)")
-  return ids
+    raise ConfigError(f"{path} is not a fragile set (a non-empty JSON list of record ids, or "
+                      f"the result of an evaluation with --recompute_fragile)")
+  return ids, dataset
+
+
+def check_same_dataset(what: str, dataset, identity: dict, allow_other: bool) -> None:
+  """Refuses an input computed on another dataset than the one being scored (a fragile
+  set's record ids, a reference's scores), unless `allow_other`."""
+  if dataset is not None and not allow_other and \
+      dataset.get("content_sha256") != identity["content_sha256"]:
+    raise ConfigError(f"{what} was computed on another dataset (content "
+                      f"{str(dataset.get('content_sha256'))[:12]} vs "
+                      f"{identity['content_sha256'][:12]}); pass one computed on this dataset, "
+                      f"or --allow_other_dataset for a cross-dataset study")
 
 
 def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices=None,
@@ -135,16 +149,20 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
   dataset at `dataset_dir` (default CHECKPOINT/data/dataset); `fragile_set` (a path, see
   `read_fragile_set`) replaces the dataset's fragile set."""
   dataset_dir = dataset_dir or os.path.join(checkpoint, "data", layout.DATASET_DIRNAME)
-  if not os.path.isdir(dataset_dir):
-    raise DatasetError(f"no dataset at {dataset_dir}; pass --dataset_dir")
   if recompute_fragile and fragile_set:
     raise ConfigError("--recompute_fragile computes the fragile set; --fragile_set reads one: "
                       "pass one of them")
   if clean is not None and compromised is not None:  # Before any work.
     diagnosis.check_references(diagnosis.headlines(clean), diagnosis.headlines(compromised))
-  ids = read_fragile_set(fragile_set) if fragile_set else None
+  ids, computed_on = read_fragile_set(fragile_set) if fragile_set else (None, None)
   evaluator = Evaluator(runtime_lib.setup(config, checkpoint, dataset_dir, devices))
+  for what, reference in (("--clean", clean), ("--compromised", compromised)):
+    if reference is not None:
+      check_same_dataset(what, reference.get("meta", {}).get("dataset"),
+                         evaluator.dataset_identity, allow_other_dataset)
   if ids is not None:
+    check_same_dataset(f"--fragile_set={fragile_set}", computed_on, evaluator.dataset_identity,
+                       allow_other_dataset)
     evaluator.use_fragile_set(ids, os.path.abspath(fragile_set))
   return evaluator.score_checkpoint(checkpoint, clean=clean, compromised=compromised,
                                     recompute_fragile=recompute_fragile,

@@ -109,8 +109,9 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> 
     latest = manager.latest_step()
     if latest is None:
       return "no checkpoint was written; lower train.learning_rate and run again"
-    return f"the last checkpoint (step {latest}) is kept; lower train.learning_rate and run " \
-           f"again to resume from it"
+    # Not "resume with a lower rate": a run continues only the recipe it began with.
+    return f"the last checkpoint (step {latest}) is kept; lower train.learning_rate and " \
+           f"train again in a new --workdir"
 
   def check_losses(entries):
     for logged_step, m in entries:

@@ -136,7 +136,12 @@ class Unlearner:
     if self.original is None:
       raise ConfigError(f"--from={from_dir} holds no checkpoint; train Compromised there first")
     checkpointing.check_dataset(meta, self.dataset_identity, from_dir, allow_other_dataset)
-    self.allow_other_dataset = allow_other_dataset
+    pretrained_with = meta["config"]["train"]["loss"]
+    if pretrained_with != config.train.loss:  # Every method's loss is the model's own.
+      raise ConfigError(f"--from={from_dir} was pretrained with train.loss="
+                        f"{pretrained_with!r}, not {config.train.loss!r}; unlearn it with "
+                        f"--config.train.loss={pretrained_with}")
+    self.allow_other_dataset, self.pretrained_on = allow_other_dataset, meta["dataset"]
     apply, loss = factory.apply_fn(self.runtime.graphdef), losses.contrastive(
         "batch", config.train.loss)
     self.loss_grad = self._jitted(("loss_grad", config.train.loss), lambda: jax.jit(
@@ -252,9 +257,12 @@ class Unlearner:
     check_finite(state.params, f"the {method_name} model at budget {budget:g}",
                  "nothing was written; lower unlearn.learning_rate")
     checkpoints = checkpointing.manager(workdir, config.train.keep_checkpoints)
+    # The model was trained on Compromised's dataset: readers check against that one; the
+    # dataset it was unlearned on (another only with --allow_other_dataset) is recorded.
     checkpointing.save(checkpoints, int(state.step), state, checkpointing.make_meta(
         model=runtime.signature, reference="unlearned", stage="unlearn",
-        dataset=self.dataset_identity, config=config, method=method_name, budget=budget,
+        dataset=self.pretrained_on, config=config, method=method_name, budget=budget,
+        unlearned_on=self.dataset_identity, allow_other_dataset=self.allow_other_dataset,
         **{"from": os.path.abspath(self.from_dir)}))
     checkpoints.wait_until_finished()
     metadata = {
