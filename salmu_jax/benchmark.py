@@ -276,7 +276,8 @@ class Benchmark:
       row["unlearn_seconds"] = report.spread([u["wall_seconds"] for u in unlearned])
     meta = {"config_name": self.name, "date": report.now(), "seeds": self.seeds,
             "budgets": self.budgets, "methods": self.methods,
-            **self.evaluator.runtime.device_meta(), "versions": versions(), "wall_seconds": round(wall_seconds, 1),
+            **self.evaluator.runtime.device_meta(), "versions": versions(),
+            "wall_seconds": round(wall_seconds, 1),
             "ran_seconds_total": round(sum(s["ran_seconds"] or 0 for s in self.stages_log), 1),
             "config": json.loads(self.config.to_json())}
     leaderboard = {**board, "checks": checks, "meta": meta, "stages": self.stages_log}

@@ -25,8 +25,8 @@ META_SCHEMA = {
     "model": "model.factory.signature of the parameters; compared before every restore",
     "reference": "clean or compromised (a reference model), or unlearned",
     "stage": f"what wrote it: one of {STAGES}",
-    "dataset": "data.layout.identity of the dataset the model was trained or unlearned on; "
-               "None for imported weights",
+    "dataset": "data.layout.identity of the dataset the model was trained on (an unlearned "
+               "model: Compromised's); None for imported weights",
     "config": "the config of the run that wrote it",
     "details": "what the stage records: train {mixture}; unlearn {method, budget, from}; "
                "convert {imported_from}",
@@ -182,19 +182,3 @@ def check_recipe(meta: dict, config, run_dir: str) -> None:
                       f"{', '.join(unsafe[:8])}); resume it with the config it began with, or "
                       f"train in another --workdir (safe to change: "
                       f"{', '.join(k.rstrip('.') for k in SAFE_ON_RESUME)})")
-
-
-def check_dataset(meta: dict, identity: dict, run_dir: str, allow_other: bool) -> None:
-  """Refuses to use a model on a dataset other than the one it was trained on (its
-  captions, splits and tokenizer ids would mean something else), unless `allow_other`
-  (a cross-dataset study; the caller records it). Imported weights name no dataset."""
-  trained_on = meta["dataset"]
-  if trained_on is None or allow_other or \
-      trained_on["content_sha256"] == identity["content_sha256"]:
-    return
-  differing = io_utils.differing_keys(trained_on.get("fingerprint") or {},
-                                      identity.get("fingerprint") or {})
-  raise ConfigError(
-      f"{run_dir} was trained on another dataset (content {trained_on['content_sha256'][:12]} vs "
-      f"{identity['content_sha256'][:12]}; config differs in: {', '.join(differing[:6]) or 'nothing'}); "
-      f"pass the dataset it was trained on, or --allow_other_dataset for a cross-dataset study")

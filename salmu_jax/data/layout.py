@@ -26,7 +26,7 @@ from PIL import Image
 
 from salmu_jax import io_utils
 from salmu_jax.data import splits
-from salmu_jax.errors import DatasetError
+from salmu_jax.errors import ConfigError, DatasetError
 
 GENERATOR_VERSION = "1.0.0"
 DATASET_DIRNAME = "dataset"
@@ -169,3 +169,20 @@ def identity(root: str) -> dict:
   files = json.dumps(manifest["files"], sort_keys=True).encode()
   return {"content_sha256": hashlib.sha256(files).hexdigest(),
           "fingerprint": manifest.get("fingerprint")}
+
+
+def check_same(other, identity: dict, what: str, allow_other: bool) -> None:
+  """Refuses something made on another dataset than `identity` (a model trained on it, a
+  fragile set's record ids or a reference's scores computed on it: captions, splits and
+  tokenizer ids would mean something else), unless `allow_other` (a cross-dataset study;
+  the caller records it). `what` begins the message ("DIR was trained"); `other` None
+  (imported weights, a plain id list) names no dataset and passes."""
+  if other is None or allow_other or other.get("content_sha256") == identity["content_sha256"]:
+    return
+  differing = io_utils.differing_keys(other.get("fingerprint") or {},
+                                      identity.get("fingerprint") or {})
+  raise ConfigError(
+      f"{what} on another dataset (content {str(other.get('content_sha256'))[:12]} vs "
+      f"{identity['content_sha256'][:12]}; config differs in: "
+      f"{', '.join(differing[:6]) or 'nothing'}); use the dataset it belongs to, or "
+      f"--allow_other_dataset for a cross-dataset study")

@@ -34,7 +34,6 @@ class Evaluator:
                                         runtime.mesh)
     self.inputs = EvalInputs(self.config, self.dataset, self.tokenizer)
     self.fragile_ids, self.fragile_source = list(self.dataset.fragile_ids), "dataset"
-    self.dataset_identity = layout.identity(self.dataset.root)
 
   def use_fragile_set(self, record_ids, source: str) -> None:
     """Scores FragSim and fragile retrieval on `record_ids` (retain_disjoint record ids)
@@ -87,7 +86,8 @@ class Evaluator:
         run_dir, self.runtime.abstract_state(), signature=self.runtime.signature, reference=None)
     if state is None:
       raise ConfigError(f"{run_dir} holds no checkpoint (expected {run_dir}/checkpoints/)")
-    checkpointing.check_dataset(saved, self.dataset_identity, run_dir, allow_other_dataset)
+    layout.check_same(saved["dataset"], self.runtime.dataset_identity, f"{run_dir} was trained",
+                      allow_other_dataset)
     recomputed = None
     if recompute_fragile:
       if saved["reference"] != "compromised":
@@ -101,10 +101,9 @@ class Evaluator:
     result["meta"] = {
         "checkpoint": os.path.abspath(run_dir), "step": int(step), "model": saved["reference"],
         "method": details.get("method"), "budget": details.get("budget"),
-        "seed": self.config.eval.seed, "dataset": self.dataset_identity,
+        "seed": self.config.eval.seed, "dataset": self.runtime.dataset_identity,
         "trained_on": saved["dataset"], "allow_other_dataset": allow_other_dataset,
-        "fragile_set": {"source": self.fragile_source,
-                                                        "size": len(self.fragile_ids)},
+        "fragile_set": {"source": self.fragile_source, "size": len(self.fragile_ids)},
         **self.runtime.device_meta(), "seconds": round(time.perf_counter() - start, 2)}
     if recomputed is not None:
       result["fragile_set_ids"] = recomputed
@@ -123,22 +122,11 @@ def read_fragile_set(path: str) -> tuple:
   if isinstance(ids, dict) and "fragile_set_ids" in ids:
     dataset = ids.get("meta", {}).get("dataset")
     ids = ids["fragile_set_ids"]
-  if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
-                                          for i in ids):
+  is_id = lambda i: isinstance(i, int) and not isinstance(i, bool)
+  if not isinstance(ids, list) or not ids or not all(map(is_id, ids)):
     raise ConfigError(f"{path} is not a fragile set (a non-empty JSON list of record ids, or "
                       f"the result of an evaluation with --recompute_fragile)")
   return ids, dataset
-
-
-def check_same_dataset(what: str, dataset, identity: dict, allow_other: bool) -> None:
-  """Refuses an input computed on another dataset than the one being scored (a fragile
-  set's record ids, a reference's scores), unless `allow_other`."""
-  if dataset is not None and not allow_other and \
-      dataset.get("content_sha256") != identity["content_sha256"]:
-    raise ConfigError(f"{what} was computed on another dataset (content "
-                      f"{str(dataset.get('content_sha256'))[:12]} vs "
-                      f"{identity['content_sha256'][:12]}); pass one computed on this dataset, "
-                      f"or --allow_other_dataset for a cross-dataset study")
 
 
 def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices=None,
@@ -156,13 +144,14 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
     diagnosis.check_references(diagnosis.headlines(clean), diagnosis.headlines(compromised))
   ids, computed_on = read_fragile_set(fragile_set) if fragile_set else (None, None)
   evaluator = Evaluator(runtime_lib.setup(config, checkpoint, dataset_dir, devices))
+  identity = evaluator.runtime.dataset_identity
   for what, reference in (("--clean", clean), ("--compromised", compromised)):
     if reference is not None:
-      check_same_dataset(what, reference.get("meta", {}).get("dataset"),
-                         evaluator.dataset_identity, allow_other_dataset)
+      layout.check_same(reference.get("meta", {}).get("dataset"), identity,
+                        f"{what} was computed", allow_other_dataset)
   if ids is not None:
-    check_same_dataset(f"--fragile_set={fragile_set}", computed_on, evaluator.dataset_identity,
-                       allow_other_dataset)
+    layout.check_same(computed_on, identity, f"--fragile_set={fragile_set} was computed",
+                      allow_other_dataset)
     evaluator.use_fragile_set(ids, os.path.abspath(fragile_set))
   return evaluator.score_checkpoint(checkpoint, clean=clean, compromised=compromised,
                                     recompute_fragile=recompute_fragile,

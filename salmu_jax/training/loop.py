@@ -78,12 +78,12 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> 
   iterator = pipeline.iterate(batches, config)
 
   # State: restored from the latest checkpoint, else initialized from the seed.
-  dataset_identity = layout.identity(runtime.dataset.root)
   state, meta, _ = checkpointing.restore(workdir, runtime.abstract_state(),
                                          signature=runtime.signature, reference=config.reference,
                                          iterator=iterator, set_aside_damaged=True)
   if meta is not None:
-    checkpointing.check_dataset(meta, dataset_identity, workdir, allow_other=False)
+    layout.check_same(meta["dataset"], runtime.dataset_identity, f"{workdir} was trained",
+                      allow_other=False)
     checkpointing.check_recipe(meta, config, workdir)
   # After restore: it may set steps aside.
   manager = checkpointing.manager(workdir, train_cfg.keep_checkpoints)
@@ -102,7 +102,7 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> 
   def save(step: int):
     checkpointing.save(manager, step, state, checkpointing.make_meta(
         model=runtime.signature, reference=config.reference, stage="train",
-        dataset=dataset_identity, config=config, mixture=mixture), iterator=iterator)
+        dataset=runtime.dataset_identity, config=config, mixture=mixture), iterator=iterator)
 
   def kept() -> str:
     manager.wait_until_finished()  # The last good checkpoint may still be being written.

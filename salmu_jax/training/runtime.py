@@ -24,6 +24,7 @@ class Runtime:
   dataset: layout.SalmuDataset
   tokenizer: object
   signature: dict  # model.factory.signature: what a checkpoint's shapes depend on.
+  dataset_identity: dict  # data.layout.identity: what a checkpoint says it was trained on.
 
   def abstract_state(self):
     """Shapes, dtypes and shardings of a TrainState: what a checkpoint restores into."""
@@ -61,4 +62,4 @@ def setup(config, workdir: str, dataset_dir: str | None = None, devices=None) ->
   graphdef, tx, init_state = model_definition(config, tokenizer.vocab_size)
   shardings = sharding.state_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
   return Runtime(config, mesh, graphdef, init_state, shardings, tx, dataset, tokenizer,
-                 factory.signature(config, tokenizer.vocab_size))
+                 factory.signature(config, tokenizer.vocab_size), layout.identity(dataset_dir))

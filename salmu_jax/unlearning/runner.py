@@ -127,7 +127,6 @@ class Unlearner:
     self.runtime = runtime or runtime_lib.setup(
         config, from_dir, dataset_dir or os.path.join(from_dir, "data", layout.DATASET_DIRNAME),
         devices)
-    self.dataset_identity = layout.identity(self.runtime.dataset.root)
     # The frozen reference is stored once and never donated: `_optimize` trains a copy
     # (donating buffers the reference shares would invalidate it on the first step).
     self.original, meta, _ = checkpointing.restore(
@@ -135,7 +134,8 @@ class Unlearner:
         reference="compromised")
     if self.original is None:
       raise ConfigError(f"--from={from_dir} holds no checkpoint; train Compromised there first")
-    checkpointing.check_dataset(meta, self.dataset_identity, from_dir, allow_other_dataset)
+    layout.check_same(meta["dataset"], self.runtime.dataset_identity, f"{from_dir} was trained",
+                      allow_other_dataset)
     pretrained_with = meta["config"]["train"]["loss"]
     if pretrained_with != config.train.loss:  # Every method's loss is the model's own.
       raise ConfigError(f"--from={from_dir} was pretrained with train.loss="
@@ -262,7 +262,7 @@ class Unlearner:
     checkpointing.save(checkpoints, int(state.step), state, checkpointing.make_meta(
         model=runtime.signature, reference="unlearned", stage="unlearn",
         dataset=self.pretrained_on, config=config, method=method_name, budget=budget,
-        unlearned_on=self.dataset_identity, allow_other_dataset=self.allow_other_dataset,
+        unlearned_on=runtime.dataset_identity, allow_other_dataset=self.allow_other_dataset,
         **{"from": os.path.abspath(self.from_dir)}))
     checkpoints.wait_until_finished()
     metadata = {
@@ -274,7 +274,7 @@ class Unlearner:
         "budget_samples": int(budget * num_forget), "final_metrics": metrics, **details,
         "wall_seconds": round(time.perf_counter() - start, 2), "seed": config.seed,
         **runtime.device_meta(), "from": os.path.abspath(self.from_dir),
-        "dataset": self.dataset_identity, "allow_other_dataset": self.allow_other_dataset,
+        "dataset": runtime.dataset_identity, "allow_other_dataset": self.allow_other_dataset,
         "request": None if forget_request is None else {
             "entries": [list(e) if isinstance(e, tuple) else e for e in forget_request],
             "forget_pairs": num_forget},
