@@ -6,8 +6,9 @@
 Stages, in order: build SALMU-synth; per seed, train Compromised and Clean and
 evaluate them (the first seed's Compromised fixes the fragile set, as in the
 original); per seed, method and budget, unlearn from that seed's Compromised and
-evaluate against that seed's references; then the leaderboard (seed means and
-spreads), the soundness checks and a self-contained HTML report.
+evaluate against that seed's references (from memory, while the checkpoint is being
+written); then the leaderboard (seed means and spreads), the soundness checks and a
+self-contained HTML report.
 
 Every stage writes its output last and atomically, so a killed run started again
 with the same command skips what is finished (training resumes from its last
@@ -53,6 +54,32 @@ REFERENCES = ("compromised", "clean")  # Compromised first: its evaluation fixes
 RESULT_FILE = "result.json"
 CHECK_FAILED_EXIT_CODE = 3  # A soundness check failed: the references cannot be trusted.
 CONFIG_FILE = "config.json"  # The config the stages were run with.
+
+
+# What jax.monitoring reports of each program's way to an executable: tracing, lowering and
+# XLA compiling (a persistent-cache hit skips the last).
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+
+
+class CompileClock:
+  """Seconds spent tracing, lowering and compiling while it is registered: the part of a
+  stage's wall time that is not model arithmetic (stages.json's compile_seconds)."""
+
+  def __init__(self):
+    self.seconds = 0.0
+
+  def _record(self, event, duration, **kwargs):
+    if event in COMPILE_EVENTS:
+      self.seconds += duration
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self._record)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._record)
 
 
 @dataclasses.dataclass
@@ -112,6 +139,7 @@ class Benchmark:
     self.dataset_dir = os.path.join(self.workdir, layout.DATASET_DIRNAME)
     self._evaluator, self._unlearner = None, None
     self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
+    self._ran_inline = {}  # Stage name -> seconds: done inside the stage before it.
     self.stages_log = []
 
   # Paths and configs.
@@ -196,24 +224,48 @@ class Benchmark:
     run_dir = os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
     metadata, out = os.path.join(run_dir, runner.METADATA_FILE), os.path.join(run_dir, RESULT_FILE)
 
-    def run_unlearn():
-      if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
-        shutil.rmtree(run_dir)
-      self.unlearner(seed).run(method, budget, run_dir, show_progress=self.progress)
+    label = f"seed {seed}: {method} {budget:g}x"
+    eval_stage = f"{label} evaluate"
 
-    def run_eval():
-      references = [io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json"))
-                    for r in ("clean", "compromised")]
-      result = self.evaluator.score_checkpoint(run_dir, clean=references[0],
-                                               compromised=references[1],
-                                               show_progress=self.progress)
+    def references():
+      return [io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json"))
+              for r in ("clean", "compromised")]
+
+    def write_result(result, unlearned):
       result["meta"]["training_seed"] = seed
-      result["meta"]["unlearn"] = io_utils.read_json(metadata)
+      result["meta"]["unlearn"] = unlearned
       io_utils.write_json_atomic(out, result)
 
-    label = f"seed {seed}: {method} {budget:g}x"
+    def run_unlearn():
+      """Unlearns, and scores the model from memory while its checkpoint is written (the
+      evaluate stage then finds its result): no orbax round trip between the two."""
+      if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
+        shutil.rmtree(run_dir)
+      clean, compromised = references()
+      timed = {}
+
+      def score(params, saved, step):
+        began = time.perf_counter()
+        result = self.evaluator.score_saved(run_dir, params, saved, step, clean=clean,
+                                            compromised=compromised,
+                                            show_progress=self.progress, start=began)
+        timed["seconds"] = time.perf_counter() - began
+        return result
+
+      unlearned, result = self.unlearner(seed).run(method, budget, run_dir,
+                                                   show_progress=self.progress,
+                                                   while_saving=score)
+      write_result(result, unlearned)  # After unlearn.json: a finished model only.
+      self._ran_inline[eval_stage] = round(timed["seconds"], 2)
+
+    def run_eval():  # A resumed run whose model was saved but not yet scored.
+      clean, compromised = references()
+      write_result(self.evaluator.score_checkpoint(run_dir, clean=clean, compromised=compromised,
+                                                   show_progress=self.progress),
+                   io_utils.read_json(metadata))
+
     return [Stage(f"{label} unlearn", lambda: os.path.exists(metadata), run_unlearn),
-            Stage(f"{label} evaluate", lambda: os.path.exists(out), run_eval)]
+            Stage(eval_stage, lambda: os.path.exists(out), run_eval)]
 
   def check_workdir(self) -> None:
     """Refuses a workdir holding stages of another config (which would be reused silently);
@@ -244,17 +296,23 @@ class Benchmark:
     earlier = {s["stage"]: s.get("ran_seconds", s["seconds"])
                for s in (io_utils.read_json(log_path) if os.path.exists(log_path) else [])}
     with progress.bar(total=len(stages), desc="benchmark", unit="stage", enabled=self.progress,
-                      position=0) as bar:
+                      position=0) as bar, CompileClock() as compiling:
       for stage in stages:
         bar.set_postfix_str(stage.name)
         reused = stage.done()
-        began = time.perf_counter()
+        began, compiled_before = time.perf_counter(), compiling.seconds
         if not reused:
           stage.run()
         seconds = round(time.perf_counter() - began, 2)
+        compile_seconds = round(compiling.seconds - compiled_before, 2)
+        if stage.name in self._ran_inline:  # Its work was done (and timed) by the stage before.
+          reused, seconds = False, self._ran_inline.pop(stage.name)
+          self.stages_log[-1]["seconds"] = self.stages_log[-1]["ran_seconds"] = round(
+              self.stages_log[-1]["seconds"] - seconds, 2)
         self.stages_log.append({"stage": stage.name, "status": "reused" if reused else "ran",
                                 "seconds": seconds,
-                                "ran_seconds": earlier.get(stage.name) if reused else seconds})
+                                "ran_seconds": earlier.get(stage.name) if reused else seconds,
+                                "compile_seconds": compile_seconds})
         io_utils.write_json_atomic(log_path, self.stages_log)
         bar.update(1)
     return self.write_reports(time.perf_counter() - start)

@@ -110,3 +110,39 @@ def test_unlearn_cost_runs_each_method_and_budget_from_one_compromised(tmp_path)
       assert meta["samples_processed"]["total"] == meta["steps"] * 8
     else:
       assert meta["steps"] == 0 and meta["weights_changed"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_measures_both_parts_and_writes_json_and_section(tmp_path):
+  """The GPU suite's own code at micro size on the CPU, so that it cannot rot between the
+  sessions that have a GPU."""
+  result = run_script("gpu_suite.py", f"--out={tmp_path}", "--smoke")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((tmp_path / "gpu_suite.json").read_text())
+  assert report["smoke"] and report["train"]["status"] == "ok"
+  assert [row["batch_size"] for row in report["train"]["rows"]] == [4, 8]
+  for row in report["train"]["rows"]:
+    rate = row["salmu_jax"]
+    assert rate["runs"] == 2 and 0 < rate["min"] <= rate["median"] <= rate["max"]
+  # The peer is measured where it imports, and its absence is said, never hidden.
+  train = report["train"]
+  assert (train["peer"] == "open_clip") == (train["peer_missing"] is None)
+  evaluation = report["eval"]
+  assert evaluation["status"] == "ok" and len(evaluation["seconds"]) == 2
+  # The synthetic dataset is the config's whole plan: the micro split sizes.
+  assert evaluation["split_sizes"]["forget"] > 0
+  assert evaluation["split_sizes"]["retain_disjoint"] == 20  # num_disjoint_people x 1
+  assert evaluation["split_sizes"]["unseen_identity"] == 4 * 8  # num_unseen x images
+  assert set(evaluation["metrics"]) >= {"1.1_RetFail", "2.1_GenKnow"}
+  section = (tmp_path / "gpu_suite.md").read_text()
+  assert section.startswith("## GPU suite") and "| 4 |" in section and "first model s" in section
+  assert section in result.stdout
+
+
+def test_gpu_suite_names_a_bad_argument(tmp_path):
+  for bad, named in (("--batch_sizes=8,big", "--batch_sizes='8,big'"),
+                     ("--budget_s=-1", "--budget_s=-1")):
+    result = run_script("gpu_suite.py", f"--out={tmp_path}", "--smoke", bad)
+    assert result.returncode != 0
+    assert named in result.stderr and "Traceback" not in result.stderr
+  assert not list(tmp_path.iterdir())  # Nothing written.

@@ -492,3 +492,34 @@ def test_a_deletion_request_unlearns_only_its_pairs(compromised_run, micro_datas
                                  "forget_pairs": len(expected)}
   assert metadata["forget_size"] == len(expected)
   assert metadata["samples_processed"]["forget"] <= max(2 * len(expected), 8)
+
+
+
+@pytest.mark.slow
+def test_scoring_while_the_checkpoint_is_written_equals_scoring_it_read_back(
+    compromised_run, micro_dataset_dir, tmp_path):
+  """The benchmark scores an unlearned model from memory while orbax writes it
+  (`while_saving`): the same result as reading the checkpoint back, the same model as a
+  run without it."""
+  from salmu_jax.evaluation import evaluator as evaluator_lib
+  config = config_lib.load_config(config_path("micro"))
+  unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                               devices=jax.devices()[:1])
+  evaluator = evaluator_lib.Evaluator(unlearner.runtime)
+  out = str(tmp_path / "scored")
+  seen = {}
+
+  def score(params, meta, step):
+    seen["written_yet"] = os.path.exists(os.path.join(out, runner.METADATA_FILE))
+    return evaluator.score_saved(out, params, meta, step)
+
+  metadata, scored = unlearner.run("grad_diff", 1.0, out, show_progress=False,
+                                   while_saving=score)
+  assert seen == {"written_yet": False}  # unlearn.json marks a finished run: written after.
+  read_back = evaluator.score_checkpoint(out)
+  for group in ("efficacy", "utility", "extended", "breakdown"):
+    assert scored[group] == read_back[group]
+  assert {k: v for k, v in scored["meta"].items() if k != "seconds"} == \
+      {k: v for k, v in read_back["meta"].items() if k != "seconds"}
+  plain = unlearner.run("grad_diff", 1.0, str(tmp_path / "plain"), show_progress=False)
+  assert metadata["final_metrics"] == plain["final_metrics"]

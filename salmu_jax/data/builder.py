@@ -47,15 +47,18 @@ def encode_image(pixels: np.ndarray, image_format: str, jpeg_quality: int) -> by
   return buffer.getvalue()
 
 
+def record_of(example: splits.ExampleSpec, image: bytes) -> dict:
+  """The stored record of a planned example (layout.features()), with its encoded image."""
+  return {k: getattr(example, k) for k in ("record_id", "identity", "image_index", "style",
+                                           "subset", "field", "name", "value", "caption",
+                                           "generic_caption")} | {"image": image}
+
+
 def _render_record(args) -> dict:
   """Runs in worker processes: one ExampleSpec -> one tfds example."""
   example, image_size, image_format, jpeg_quality = args
   pixels = faces.render_face(example.face, example.view, image_size)
-  record = {k: getattr(example, k) for k in ("record_id", "identity", "image_index", "style",
-                                             "subset", "field", "name", "value", "caption",
-                                             "generic_caption")}
-  record["image"] = encode_image(pixels, image_format, jpeg_quality)
-  return record
+  return record_of(example, encode_image(pixels, image_format, jpeg_quality))
 
 
 def rendered_records(plan: splits.Plan, data_config):
@@ -72,7 +75,7 @@ def rendered_records(plan: splits.Plan, data_config):
   return records
 
 
-def _persona_entries(plan: splits.Plan) -> list:
+def persona_entries(plan: splits.Plan) -> list:
   entries = []
   for persona in plan.personas:
     entry = dataclasses.asdict(persona)
@@ -82,7 +85,7 @@ def _persona_entries(plan: splits.Plan) -> list:
   return entries
 
 
-def _train_tokenizer(config, plan: splits.Plan) -> BPETokenizer:
+def train_tokenizer(config, plan: splits.Plan) -> BPETokenizer:
   texts = [e.caption for split in splits.SPLITS for e in plan.examples[split]]
   texts += [e.generic_caption for split in splits.SPLITS for e in plan.examples[split]]
   texts += [scenes.sample_scene(config.data.seed, "train", i)["caption"]
@@ -253,14 +256,14 @@ def build_dataset(config, workdir: str, progress: bool = True) -> str:
 
 def _write_synth(config, tmp: str, progress: bool) -> None:
   plan = splits.make_plan(config.data)
-  tokenizer, max_tokens = _train_tokenizer(config, plan)
+  tokenizer, max_tokens = train_tokenizer(config, plan)
   total = sum(plan.split_sizes()[s] for s in splits.SPLITS)
   with progress_lib.bar(total=total, desc="rendering SALMU-synth", unit="img",
                         enabled=progress) as bar, \
       tempfile.TemporaryDirectory() as downloads:
     layout.write_splits(rendered_records(plan, config.data), tmp, bar, downloads)
   tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
-  io_utils.write_json_atomic(os.path.join(tmp, PERSONAS_FILE), _persona_entries(plan))
+  io_utils.write_json_atomic(os.path.join(tmp, PERSONAS_FILE), persona_entries(plan))
   io_utils.write_json_atomic(os.path.join(tmp, FRAGILE_FILE), plan.fragile_ids)
   card = _card(config, plan, max_tokens)
   io_utils.write_json_atomic(os.path.join(tmp, CARD_FILE), card)

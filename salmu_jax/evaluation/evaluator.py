@@ -86,6 +86,19 @@ class Evaluator:
         run_dir, self.runtime.abstract_state(), signature=self.runtime.signature, reference=None)
     if state is None:
       raise ConfigError(f"{run_dir} holds no checkpoint (expected {run_dir}/checkpoints/)")
+    return self.score_saved(run_dir, state.params, saved, step, clean=clean,
+                            compromised=compromised, recompute_fragile=recompute_fragile,
+                            allow_other_dataset=allow_other_dataset,
+                            show_progress=show_progress, start=start)
+
+  def score_saved(self, run_dir: str, params, saved: dict, step: int, *, clean=None,
+                  compromised=None, recompute_fragile: bool = False,
+                  allow_other_dataset: bool = False, show_progress: bool = False,
+                  start: float | None = None) -> dict:
+    """`score_checkpoint` of a model whose checkpoint (metadata `saved`, at `step`) is in
+    `run_dir` or being written there: the benchmark scores an unlearned model from memory
+    while orbax writes it, with the same result as reading it back."""
+    start = time.perf_counter() if start is None else start
     layout.check_same(saved["dataset"], self.runtime.dataset_identity, f"{run_dir} was trained",
                       allow_other_dataset)
     recomputed = None
@@ -93,9 +106,9 @@ class Evaluator:
       if saved["reference"] != "compromised":
         raise ConfigError(f"--recompute_fragile needs the Compromised model; {run_dir} holds "
                           f"{saved['reference']}")
-      recomputed = self.fragile_set_of(state.params)
+      recomputed = self.fragile_set_of(params)
       self.use_fragile_set(recomputed, f"recomputed from {os.path.abspath(run_dir)}")
-    result = self.score(state.params, clean=clean, compromised=compromised,
+    result = self.score(params, clean=clean, compromised=compromised,
                         show_progress=show_progress)
     details = saved["details"]
     result["meta"] = {

@@ -58,8 +58,14 @@ def setup(config, workdir: str, dataset_dir: str | None = None, devices=None) ->
   else:  # build_dataset verifies a dataset it reuses.
     dataset_dir = builder.build_dataset(config, os.path.join(workdir, "data"))
   dataset = layout.open_dataset(dataset_dir, verify=False)  # Verified just above.
-  tokenizer = load_tokenizer(config.tokenizer, dataset_dir)
+  return for_dataset(config, mesh, dataset, load_tokenizer(config.tokenizer, dataset_dir),
+                     layout.identity(dataset_dir))
+
+
+def for_dataset(config, mesh, dataset: layout.SalmuDataset, tokenizer,
+                dataset_identity: dict) -> Runtime:
+  """The runtime of `config` on an opened (or in-memory) dataset and its tokenizer."""
   graphdef, tx, init_state = model_definition(config, tokenizer.vocab_size)
   shardings = sharding.state_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
   return Runtime(config, mesh, graphdef, init_state, shardings, tx, dataset, tokenizer,
-                 factory.signature(config, tokenizer.vocab_size), layout.identity(dataset_dir))
+                 factory.signature(config, tokenizer.vocab_size), dataset_identity)

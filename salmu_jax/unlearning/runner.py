@@ -206,13 +206,15 @@ class Unlearner:
     return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
 
   def run(self, method_name: str, budget: float, workdir: str, *, show_progress: bool = True,
-          forget_request: list | None = None) -> dict:
+          forget_request: list | None = None, while_saving=None):
     """Runs one method at one budget; writes an orbax checkpoint, then unlearn.json (last,
-    atomically: its presence marks a finished run) to `workdir`.
+    atomically: its presence marks a finished run) to `workdir`; returns its content.
 
     `forget_request` (entries of requests.read_request) restricts the forget data to the
     requested pairs, and the budget to multiples of their number; it is checked entirely
-    before anything runs.
+    before anything runs. `while_saving(params, checkpoint metadata, step)` runs while the
+    checkpoint is written (the benchmark scores the model then, instead of reading it
+    back); with it, `run` returns (unlearn.json's content, its return value).
     """
     method = check_request(method_name, budget)
     self._check_output_dir(workdir)
@@ -220,9 +222,11 @@ class Unlearner:
         else contextlib.nullcontext()
     with lock:
       self._check_output_dir(workdir)  # Again, now that no other process can write there.
-      return self._run(method, method_name, budget, workdir, show_progress, forget_request)
+      return self._run(method, method_name, budget, workdir, show_progress, forget_request,
+                       while_saving)
 
-  def _run(self, method, method_name, budget, workdir, show_progress, forget_request) -> dict:
+  def _run(self, method, method_name, budget, workdir, show_progress, forget_request,
+           while_saving):
     start = time.perf_counter()
     config, runtime, state = self.config, self.runtime, self.original
     u, hp, kind = config.unlearn, config.unlearn[method_name], config.train.loss
@@ -259,12 +263,20 @@ class Unlearner:
     checkpoints = checkpointing.manager(workdir, config.train.keep_checkpoints)
     # The model was trained on Compromised's dataset: readers check against that one; the
     # dataset it was unlearned on (another only with --allow_other_dataset) is recorded.
-    checkpointing.save(checkpoints, int(state.step), state, checkpointing.make_meta(
+    meta = checkpointing.make_meta(
         model=runtime.signature, reference="unlearned", stage="unlearn",
         dataset=self.pretrained_on, config=config, method=method_name, budget=budget,
         unlearned_on=runtime.dataset_identity, allow_other_dataset=self.allow_other_dataset,
-        **{"from": os.path.abspath(self.from_dir)}))
-    checkpoints.wait_until_finished()
+        **{"from": os.path.abspath(self.from_dir)})
+    checkpointing.save(checkpoints, int(state.step), state, meta)
+    scored, scoring_seconds = None, 0.0
+    try:  # Orbax writes in the background meanwhile.
+      if while_saving is not None:
+        began = time.perf_counter()
+        scored = while_saving(state.params, json.loads(json.dumps(meta)), int(state.step))
+        scoring_seconds = time.perf_counter() - began  # Not the method's cost.
+    finally:
+      checkpoints.wait_until_finished()
     metadata = {
         "method": method_name, "paper": method.paper, "budget": budget,
         "hyperparameters": hp.to_dict(), "learning_rate": u.learning_rate, "loss": kind,
@@ -272,7 +284,8 @@ class Unlearner:
         "steps": steps, "forget_size": num_forget,
         "samples_processed": dict(batches.samples) | {"total": sum(batches.samples.values())},
         "budget_samples": int(budget * num_forget), "final_metrics": metrics, **details,
-        "wall_seconds": round(time.perf_counter() - start, 2), "seed": config.seed,
+        "wall_seconds": round(time.perf_counter() - start - scoring_seconds, 2),
+        "seed": config.seed,
         **runtime.device_meta(), "from": os.path.abspath(self.from_dir),
         "dataset": runtime.dataset_identity, "allow_other_dataset": self.allow_other_dataset,
         "request": None if forget_request is None else {
@@ -281,7 +294,7 @@ class Unlearner:
     }
     if jax.process_index() == 0:
       io_utils.write_json_atomic(os.path.join(workdir, METADATA_FILE), metadata)
-    return metadata
+    return metadata if while_saving is None else (metadata, scored)
 
 
 def unlearn(config, method_name: str, budget: float, from_dir: str, workdir: str, *,
