@@ -48,7 +48,7 @@ FULL = {"config": "paper.py", "overrides": ["model.dtype=bfloat16"],
         "batch_sizes": [64, 128, 256, 512], "steps": 10, "repeats": 3, "warmup": 3,
         "face_pool": 256}
 # Micro: the same code paths in about a minute on 2 CPU cores.
-SMOKE = {"config": "micro.py", "overrides": [], "batch_sizes": [4, 8], "steps": 2,
+SMOKE = {"config": "micro.py", "overrides": [], "batch_sizes": [8, 16], "steps": 2,
          "repeats": 2, "warmup": 1, "face_pool": 8}
 TRAIN_SHARE = 0.55  # Of the budget: the sweep stops starting batch sizes after this.
 

@@ -120,7 +120,7 @@ def test_gpu_suite_smoke_measures_both_parts_and_writes_json_and_section(tmp_pat
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((tmp_path / "gpu_suite.json").read_text())
   assert report["smoke"] and report["train"]["status"] == "ok"
-  assert [row["batch_size"] for row in report["train"]["rows"]] == [4, 8]
+  assert [row["batch_size"] for row in report["train"]["rows"]] == [8, 16]
   for row in report["train"]["rows"]:
     rate = row["salmu_jax"]
     assert rate["runs"] == 2 and 0 < rate["min"] <= rate["median"] <= rate["max"]
@@ -135,7 +135,7 @@ def test_gpu_suite_smoke_measures_both_parts_and_writes_json_and_section(tmp_pat
   assert evaluation["split_sizes"]["unseen_identity"] == 4 * 8  # num_unseen x images
   assert set(evaluation["metrics"]) >= {"1.1_RetFail", "2.1_GenKnow"}
   section = (tmp_path / "gpu_suite.md").read_text()
-  assert section.startswith("## GPU suite") and "| 4 |" in section and "first model s" in section
+  assert section.startswith("## GPU suite") and "| 8 |" in section and "first model s" in section
   assert section in result.stdout
 
 
