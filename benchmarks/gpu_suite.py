@@ -35,10 +35,11 @@ from common import REPO, command_line, device_name, markdown_table, parse_overri
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import eval_throughput  # noqa: E402
 import train_throughput  # noqa: E402
 from salmu_jax import config as config_lib, io_utils  # noqa: E402
 from salmu_jax.data import builder, faces, layout, splits  # noqa: E402
-from salmu_jax.evaluation import diagnosis, evaluator as evaluator_lib  # noqa: E402
+from salmu_jax.evaluation import diagnosis  # noqa: E402
 from salmu_jax.model import sharding  # noqa: E402
 from salmu_jax.training import runtime as runtime_lib  # noqa: E402
 
@@ -114,16 +115,7 @@ def eval_part(spec, config_path: str, models: int = 2) -> dict:
   runtime = runtime_lib.for_dataset(
       config, sharding.make_mesh(config.mesh), dataset, tokenizer,
       {"content_sha256": "synthetic", "fingerprint": builder.fingerprint(config)})
-  evaluator = evaluator_lib.Evaluator(runtime)
-  init = jax.jit(runtime.init_state, out_shardings=runtime.state_shardings)
-  seconds, result = [], None
-  for index in range(models):
-    params = init(jax.random.PRNGKey(index)).params
-    jax.block_until_ready(params)
-    begin = time.perf_counter()
-    result = evaluator.score(params)
-    seconds.append(round(time.perf_counter() - begin, 2))
-    print(f"evaluation, model {index}: {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+  seconds, result = eval_throughput.score_random_models(runtime, models, sys.stderr)
   scores = diagnosis.headlines(result)  # Each official metric's number, and the extended ones.
   broken = [k for k, v in scores.items() if not np.isfinite(v)]
   if broken:
@@ -134,12 +126,12 @@ def eval_part(spec, config_path: str, models: int = 2) -> dict:
           "split_sizes": dict(dataset.card["split_sizes"]),
           "genknow_examples": config.data.retain_base.zeroshot_examples,
           "eval_batch_size": config.eval.batch_size, "synthetic_inputs_seconds":
-          round(build_seconds, 2), "seconds": seconds,
+          round(build_seconds, 2), "seconds": [round(t, 2) for t in seconds],
           "decoded_images_mb": round(image_bytes / 2 ** 20),
           "input_cache_mb": config.eval.input_cache_mb, "metrics": scores}
 
 
-def run_part(name: str, make) -> dict:
+def run_part(make) -> dict:
   """A part's figures, or the error that stopped it (the other parts still run)."""
   start = time.perf_counter()
   try:
@@ -209,10 +201,9 @@ def main():
     sys.exit(f"error: --budget_s={args.budget_s} must be positive")
   config_path = os.path.join(REPO, "configs", spec["config"])
   start = time.perf_counter()
-  train = run_part("train", lambda: train_part(spec, config_path,
-                                               start + TRAIN_SHARE * args.budget_s))
+  train = run_part(lambda: train_part(spec, config_path, start + TRAIN_SHARE * args.budget_s))
   if time.perf_counter() - start < args.budget_s:
-    evaluation = run_part("eval", lambda: eval_part(spec, config_path))
+    evaluation = run_part(lambda: eval_part(spec, config_path))
   else:
     evaluation = {"status": "skipped", "error": f"the train part used the {args.budget_s:.0f} "
                   f"s budget", "wall_seconds": 0.0}

@@ -242,21 +242,13 @@ class Benchmark:
       if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
         shutil.rmtree(run_dir)
       clean, compromised = references()
-      timed = {}
-
-      def score(params, saved, step):
-        began = time.perf_counter()
-        result = self.evaluator.score_saved(run_dir, params, saved, step, clean=clean,
-                                            compromised=compromised,
-                                            show_progress=self.progress, start=began)
-        timed["seconds"] = time.perf_counter() - began
-        return result
-
-      unlearned, result = self.unlearner(seed).run(method, budget, run_dir,
-                                                   show_progress=self.progress,
-                                                   while_saving=score)
+      unlearned, result = self.unlearner(seed).run(
+          method, budget, run_dir, show_progress=self.progress,
+          while_saving=lambda params, saved, step: self.evaluator.score_saved(
+              run_dir, params, saved, step, clean=clean, compromised=compromised,
+              show_progress=self.progress))
       write_result(result, unlearned)  # After unlearn.json: a finished model only.
-      self._ran_inline[eval_stage] = round(timed["seconds"], 2)
+      self._ran_inline[eval_stage] = result["meta"]["seconds"]  # The scoring's own time.
 
     def run_eval():  # A resumed run whose model was saved but not yet scored.
       clean, compromised = references()
