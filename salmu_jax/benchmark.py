@@ -1,13 +1,13 @@
 """SALMUBench end to end: from nothing to a leaderboard.
 
   python -m salmu_jax.benchmark --config=configs/tiny.py --workdir=runs/tiny \
-      [--methods=npo,ssd] [--budgets=1,5] [--seeds=3]
+      [--methods=npo,ssd] [--budgets=1,5] [--seeds=3] [--attacks=quantize,relearn|none]
 
 Stages, in order: build SALMU-synth; per seed, train Compromised and Clean and
 evaluate them (the first seed's Compromised fixes the fragile set, as in the
 original); per seed, method and budget, unlearn from that seed's Compromised and
 evaluate against that seed's references (from memory, while the checkpoint is being
-written); then the leaderboard (seed means and spreads), the soundness checks and a
+written), membership inference and the attacks on forgetting included; then the leaderboard (seed means and spreads), the soundness checks and a
 self-contained HTML report.
 
 Every stage writes its output last and atomically, so a killed run started again
@@ -46,7 +46,7 @@ from salmu_jax import checkpointing, cli, distributed, io_utils, progress, repor
 from salmu_jax import config as config_lib  # noqa: E402
 from salmu_jax.data import builder, layout  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
-from salmu_jax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from salmu_jax.evaluation import attacks as attacks_lib, evaluator as evaluator_lib  # noqa: E402
 from salmu_jax.training import loop, runtime as runtime_lib  # noqa: E402
 from salmu_jax.unlearning import methods as methods_lib, runner  # noqa: E402
 
@@ -124,7 +124,7 @@ class Benchmark:
   """The stages of one benchmark and the objects they share, built on first use."""
 
   def __init__(self, config, workdir: str, *, methods=None, budgets=None, seeds=None,
-               devices=None, progress: bool = True, name: str = "benchmark"):
+               attacks=None, devices=None, progress: bool = True, name: str = "benchmark"):
     config_lib.check_config(config)
     self.config = config.copy_and_resolve_references()
     self.config.reference = "compromised"
@@ -134,6 +134,7 @@ class Benchmark:
     self.methods = resolve_methods(methods if methods is not None else bench.methods)
     self.budgets = resolve_budgets(budgets if budgets is not None else bench.budgets)
     self.seeds = [self.config.seed + i for i in range(seeds if seeds is not None else bench.seeds)]
+    self.attacks = attacks_lib.parse_attacks(attacks if attacks is not None else bench.attacks)
     if not self.seeds:
       raise ConfigError(f"--seeds={seeds} must be at least 1")
     self.dataset_dir = os.path.join(self.workdir, layout.DATASET_DIRNAME)
@@ -176,6 +177,13 @@ class Benchmark:
           runtime=self.evaluator.runtime, compiled=self._compiled_steps))
     return self._unlearner[1]
 
+  def scored(self, path: str) -> bool:
+    """Does the result at `path` exist, with every attack this benchmark runs? (One scored
+    with fewer attacks, by an earlier invocation, is scored again.)"""
+    if not os.path.exists(path):
+      return False
+    return set(self.attacks) <= set(io_utils.read_json(path).get("attacks", {}))
+
   # Stages.
   def stages(self) -> list:
     manifest = os.path.join(self.dataset_dir, io_utils.MANIFEST_NAME)  # Verified on use.
@@ -212,13 +220,13 @@ class Benchmark:
     def run():
       recompute = out == self.fragile_source
       result = self.evaluator.score_checkpoint(run_dir, recompute_fragile=recompute,
-                                               show_progress=self.progress)
+                                               attacks=self.attacks, show_progress=self.progress)
       result["meta"]["training_seed"] = seed
       io_utils.write_json_atomic(out, result)
       if recompute:  # Named by the file that holds it, as a resumed run names it.
         self.evaluator.use_fragile_set(result["fragile_set_ids"], out)
 
-    return Stage(f"seed {seed}: evaluate {reference}", lambda: os.path.exists(out), run)
+    return Stage(f"seed {seed}: evaluate {reference}", lambda: self.scored(out), run)
 
   def _method_stages(self, seed, method, budget) -> list:
     run_dir = os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
@@ -246,18 +254,19 @@ class Benchmark:
           method, budget, run_dir, show_progress=self.progress,
           while_saving=lambda params, saved, step: self.evaluator.score_saved(
               run_dir, params, saved, step, clean=clean, compromised=compromised,
-              show_progress=self.progress))
+              attacks=self.attacks, show_progress=self.progress))
       write_result(result, unlearned)  # After unlearn.json: a finished model only.
       self._ran_inline[eval_stage] = result["meta"]["seconds"]  # The scoring's own time.
 
     def run_eval():  # A resumed run whose model was saved but not yet scored.
       clean, compromised = references()
       write_result(self.evaluator.score_checkpoint(run_dir, clean=clean, compromised=compromised,
+                                                   attacks=self.attacks,
                                                    show_progress=self.progress),
                    io_utils.read_json(metadata))
 
     return [Stage(f"{label} unlearn", lambda: os.path.exists(metadata), run_unlearn),
-            Stage(eval_stage, lambda: os.path.exists(out), run_eval)]
+            Stage(eval_stage, lambda: self.scored(out), run_eval)]
 
   def check_workdir(self) -> None:
     """Refuses a workdir holding stages of another config (which would be reused silently);
@@ -325,7 +334,7 @@ class Benchmark:
       row["samples_processed"] = unlearned[0]["samples_processed"]["total"]
       row["unlearn_seconds"] = report.spread([u["wall_seconds"] for u in unlearned])
     meta = {"config_name": self.name, "date": report.now(), "seeds": self.seeds,
-            "budgets": self.budgets, "methods": self.methods,
+            "budgets": self.budgets, "methods": self.methods, "attacks": list(self.attacks),
             **self.evaluator.runtime.device_meta(), "versions": versions(),
             "wall_seconds": round(wall_seconds, 1),
             "ran_seconds_total": round(sum(s["ran_seconds"] or 0 for s in self.stages_log), 1),
@@ -362,7 +371,8 @@ def main(argv):
     enable_compilation_cache(os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
     name = os.path.basename(flags.FLAGS["config"].config_filename)
     board = Benchmark(_CONFIG.value, _WORKDIR.value, methods=_METHODS.value,
-                      budgets=_BUDGETS.value, seeds=_SEEDS.value, name=name).run()
+                      budgets=_BUDGETS.value, seeds=_SEEDS.value, attacks=_ATTACKS.value,
+                      name=name).run()
     print(report.markdown(board, board["checks"], board["meta"]))
     failed = [c["name"] for c in board["checks"] if not c["passed"]]
     print(f"wrote {os.path.join(_WORKDIR.value, 'leaderboard.md')}, leaderboard.json and "
@@ -381,5 +391,8 @@ if __name__ == "__main__":
                                  "the config's benchmark.methods).")
   _BUDGETS = flags.DEFINE_list("budgets", None, "Budgets, e.g. 1,5 (default: benchmark.budgets).")
   _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds to average over (default: benchmark.seeds).")
+  _ATTACKS = flags.DEFINE_string("attacks", None, "Attacks on forgetting scored for every model: "
+                                 "comma-separated of quantize, relearn, or none (default: "
+                                 "benchmark.attacks).")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

@@ -173,6 +173,11 @@ def base_config() -> ml_collections.ConfigDict:
   genknow.image_key = "image"
   genknow.label_key = "label"
   genknow.max_examples = 10_000
+  # The attacks on forgetting (evaluation/attacks.py, docs/protocol.md §3). Relearning:
+  # fine-tuning on the first forget half for this many passes over its pairs, at this rate.
+  attacks = evaluation.attacks = ml_collections.ConfigDict()
+  attacks.relearn_budget = 2.0
+  attacks.relearn_learning_rate = 1e-3
   # Failure-mode thresholds (docs/protocol.md §3), each relative to the references so
   # that it means the same at every scale.
   evaluation.ineffective_below = 0.5  # Normalized RetFail MRR: under half-way to Clean.
@@ -196,7 +201,14 @@ def base_config() -> ml_collections.ConfigDict:
   benchmark.min_assocstr_gap = 0.1  # Compromised's AssocStr minus Clean's, at least.
   # |Compromised - Clean| on GenKnow as a share of their mean accuracy above chance, at most.
   benchmark.max_genknow_gap_fraction = 0.1
+  # Compromised's pair membership AUC minus Clean's, at least (the attack must see training).
+  benchmark.min_membership_auc_gap = 0.25
   benchmark.rank_confidence = 0.9  # Rank intervals: the central share of the seed bootstrap.
+  # The attacks on forgetting scored for every model (evaluation/attacks.py): comma-separated
+  # of quantize, relearn; "none" for none. Relearning costs 11% of the tiny benchmark's
+  # stages, quantization 9% more and changes no verdict at tiny scale (README), so it is
+  # asked for with --attacks=quantize,relearn (2026-12-01, 2 cores).
+  benchmark.attacks = "relearn"
 
   tokenizer = config.tokenizer = ml_collections.ConfigDict()
   # "dataset_bpe": a BPE trained on the dataset's captions (vocab_size below);
@@ -347,6 +359,11 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
                                         f"between 0 and 1")
   _require(0 < config.benchmark.rank_confidence < 1, f"benchmark.rank_confidence="
            f"{config.benchmark.rank_confidence} must lie strictly between 0 and 1")
+  attacks = config.eval.attacks
+  _require(0 < attacks.relearn_budget <= 100, f"eval.attacks.relearn_budget="
+           f"{attacks.relearn_budget} must lie in (0, 100] passes over the first forget half")
+  _require(0 < attacks.relearn_learning_rate < 1, f"eval.attacks.relearn_learning_rate="
+           f"{attacks.relearn_learning_rate} must lie strictly between 0 and 1")
   _require(0 < config.eval.probe_fraction < 1,
            f"eval.probe_fraction={config.eval.probe_fraction} must lie strictly between 0 and 1")
   for name in ("batch_size", "input_cache_mb"):

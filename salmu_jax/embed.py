@@ -79,6 +79,11 @@ def embed_batches(encoders: Encoders, params, batches, texts: bool = True):
           {k: np.concatenate(v) for k, v in meta.items()})
 
 
+def embed_images(encoders: Encoders, params, images: np.ndarray) -> np.ndarray:
+  """Embeds one array of images [N, H, W, 3] (uint8 or float in [0, 255])."""
+  return _padded_call(encoders.image, params, images, encoders.mesh)
+
+
 def embed_texts(encoders: Encoders, params, tokenizer, texts, batch_size: int) -> np.ndarray:
   """Embeds a list of strings (prompts, names, galleries)."""
   chunks = [_padded_call(encoders.text, params, trim_padding(tokenizer.encode(texts[i:i + batch_size])),

@@ -1,14 +1,16 @@
 """Scores a checkpoint on SALMUBench's ten metrics (SALMUBENCH.md §3), official JSON keys.
 
   python -m salmu_jax.evaluate --config=configs/tiny.py --checkpoint=RUN_DIR --out=FILE.json \
-      [--clean=clean.json --compromised=compromised.json] [--recompute_fragile | --fragile_set=F]
+      [--clean=clean.json --compromised=compromised.json] [--recompute_fragile | --fragile_set=F] \
+      [--attacks=quantize,relearn]
 
 With the two reference results, scores are also normalized (efficacy: 0 = Compromised,
 1 = Clean; utility: 1 = Compromised) and a failure mode is diagnosed. Reads only: the
 checkpoint and the dataset are never changed. `--recompute_fragile` (on Compromised)
 puts the fragile set it computes into the result (`fragile_set_ids`), which later
-evaluations read with `--fragile_set=THAT_RESULT.json`. The evaluator is
-salmu_jax/evaluation/.
+evaluations read with `--fragile_set=THAT_RESULT.json`. Membership inference is always
+scored (`privacy`); `--attacks` adds the quantization and relearning attacks (`attacks`).
+The evaluator is salmu_jax/evaluation/.
 """
 import os
 
@@ -58,11 +60,16 @@ def main(argv):
     result = evaluator.evaluate(
         _CONFIG.value, _CHECKPOINT.value, dataset_dir=_DATASET.value, clean=references[0],
         compromised=references[1], recompute_fragile=_RECOMPUTE.value,
-        fragile_set=_FRAGILE_SET.value, allow_other_dataset=_OTHER_DATASET.value)
+        fragile_set=_FRAGILE_SET.value, allow_other_dataset=_OTHER_DATASET.value,
+        attacks=_ATTACKS.value)
     io_utils.write_json_atomic(_OUT.value, result)
     for group in ("efficacy", "utility"):
       print(group + ": " + ", ".join(f"{k} {diagnosis.headline(result, group, k):.4f}"
                                      for k in result[group]))
+    flat = diagnosis.headlines(result)
+    print("membership AUC: " + (", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in flat.items()
+                                          if k.startswith("privacy/"))
+                                or result["privacy"].get("unavailable", "")))
     print("extended: " + ", ".join(f"{k} {v:.4f}" for k, v in diagnosis.headlines(result).items()
                                    if k.startswith(("retrieval/", "spread/"))))
     if "diagnosis" in result:
@@ -87,6 +94,8 @@ if __name__ == "__main__":
   _FRAGILE_SET = flags.DEFINE_string("fragile_set", None, "The result of a --recompute_fragile "
                                      "evaluation (or a JSON list of record ids): its fragile "
                                      "set replaces the dataset's.")
+  _ATTACKS = flags.DEFINE_string("attacks", "none", "Attacks on forgetting to score too: "
+                                 "comma-separated of quantize, relearn (docs/protocol.md §3).")
   _OTHER_DATASET = flags.DEFINE_bool("allow_other_dataset", False, "Score a model on a dataset "
                                      "other than the one it was trained on (recorded in meta).")
   flags.mark_flags_as_required(["config", "checkpoint", "out"])

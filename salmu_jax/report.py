@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from salmu_jax.evaluation import diagnosis as diagnosis_lib
+from salmu_jax.evaluation import diagnosis as diagnosis_lib, privacy
 
 METRICS = diagnosis_lib.official_metrics()  # [(group, key)] in the official order.
 SHORT = {key: key.split("_", 1)[1] for _, key in METRICS}  # "1.1_RetFail" -> "RetFail"
@@ -25,7 +25,23 @@ EXTENDED_COLUMNS = {"retrieval/holdout_identity": "holdout_identity MRR",
                     "spread/image": "image spread", "spread/caption": "caption spread"}
 MODE_COLORS = {"none": "#2a9d8f", diagnosis_lib.INEFFECTIVE: "#8d99ae",
                diagnosis_lib.OVERGENERALIZED: "#e76f51", diagnosis_lib.CATASTROPHIC: "#9b2226",
-               diagnosis_lib.COLLAPSE: "#f4a261", "several": "#6a4c93"}
+               diagnosis_lib.COLLAPSE: "#f4a261", diagnosis_lib.SUPERFICIAL: "#457b9d",
+               "several": "#6a4c93"}
+# The privacy table's columns: (label, where in a row's `normalized` or `metrics`).
+PRIVACY_COLUMNS = (
+    ("pair AUC", ("metrics", "privacy/pair")),
+    ("PrivLeak pair", ("privleak", "pair")),
+    ("PrivLeak pair augm.", ("privleak", "pair_augmented")),
+    ("PrivLeak pair calibr.", ("privleak", "pair_calibrated")),
+    ("identity AUC", ("metrics", "privacy/identity")),
+    ("PrivLeak identity", ("privleak", "identity")),
+    ("PrivLeak identity calibr.", ("privleak", "identity_calibrated")),
+    ("relearn recovery", ("attacks", "relearn", "recovery")),
+    ("PrivLeak after relearn", ("attacks", "relearn", "privleak_after")),
+    ("int8 recovery", ("attacks", "quantize_int8", "recovery")),
+    ("int4 recovery", ("attacks", "quantize_int4", "recovery")),
+    ("PrivLeak after int4", ("attacks", "quantize_int4", "privleak_after")))
+ROC_GRID = np.linspace(0, 1, 51)  # False positive rates at which ROC curves are stored.
 # Exact bootstrap over seeds up to this many seeds (462 resamples at 6); Monte Carlo above.
 EXACT_BOOTSTRAP_SEEDS, MONTE_CARLO_RESAMPLES = 6, 1000
 
@@ -123,7 +139,10 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
   if len(compromised) != len(clean) or uneven:
     raise ValueError(f"every row needs one result per seed ({len(clean)}); uneven: "
                      f"{uneven or 'compromised'}")
-  flat = lambda results: [diagnosis_lib.headlines(r) for r in results]
+  # Calibrated membership attacks subtract a Clean's scores: another seed's when there are
+  # several (an independent model of the same data), else the same one's (docs/protocol.md §3).
+  flat = lambda results: [diagnosis_lib.headlines(r, calibrate_with=clean[(i + 1) % len(clean)])
+                          for i, r in enumerate(results)]
   clean_flat, compromised_flat = flat(clean), flat(compromised)
   runs_flat = {key: flat(results) for key, results in runs.items()}
   references = {"clean": summarize(clean_flat), "compromised": summarize(compromised_flat)}
@@ -141,18 +160,50 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
                  # can average one collapsed seed into a clean label.
                  "per_seed_labels": [_judge(r, c, p, thresholds)[1]["label"] for r, c, p in
                                      zip(results, clean_flat, compromised_flat)],
-                 "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]])}
+                 "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]]),
+                 "attack_seconds": attack_seconds(runs[key])}
   intervals = rank_intervals(clean_flat, compromised_flat, runs_flat, thresholds, confidence)
   ordered = []
   for rank, key in enumerate(_rank_order(judged), 1):
     rows[key]["rank"], rows[key]["rank_interval"] = rank, list(intervals[key])
     ordered.append(rows[key])
   clean_scores = _judge(clean_mean, clean_mean, compromised_mean, thresholds)[2]
+  reference_normalized = {name: _judge(values, clean_mean, compromised_mean, thresholds)[0]
+                          for name, values in (("clean", clean_mean),
+                                               ("compromised", compromised_mean))}
   return {"references": references, "rows": ordered,
+          "reference_normalized": reference_normalized,
+          "ineffective_below": thresholds.ineffective_below,
+          "reference_attack_seconds": {"clean": attack_seconds(clean),
+                                       "compromised": attack_seconds(compromised)},
+          "roc_pair": roc_curves(clean[0], compromised[0], {k: r[0] for k, r in runs.items()}),
           "per_seed": {"clean": clean_flat, "compromised": compromised_flat},
           "rank_confidence": confidence,
           "reference_scores": {"clean": clean_scores,
                                "compromised": {"efficacy": 0.0, "utility": 1.0, "balanced": 0.0}}}
+
+
+def attack_seconds(results: list) -> dict:
+  """{attack: spread of its seconds per result} of the attacks the results went through."""
+  names = set.intersection(*(set(r.get("attacks", {})) for r in results)) if results else ()
+  return {name: spread([r["attacks"][name]["seconds"] for r in results]) for name in sorted(names)}
+
+
+def roc_curves(clean: dict, compromised: dict, runs: dict) -> dict:
+  """The pair attack's ROC curve of one seed's results, as true positive rates at
+  ROC_GRID's false positive rates: {"clean", "compromised", "METHOD@Bx": [...]}; empty when
+  the results hold no membership scores."""
+  named = {"clean": clean, "compromised": compromised} | {
+      f"{method}@{budget:g}x": result for (method, budget), result in runs.items()}
+  curves = {}
+  for name, result in named.items():
+    scores = result.get("privacy", {}).get("pair", {}).get("scores")
+    if scores is None:
+      return {}
+    fpr, tpr = privacy.roc_curve(scores["member"], scores["nonmember"])
+    # The upper envelope at each grid point: the best true positive rate at that false one.
+    curves[name] = [round(float(tpr[fpr <= x].max()), 4) for x in ROC_GRID]
+  return curves
 
 
 def _reference_checks(clean: dict, compromised: dict, criteria) -> list:
@@ -183,6 +234,11 @@ def _reference_checks(clean: dict, compromised: dict, criteria) -> list:
   for key in ("2.2_InterIdSim", "2.3_IntraIdSim"):
     checks.append((f"{SHORT[key]}: Compromised > Clean",
                    f"{compromised[key]:.3f} vs {clean[key]:.3f}", bool(compromised[key] > clean[key])))
+  if "privacy/pair" in clean and "privacy/pair" in compromised:
+    gap = compromised["privacy/pair"] - clean["privacy/pair"]
+    checks.append((f"pair membership AUC: Compromised >= Clean + {criteria.min_membership_auc_gap:g}",
+                   f"{compromised['privacy/pair']:.3f} vs {clean['privacy/pair']:.3f}",
+                   bool(gap >= criteria.min_membership_auc_gap)))
   return checks
 
 
@@ -247,6 +303,51 @@ def extended_rows(board: dict) -> tuple:
   return header, rows
 
 
+def _lookup(row_normalized: dict, row_metrics: dict, where: tuple):
+  """A privacy-table number of a row (None when the results do not hold it)."""
+  value = row_metrics if where[0] == "metrics" else row_normalized
+  for key in (where[1:] if where[0] == "metrics" else where):
+    if not isinstance(value, dict) or key not in value:
+      return None
+    value = value[key]
+  return value["mean"] if isinstance(value, dict) else value
+
+
+def _privacy_cell(value, where: tuple) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return "n/a"
+  if where[0] == "privleak" or where[-1] == "privleak_after":
+    return f"{value:+.1f}%"
+  return f"{value:.3f}" if where[0] == "metrics" else f"{value:+.2f}"
+
+
+def privacy_rows(board: dict) -> tuple:
+  """(header, rows of strings) of membership inference and the attacks on forgetting."""
+  header = ["rank", "method", "budget"] + [label for label, _ in PRIVACY_COLUMNS]
+  rows = []
+  for name in ("clean", "compromised"):
+    normalized, summary = board["reference_normalized"][name], board["references"][name]
+    rows.append(["", name.capitalize(), ""] + [
+        _privacy_cell(_lookup(normalized, summary, where), where) for _, where in PRIVACY_COLUMNS])
+  for row in board["rows"]:
+    rows.append([str(row["rank"]), row["method"], f"{row['budget']:g}x"] + [
+        _privacy_cell(_lookup(row["normalized"], row["metrics"], where), where)
+        for _, where in PRIVACY_COLUMNS])
+  return header, rows
+
+
+PRIVACY_NOTE = (
+    "Membership inference (members: forget pairs, or forget_identity personas for the "
+    "identity attack; non-members: unseen personas): ROC AUC, and PrivLeak = (AUC - Clean's) / "
+    f"Clean's, in percent (ideal 0; MUSE passes [-{privacy.PRIVLEAK_BAND:g}%, "
+    f"+{privacy.PRIVLEAK_BAND:g}%]); calibr.: the score minus a Clean's for the same pair or "
+    "persona (another seed's Clean when there are several). Recovery: how much of the "
+    "Compromised-Clean RetFail gap the attack brings back (relearning: a fine-tune on half "
+    "the forget identities, measured on the other half, Clean given the same fine-tune; "
+    "int8/int4: the weights quantized, the references too); a model whose attacked RetFail "
+    "is no longer half-way to Clean's shows *superficial forgetting* (docs/protocol.md §3).")
+
+
 def _markdown_table(header: list, rows: list) -> list:
   return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
           + ["| " + " | ".join(row) + " |" for row in rows])
@@ -275,11 +376,29 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
             "collapsed). Utility and the over-generalization and collapse diagnoses read these "
             "(docs/protocol.md §3).", ""]
   lines += _markdown_table(*extended_rows(board))
+  lines += ["", "## Privacy leakage and attacks on forgetting", "", PRIVACY_NOTE, ""]
+  lines += _markdown_table(*privacy_rows(board))
+  lines += [attack_cost_line(board, meta), ""]
   lines += ["", "## Soundness checks", "",
             f"Reference checks hold on every seed separately ({seeds} seed{'s' * (seeds > 1)}).",
             "", "| check | value | passed |", "|---|---|---|"]
   lines += [f"| {c['name']} | {c['value']} | {'yes' if c['passed'] else 'NO'} |" for c in checks]
   return "\n".join(lines) + "\n"
+
+
+def attack_cost_line(board: dict, meta: dict) -> str:
+  """What the attacks cost, summed over every scored model, against the run's stages."""
+  totals = {}
+  for seconds in [r["attack_seconds"] for r in board["rows"]] + list(
+      board["reference_attack_seconds"].values()):
+    for name, value in seconds.items():
+      totals[name] = totals.get(name, 0.0) + value["mean"] * value["n"]
+  if not totals:
+    return "No attack on forgetting was run (benchmark.attacks=none)."
+  spent = meta.get("ran_seconds_total") or 0
+  share = lambda v: f" ({v / spent:.0%} of the stages' {spent:.0f} s)" if spent else ""
+  return "Attack cost: " + ", ".join(f"{name} {value:.0f} s{share(value)}"
+                                     for name, value in totals.items()) + "."
 
 
 def _mode_color(row) -> str:
@@ -354,12 +473,65 @@ def plot_metrics(board: dict):
   return figure
 
 
+def plot_roc(board: dict):
+  """The pair membership attack's ROC curves (first seed): the references bold, each method
+  thin, coloured by its failure mode; the diagonal is chance."""
+  plt = pyplot()
+  figure, axis = plt.subplots(figsize=(6.5, 5.5))
+  curves = board["roc_pair"]
+  modes = {f"{r['method']}@{r['budget']:g}x": r for r in board["rows"]}
+  for name, tpr in curves.items():
+    if name in modes:
+      axis.plot(ROC_GRID, tpr, color=_mode_color(modes[name]), linewidth=0.8, alpha=0.7)
+  for name, color in (("clean", "#1d3557"), ("compromised", "#d62828")):
+    axis.plot(ROC_GRID, curves[name], color=color, linewidth=2.5, label=name.capitalize())
+  axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+  for mode, color in MODE_COLORS.items():
+    axis.plot([], [], color=color, label=f"failure: {mode}")
+  axis.set_xlabel("false positive rate (unseen pairs called members)")
+  axis.set_ylabel("true positive rate (forget pairs called members)")
+  axis.legend(fontsize=7, loc="lower right")
+  axis.grid(alpha=0.3)
+  return figure
+
+
+def plot_attacks(board: dict):
+  """Normalized RetFail efficacy before (x) against after (y) each attack, one panel per
+  attack; under the diagonal, the attack brought knowledge back."""
+  plt = pyplot()
+  attacks = [a for a in ("relearn", "quantize_int8", "quantize_int4")
+             if board["rows"] and a in board["rows"][0]["normalized"]["attacks"]]
+  figure, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 5), squeeze=False)
+  for axis, attack in zip(axes[0], attacks):
+    for row in board["rows"]:
+      result = row["normalized"]["attacks"][attack]
+      after = 1 - result["residual_after"]
+      before = after + result["recovery"]
+      axis.scatter(before, after, color=_mode_color(row), s=40, edgecolor="black",
+                   linewidth=0.5)
+      axis.annotate(f"{row['method']} {row['budget']:g}x", (before, after), fontsize=6,
+                    xytext=(3, 2), textcoords="offset points")
+    axis.plot([-0.1, 1.1], [-0.1, 1.1], color="grey", linestyle=":")
+    axis.axhline(board["ineffective_below"], color="#8d99ae", linestyle="--", linewidth=0.8)
+    axis.set_title(attack.replace("_", " "), fontsize=9)
+    axis.set_xlabel("RetFail efficacy before the attack (0 = Compromised, 1 = Clean)")
+    axis.set_ylabel("after the attack")
+    axis.grid(alpha=0.3)
+  figure.tight_layout()
+  return figure
+
+
 def report_html(board: dict, checks: list, meta: dict, contact_sheet_png: bytes | None,
                 stages: list) -> str:
   """A self-contained page (PNGs embedded): checks, plots, leaderboard, data, timings."""
   plt = pyplot()
   images = {}
-  for name, make in (("tradeoff", plot_tradeoff), ("metrics", plot_metrics)):
+  plots = [("tradeoff", plot_tradeoff), ("metrics", plot_metrics)]
+  if board["roc_pair"]:
+    plots.append(("roc", plot_roc))
+  if board["rows"] and board["rows"][0]["normalized"]["attacks"]:
+    plots.append(("attacks", plot_attacks))
+  for name, make in plots:
     figure = make(board)
     images[name] = base64.b64encode(png_bytes(figure)).decode()
     plt.close(figure)
@@ -370,6 +542,10 @@ def report_html(board: dict, checks: list, meta: dict, contact_sheet_png: bytes 
         "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
 
   table, extended = html_table(*table_rows(board)), html_table(*extended_rows(board))
+  private = html_table(*privacy_rows(board))
+  image = lambda name, caption: (f"<p>{esc(caption)}</p><img src='data:image/png;base64,"
+                                 f"{images[name]}' style='max-width:100%'>" if name in images
+                                 else "")
   check_rows = "".join(
       f"<tr class='{'pass' if c['passed'] else 'fail'}'><td>{esc(c['name'])}</td>"
       f"<td>{esc(c['value'])}</td><td>{'yes' if c['passed'] else 'NO'}</td></tr>" for c in checks)
@@ -404,6 +580,13 @@ bootstrap of the seeds. Failure modes: {esc(', '.join(diagnosis_lib.FAILURE_MODE
 <p>Own-caption retrieval MRR per split and the spread of images and captions (1 - mean cosine
 between different items); utility, over-generalization and collapse read these.</p>
 {extended}
+<h2>Privacy leakage and attacks on forgetting</h2>
+<p>{esc(PRIVACY_NOTE)}</p>
+{private}
+<p>{esc(attack_cost_line(board, meta))}</p>
+{image("roc", "The pair membership attack's ROC curves (first seed).")}
+{image("attacks", "RetFail efficacy before and after each attack; below the diagonal the "
+       "attack brought knowledge back, below the dashed line forgetting is no longer half-way.")}
 {sheet}
 <h2>Stages</h2>
 <table><tr><th>stage</th><th>status</th><th>seconds</th><th>seconds when it ran</th></tr>{stage_rows}</table>

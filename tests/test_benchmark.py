@@ -83,19 +83,28 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
     assert set(row["normalized"]["kept"]) == {"2.1_GenKnow", "retrieval/holdout_identity",
                                               "retrieval/holdout_association",
                                               "retrieval/retain_joint"}
-    assert set(row["normalized"]) == {"efficacy", "utility", "kept"}
+    assert set(row["normalized"]) == {"efficacy", "utility", "kept", "privleak", "attacks"}
+    assert set(row["normalized"]["attacks"]) == {"relearn"}  # The default; quantize on request.
+    assert set(row["normalized"]["privleak"]) == {"pair", "pair_augmented", "identity",
+                                                  "pair_calibrated", "identity_calibrated"}
+    assert set(row["attack_seconds"]) == {"relearn"}
     assert row["label"] == (", ".join(row["failure_modes"]) or "none")
     assert row["samples_processed"] > 0 and row["paper"]
   assert set(saved["references"]) == {"clean", "compromised"}
-  assert len(saved["checks"]) == 11 and all(isinstance(c["passed"], bool) for c in saved["checks"])
+  assert len(saved["checks"]) == 12 and all(isinstance(c["passed"], bool) for c in saved["checks"])
   assert [r["rank_interval"] for r in saved["rows"]] == [[1, 1], [2, 2]]  # One seed: no spread.
   assert "## What the models still tell apart" in (workdir / "leaderboard.md").read_text()
+  assert "## Privacy leakage and attacks on forgetting" in (workdir / "leaderboard.md").read_text()
+  assert "Attack cost: relearn" in (workdir / "leaderboard.md").read_text()
+  # One seed: Clean is calibrated against itself, exactly chance.
+  assert saved["references"]["clean"]["privacy/pair_calibrated"]["mean"] == 0.5
   assert saved["meta"]["versions"]["jax"] == jax.__version__ and saved["meta"]["seeds"] == [0]
   table = (workdir / "leaderboard.md").read_text()
   assert "| rank | method | budget | RetFail |" in table and "| Clean |" in table
   assert all(f"| {m} | 1x |" in table for m in METHODS)
   page = (workdir / "report.html").read_text()
-  assert page.count("data:image/png;base64,") == 3  # Trade-off, metric panels, contact sheet.
+  # Trade-off, metric panels, ROC curves, attacks, contact sheet.
+  assert page.count("data:image/png;base64,") == 5
   assert all(m in page for m in METHODS) and "Is the benchmark sound?" in page
 
   # The CLI on the finished directory: every stage reused, the reports rewritten.
@@ -155,6 +164,19 @@ def test_bad_benchmark_requests_are_named(micro_config, tmp_path, kwargs, messag
   with pytest.raises(ConfigError, match=message):
     benchmark.Benchmark(micro_config, str(tmp_path), **kwargs)
   assert not os.listdir(tmp_path)  # Refused before writing anything.
+
+
+def test_a_result_scored_without_the_requested_attacks_is_scored_again(micro_config, tmp_path):
+  with_attacks = benchmark.Benchmark(micro_config, str(tmp_path), attacks="quantize,relearn")
+  without = benchmark.Benchmark(micro_config, str(tmp_path), attacks="none")
+  path = str(tmp_path / "result.json")
+  assert not with_attacks.scored(path) and not without.scored(path)
+  io_utils.write_json_atomic(path, {"attacks": {"quantize": {}}})
+  assert without.scored(path) and not with_attacks.scored(path)
+  io_utils.write_json_atomic(path, {"attacks": {"quantize": {}, "relearn": {}}})
+  assert with_attacks.scored(path)
+  with pytest.raises(ConfigError, match="unknown"):
+    benchmark.Benchmark(micro_config, str(tmp_path), attacks="membership")
 
 
 def fake_result(values: dict) -> dict:

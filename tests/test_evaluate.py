@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from salmu_jax import checkpointing
-from salmu_jax.evaluation import context, diagnosis, evaluator, registry
+from salmu_jax.evaluation import context, diagnosis, evaluator, privacy, registry
 from salmu_jax.training import loop, runtime as runtime_lib
 from salmu_jax.errors import ConfigError, DatasetError
 from salmu_jax.evaluation import metrics
@@ -303,6 +303,47 @@ def test_evaluator_writes_the_official_shape_deterministically(trained_micro, mi
     with pytest.raises(ConfigError, match=message):
       evaluator.evaluate(config, "/nonexistent", dataset_dir=micro_dataset_dir,
                          clean=references[0], compromised=references[1])
+
+
+def test_membership_inference_and_attacks_of_a_trained_model(trained_micro, micro_dataset_dir):
+  config, run = trained_micro
+  score = lambda attacks: evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir,
+                                             devices=jax.devices()[:1], attacks=attacks,
+                                             show_progress=False)
+  result = score("quantize,relearn")
+  card = json.load(open(os.path.join(micro_dataset_dir, "card.json")))
+  sizes, roles = card["split_sizes"], card["personas_per_role"]
+  block = result["privacy"]
+  assert list(block) == ["pair", "pair_augmented", "identity"]
+  for name in ("pair", "pair_augmented"):
+    assert (block[name]["members"], block[name]["nonmembers"]) == (sizes["forget"],
+                                                                   sizes["unseen_identity"])
+  assert (block["identity"]["members"], block["identity"]["nonmembers"]) == (
+      roles["forget_identity"], roles["unseen_identity"])
+  assert all(0 <= block[n]["auc"] <= 1 for n in block)
+  # The stored scores give the AUC back, so the leaderboard can rebuild curves and
+  # calibrated attacks from the JSON alone.
+  assert block["pair"]["auc"] == pytest.approx(privacy.roc_auc(
+      block["pair"]["scores"]["member"], block["pair"]["scores"]["nonmember"]), abs=1e-4)
+  quantized, relearned = result["attacks"]["quantize"], result["attacks"]["relearn"]
+  assert set(quantized) == {"int8", "int4", "seconds"}
+  assert set(quantized["int8"]) == set(OFFICIAL_KEYS["efficacy"]) | {"privacy_pair",
+                                                                     "privacy_identity"}
+  # int8 keeps the model: its RetFail moves by little; both stay valid MRRs.
+  assert quantized["int8"]["1.1_RetFail"] == pytest.approx(
+      result["efficacy"]["1.1_RetFail"]["MRR"], abs=0.05)
+  assert relearned["first_half_pairs"] + relearned["second_half_pairs"] == sizes["forget"]
+  assert relearned["steps"] >= 1 and relearned["samples"] == relearned["steps"] * \
+      config.unlearn.forget_batch
+  assert set(relearned["before"]) == set(relearned["after"]) == {"retfail_mrr", "privacy_pair"}
+  assert relearned["after"] != relearned["before"]  # The fine-tune moved the model.
+  flat = diagnosis.headlines(result)
+  assert {"privacy/pair", "quantize/int4/1.1_RetFail", "relearn/after/retfail_mrr"} <= set(flat)
+  again = score("relearn")  # Seeded: the same fine-tune, the same numbers.
+  assert again["attacks"]["relearn"]["after"] == relearned["after"]
+  assert "quantize" not in again["attacks"] and "attacks" not in score("none")
+  with pytest.raises(ConfigError, match="unknown"):  # Before any work.
+    evaluator.evaluate(config, "/nonexistent", dataset_dir=micro_dataset_dir, attacks="quantise")
 
 
 def fragile_ids_of(dataset_dir):

@@ -42,6 +42,10 @@ class EvalContext:
       self._generic[name] = self.texts(r["generic_caption"] for r in self.split(name).records)
     return self._generic[name]
 
+  def images(self, images: np.ndarray) -> np.ndarray:
+    """Embeddings of an array of images [N, H, W, 3] (augmented views, say)."""
+    return finite(embed.embed_images(self.evaluator.encoders, self.params, images), "images")
+
   def texts(self, texts) -> np.ndarray:
     return finite(embed.embed_texts(self.evaluator.encoders, self.params,
                                     self.evaluator.tokenizer, list(texts),

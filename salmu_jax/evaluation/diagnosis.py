@@ -6,18 +6,21 @@ the JSON files alone (docs/protocol.md §3).
 """
 
 from salmu_jax.errors import ConfigError
-from salmu_jax.evaluation import metrics
+from salmu_jax.evaluation import metrics, privacy
 
 # The official JSON keys, in the official order (SALMUBENCH.md §3); the registry
 # (evaluation/registry.py) registers one evaluator per key.
 OFFICIAL = {"efficacy": ("1.1_RetFail", "1.2_AssocStr", "1.3_ACS", "1.4_IdZSC", "1.5_CoreAssoc"),
             "utility": ("2.1_GenKnow", "2.2_InterIdSim", "2.3_IntraIdSim", "2.4_VisIdInt",
                         "2.5_FragSim")}
-# The original's three failure modes and ours, representation collapse (docs/protocol.md
-# §3), as diagnosis labels.
-INEFFECTIVE, OVERGENERALIZED, CATASTROPHIC, COLLAPSE = FAILURE_MODES = (
+# The original's three failure modes and ours, representation collapse and superficial
+# forgetting (docs/protocol.md §3), as diagnosis labels.
+INEFFECTIVE, OVERGENERALIZED, CATASTROPHIC, COLLAPSE, SUPERFICIAL = FAILURE_MODES = (
     "ineffective forgetting", "over-generalized forgetting", "catastrophic damage",
-    "representation collapse")
+    "representation collapse", "superficial forgetting")
+# Membership attacks (evaluation/privacy.py) whose AUCs the headlines carry; the leaderboard
+# adds the calibrated ones ("privacy/pair_calibrated", ...) from two results' scores.
+PRIVACY_ATTACKS = ("pair", "pair_augmented", "identity")
 # Each image's own caption retrieved in a gallery built like 1.1_RetFail's; the splits a
 # model must keep (holdouts: what only Compromised learned; retain: what both learned).
 RETRIEVAL_SPLITS = ("holdout_identity", "holdout_association", "retain_joint", "fragile")
@@ -38,7 +41,7 @@ def headline(result: dict, group: str, key: str) -> float:
   return value["MRR"] if key == "1.1_RetFail" else value.get("mean", value.get("accuracy"))
 
 
-def headlines(result: dict) -> dict:
+def headlines(result: dict, calibrate_with: dict | None = None) -> dict:
   """The flat numbers that normalization, diagnosis and the leaderboard read: each official
   metric's headline, own-caption MRR per RETRIEVAL_SPLITS ("retrieval/SPLIT"), the spread
   of images and of captions (1 - mean cosine between different items) and GenKnow's
@@ -55,10 +58,73 @@ def headlines(result: dict) -> dict:
     flat["spread/image"] = 1 - extended["collapse"]["image_cosine"]
     flat["spread/caption"] = 1 - extended["collapse"]["caption_cosine"]
     flat["genknow_chance"] = 1 / result["utility"]["2.1_GenKnow"]["classes"]
+    flat |= attack_headlines(result)
+    if calibrate_with is not None and all("scores" in d.get("privacy", {}).get(name, {})
+                                          for d in (result, calibrate_with)
+                                          for name in privacy.CALIBRATED):
+      flat |= {f"privacy/{name}": auc for name, auc in privacy.calibrated_aucs(
+          result["privacy"], calibrate_with["privacy"]).items()}
   except (KeyError, TypeError) as e:
     raise ConfigError(f"a result without {e} where salmu_jax.evaluation writes it; evaluate "
                       f"its checkpoint again") from None
   return flat
+
+
+def attack_headlines(result: dict) -> dict:
+  """The membership AUCs ("privacy/ATTACK") and the raw numbers of the attacks on
+  forgetting ("quantize/intB/KEY", "relearn/before|after/KEY") that a result holds."""
+  flat = {}
+  for name in PRIVACY_ATTACKS:
+    if name in result.get("privacy", {}):
+      flat[f"privacy/{name}"] = result["privacy"][name]["auc"]
+  attacks = result.get("attacks", {})
+  for bits, values in attacks.get("quantize", {}).items():
+    if bits != "seconds":
+      flat |= {f"quantize/{bits}/{key}": value for key, value in values.items()}
+  for when in ("before", "after"):
+    flat |= {f"relearn/{when}/{key}": value
+             for key, value in attacks.get("relearn", {}).get(when, {}).items()}
+  return flat
+
+
+def attack_recovery(values: dict, clean: dict, compromised: dict) -> dict:
+  """What the attacks bring back, from `headlines` of a model and the two references that
+  went through the same attacks. `residual_after`: where the attacked model's RetFail MRR
+  lies between Clean's (0) and Compromised's (1), each reference attacked alike
+  (relearning: Compromised's level on the second half before any fine-tune, Clean after
+  the same fine-tune, so what the fine-tune teaches anyone is not counted); `recovery`:
+  residual_after minus the same share before the attack. Membership after relearning as
+  PrivLeak against Clean after the same fine-tune."""
+  has = lambda key: all(key in d for d in (values, clean, compromised))
+  # The share of the gap from `floor` (Clean's level) over `gap` left: NaN when gap is 0.
+  residual = lambda value, floor, gap: float((value - floor) / gap) if gap else float("nan")
+  out = {}
+  if has("relearn/after/retfail_mrr"):
+    gap = compromised["relearn/before/retfail_mrr"] - clean["relearn/before/retfail_mrr"]
+    before = residual(values["relearn/before/retfail_mrr"], clean["relearn/before/retfail_mrr"],
+                      gap)
+    after = residual(values["relearn/after/retfail_mrr"], clean["relearn/after/retfail_mrr"], gap)
+    out["relearn"] = {"residual_after": after, "recovery": after - before}
+    if has("relearn/after/privacy_pair"):
+      out["relearn"]["privleak_after"] = metrics.priv_leak(values["relearn/after/privacy_pair"],
+                                                           clean["relearn/after/privacy_pair"])
+  left = residual(values["1.1_RetFail"], clean["1.1_RetFail"],
+                  compromised["1.1_RetFail"] - clean["1.1_RetFail"])
+  for bits in ("int8", "int4"):
+    key = f"quantize/{bits}/1.1_RetFail"
+    if has(key):
+      after = residual(values[key], clean[key], compromised[key] - clean[key])
+      out[f"quantize_{bits}"] = {"residual_after": after, "recovery": after - left}
+      if has(f"quantize/{bits}/privacy_pair"):
+        out[f"quantize_{bits}"]["privleak_after"] = metrics.priv_leak(
+            values[f"quantize/{bits}/privacy_pair"], clean[f"quantize/{bits}/privacy_pair"])
+  return out
+
+
+def privacy_leakage(values: dict, clean: dict) -> dict:
+  """PrivLeak (percent) of every membership AUC both `headlines` hold, against Clean's."""
+  return {key.split("/", 1)[1]: metrics.priv_leak(values[key], clean[key])
+          for key in values if key.startswith("privacy/") and key in clean}
 
 
 def check_references(clean: dict, compromised: dict) -> None:
@@ -101,6 +167,8 @@ def normalize_and_diagnose(values: dict, clean: dict, compromised: dict, thresho
     normalized[group][key] = metrics.normalized_score(values[key], compromised[key], clean[key],
                                                       group)
   normalized["kept"] = kept = knowledge_kept(values, clean, compromised)
+  normalized["privleak"] = privacy_leakage(values, clean)
+  normalized["attacks"] = recovered = attack_recovery(values, clean, compromised)
   # Each check passes only when its number is at least the threshold, so a number that
   # cannot be computed (NaN: a degenerate reference) fails it instead of passing silently.
   passes = lambda value, threshold: bool(value >= threshold)
@@ -115,4 +183,9 @@ def normalize_and_diagnose(values: dict, clean: dict, compromised: dict, thresho
   if not all(passes(values[key], thresholds.collapse_spread_ratio * min(clean[key], compromised[key]))
              for key in ("spread/image", "spread/caption")):
     modes.append(COLLAPSE)
+  # Forgotten by the behavioural metrics, but an attack makes it ineffective again.
+  if INEFFECTIVE not in modes and not all(
+      passes(1 - attack["residual_after"], thresholds.ineffective_below)
+      for attack in recovered.values()):
+    modes.append(SUPERFICIAL)
   return normalized, {"failure_modes": modes, "label": ", ".join(modes) or "none"}

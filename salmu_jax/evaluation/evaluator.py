@@ -12,7 +12,7 @@ import numpy as np
 from salmu_jax import checkpointing, embed, io_utils, progress
 from salmu_jax.data import layout, splits
 from salmu_jax.errors import ConfigError, DatasetError, check_finite
-from salmu_jax.evaluation import diagnosis, metrics, registry
+from salmu_jax.evaluation import attacks as attacks_lib, diagnosis, metrics, registry
 from salmu_jax.evaluation.context import EvalContext
 from salmu_jax.evaluation.inputs import EvalInputs
 from salmu_jax.training import runtime as runtime_lib
@@ -34,6 +34,7 @@ class Evaluator:
                                         runtime.mesh)
     self.inputs = EvalInputs(self.config, self.dataset, self.tokenizer)
     self.fragile_ids, self.fragile_source = list(self.dataset.fragile_ids), "dataset"
+    self._relearner = None  # Built on the first relearning attack.
 
   def use_fragile_set(self, record_ids, source: str) -> None:
     """Scores FragSim and fragile retrieval on `record_ids` (retain_disjoint record ids)
@@ -54,9 +55,11 @@ class Evaluator:
                                 self.config.data.fragile_fraction)
 
   def score(self, params, *, clean: dict | None = None, compromised: dict | None = None,
-            show_progress: bool = False) -> dict:
-    """The ten metrics (official keys), the extended block, the breakdown, and with both
-    reference results the normalized scores and the failure-mode diagnosis."""
+            attacks=(), show_progress: bool = False) -> dict:
+    """The ten metrics (official keys), the extended block, the breakdown, the membership
+    attacks, the `attacks` named (attacks.ATTACKS), and with both reference results the
+    normalized scores and the failure-mode diagnosis."""
+    attacks = attacks_lib.parse_attacks(attacks)
     check_finite(params, "the model to score")
     ctx = EvalContext(self, params)
     result = {"efficacy": {}, "utility": {}}
@@ -66,6 +69,15 @@ class Evaluator:
       result[group][key] = fn(ctx)
     result["extended"] = {key: fn(ctx) for key, fn in registry.EXTENDED.items()}
     result["breakdown"] = registry.breakdown(ctx)
+    result["privacy"] = registry.privacy_block(ctx)
+    if attacks:
+      result["attacks"] = {}
+    if "quantize" in attacks:
+      result["attacks"]["quantize"] = attacks_lib.quantization_attack(self, params)
+    if "relearn" in attacks:
+      if self._relearner is None:
+        self._relearner = attacks_lib.Relearner(self)
+      result["attacks"]["relearn"] = self._relearner(params, ctx)
     if clean is not None and compromised is not None:
       result["normalized"], result["diagnosis"] = diagnosis.normalize_and_diagnose(
           diagnosis.headlines(result), diagnosis.headlines(clean),
@@ -74,7 +86,7 @@ class Evaluator:
 
   def score_checkpoint(self, run_dir: str, *, clean=None, compromised=None,
                        recompute_fragile: bool = False, allow_other_dataset: bool = False,
-                       show_progress: bool = False) -> dict:
+                       attacks=(), show_progress: bool = False) -> dict:
     """`score` of the latest checkpoint in `run_dir` (a reference or an unlearned model);
     `meta` names the step scored, the model, the dataset and the fragile set. Reads only.
 
@@ -88,12 +100,12 @@ class Evaluator:
       raise ConfigError(f"{run_dir} holds no checkpoint (expected {run_dir}/checkpoints/)")
     return self.score_saved(run_dir, state.params, saved, step, clean=clean,
                             compromised=compromised, recompute_fragile=recompute_fragile,
-                            allow_other_dataset=allow_other_dataset,
+                            allow_other_dataset=allow_other_dataset, attacks=attacks,
                             show_progress=show_progress, start=start)
 
   def score_saved(self, run_dir: str, params, saved: dict, step: int, *, clean=None,
                   compromised=None, recompute_fragile: bool = False,
-                  allow_other_dataset: bool = False, show_progress: bool = False,
+                  allow_other_dataset: bool = False, attacks=(), show_progress: bool = False,
                   start: float | None = None) -> dict:
     """`score_checkpoint` of a model whose checkpoint (metadata `saved`, at `step`) is in
     `run_dir` or being written there: the benchmark scores an unlearned model from memory
@@ -108,7 +120,7 @@ class Evaluator:
                           f"{saved['reference']}")
       recomputed = self.fragile_set_of(params)
       self.use_fragile_set(recomputed, f"recomputed from {os.path.abspath(run_dir)}")
-    result = self.score(params, clean=clean, compromised=compromised,
+    result = self.score(params, clean=clean, compromised=compromised, attacks=attacks,
                         show_progress=show_progress)
     details = saved["details"]
     result["meta"] = {
@@ -145,11 +157,12 @@ def read_fragile_set(path: str) -> tuple:
 def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices=None,
              clean: dict | None = None, compromised: dict | None = None,
              recompute_fragile: bool = False, fragile_set: str | None = None,
-             allow_other_dataset: bool = False, show_progress: bool = True) -> dict:
+             allow_other_dataset: bool = False, attacks=(), show_progress: bool = True) -> dict:
   """The result dict of the latest checkpoint in run directory `checkpoint`, on the
   dataset at `dataset_dir` (default CHECKPOINT/data/dataset); `fragile_set` (a path, see
   `read_fragile_set`) replaces the dataset's fragile set."""
   dataset_dir = dataset_dir or os.path.join(checkpoint, "data", layout.DATASET_DIRNAME)
+  attacks = attacks_lib.parse_attacks(attacks)  # Before any work.
   if recompute_fragile and fragile_set:
     raise ConfigError("--recompute_fragile computes the fragile set; --fragile_set reads one: "
                       "pass one of them")
@@ -169,4 +182,4 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
   return evaluator.score_checkpoint(checkpoint, clean=clean, compromised=compromised,
                                     recompute_fragile=recompute_fragile,
                                     allow_other_dataset=allow_other_dataset,
-                                    show_progress=show_progress)
+                                    attacks=attacks, show_progress=show_progress)

@@ -147,3 +147,8 @@ def kept_above_chance(value: float, compromised: float, chance: float) -> float:
   chance. The same number means the same loss whether the task sits at 0.6 or at 0.1."""
   gap = compromised - chance
   return float((value - chance) / gap) if gap > 0 else float("nan")
+
+
+def priv_leak(auc: float, clean_auc: float) -> float:
+  """MUSE's PrivLeak in percent: a membership AUC's relative distance from Clean's."""
+  return float((auc - clean_auc) / clean_auc * 100)

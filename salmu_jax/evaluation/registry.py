@@ -6,7 +6,7 @@ import numpy as np
 from salmu_jax import embed
 from salmu_jax.data import captions
 from salmu_jax.errors import DatasetError
-from salmu_jax.evaluation import diagnosis, metrics
+from salmu_jax.evaluation import diagnosis, metrics, privacy
 from salmu_jax.evaluation.context import finite
 from salmu_jax.evaluation.diagnosis import RETRIEVAL_SPLITS
 
@@ -15,6 +15,9 @@ EVALUATORS = {}  # "group/key" -> fn(ctx) -> dict, in registration (official) or
 # The `extended` block beside the official ten (docs/protocol.md §3): metrics that tell a
 # model that still discriminates from one that maps everything close together.
 EXTENDED = {}  # key -> fn(ctx) -> dict
+# Membership inference (privacy.py; docs/protocol.md §3): attack -> fn(ctx) -> member and
+# non-member scores. Needs the unseen_identity split.
+PRIVACY = {}
 MARGIN_SPLITS = ("forget", "holdout_identity", "holdout_association", "retain_joint",
                  "retain_disjoint")
 # What the collapse statistics pool: every split a model should keep apart.
@@ -23,8 +26,8 @@ SPREAD_SPLITS = ("holdout_identity", "holdout_association", "retain_joint", "ret
 
 def register(group: str, key: str):
   def wrap(fn):
-    if group == "extended":
-      EXTENDED[key] = fn
+    if group in ("extended", "privacy"):
+      (EXTENDED if group == "extended" else PRIVACY)[key] = fn
     else:
       expected = diagnosis.official_metrics()[len(EVALUATORS)]
       if (group, key) != expected:
@@ -191,6 +194,32 @@ def collapse(ctx):
           "caption_cosine": metrics.mean_offdiagonal_cosine(texts),
           "mismatched_cosine": metrics.mean_offdiagonal_cosine(images, texts),
           "count": int(len(images))}
+
+
+@register("privacy", "pair")
+def pair_attack(ctx):
+  return privacy.pair_scores(ctx)
+
+
+@register("privacy", "pair_augmented")
+def augmented_pair_attack(ctx):
+  return privacy.augmented_pair_scores(ctx)
+
+
+@register("privacy", "identity")
+def identity_attack(ctx):
+  return privacy.identity_scores(ctx, [IDENTITY_PROMPT.format(p["name"])
+                                       for p in ctx.dataset.personas])
+
+
+def privacy_block(ctx, attacks=None) -> dict:
+  """{attack: privacy.summary} of the PRIVACY attacks (all, or those named), or
+  {"unavailable": why} for a dataset without non-members (the released SALMUBench data)."""
+  if not privacy.has_nonmembers(ctx.dataset):
+    return {"unavailable": f"no {privacy.NONMEMBER_SPLIT} split in this dataset: membership "
+                           f"inference needs personas no model saw"}
+  return {name: privacy.summary(fn(ctx)) for name, fn in PRIVACY.items()
+          if attacks is None or name in attacks}
 
 
 def breakdown(ctx) -> dict:

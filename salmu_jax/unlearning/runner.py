@@ -55,8 +55,10 @@ def check_request(method_name: str, budget: float) -> methods.Method:
   return methods.METHODS[method_name]
 
 
-class _Batches:
-  """This process's forget and retain batches as global arrays; counts samples drawn."""
+class Batches:
+  """This process's forget and retain batches as global arrays; counts samples drawn.
+  Each source starts on its first draw: a run that reads only forget pairs never decodes
+  or renders retain images."""
 
   def __init__(self, runtime, config, seed: int, forget_indices=None):
     u, dataset = config.unlearn, runtime.dataset
@@ -65,26 +67,78 @@ class _Batches:
     pipeline.require_unlearning_splits(pipeline.SOURCE_SPLITS["retain_synth"])
     # A run takes only a few batches: a deep prefetch would decode and render batches
     # that are never used, on the cores the step needs.
-    self._iterators = {
-        "forget": pipeline.iterate(pipeline.forget_batches(
+    self._sources = {
+        "forget": lambda: pipeline.forget_batches(
             config, dataset, runtime.tokenizer, u.forget_batch, seed=seed, shard_index=index,
-            shard_count=count, indices=forget_indices), config, PREFETCH_BATCHES),
-        "retain": pipeline.iterate(pipeline.training_batches(  # The retain mixture only.
+            shard_count=count, indices=forget_indices),
+        "retain": lambda: pipeline.training_batches(  # The retain mixture only.
             config, dataset, runtime.tokenizer, sources.retain_base_source(config.data),
             batch_size=u.retain_batch, seed=seed, shard_index=index, shard_count=count),
-            config, PREFETCH_BATCHES),
     }
+    self._config, self._iterators = config, {}
     self.samples = {"forget": 0, "retain": 0}
 
   def next(self, names) -> dict:
     batch = {}
     for name in names:
+      if name not in self._iterators:
+        self._iterators[name] = pipeline.iterate(self._sources[name](), self._config,
+                                                 PREFETCH_BATCHES)
       local = next(self._iterators[name])
       keys = ("image", "tokens", "generic_tokens") if name == "forget" else ("image", "tokens")
       batch[name] = {k: jax.make_array_from_process_local_data(self.sharding, local[k])
                      for k in keys}
       self.samples[name] += len(local["tokens"]) * jax.process_count()
     return batch
+
+
+def optimize(runtime, config, compiled: dict, state, reference_params, objective, key: tuple,
+             names, steps: int, batches, update_mask=None, show_progress: bool = True,
+             label: str = ""):
+  """`steps` optimizer steps of `objective` on the named batches (`Batches`) from the
+  parameters of `state` (a TrainState; kept, a copy is trained), with `reference_params`
+  as the frozen model that objectives may read; returns (state, last metrics). `key` names
+  what `objective` computes (method, hyperparameters, loss kind): steps of equal keys share
+  one jitted function in `compiled`. A saliency mask is baked into its program, so masked
+  steps are not shared."""
+  tx = optimizer.unlearning(config.train, config.unlearn, update_mask)
+  learning_rate = optimizer.learning_rate_schedule(config.unlearn, steps)
+  new_state = lambda params, rng: TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                                             rng)
+  # The unlearning chain's state: the pretraining structure plus its own links.
+  shardings = sharding.state_shardings(
+      jax.eval_shape(new_state, state.params, state.rng), runtime.mesh)
+  # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
+  # with the step's output shardings, so the second step does not see new input types and
+  # compile again.
+  fresh = _cached(compiled, ("fresh_state", update_mask is None), lambda: jax.jit(
+      new_state, out_shardings=shardings))
+  state = fresh(state.params, state.rng)
+  make_step = lambda: jax.jit(
+      make_train_step(tx, objective, factory.apply_fn(runtime.graphdef)),
+      in_shardings=(shardings, shardings.params, {n: batches.sharding for n in names}, None),
+      out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,))
+  step_fn = make_step() if update_mask is not None else _cached(
+      compiled, ("step", *key, names), make_step)
+  metrics, first_loss = {}, None
+  with progress.bar(total=steps, desc=label, unit="step", enabled=show_progress) as bar:
+    for step in range(steps):
+      state, metrics = step_fn(state, reference_params, batches.next(names),
+                               jnp.float32(learning_rate(step)))
+      first_loss = metrics["loss"] if first_loss is None else first_loss
+      if (step + 1) % config.unlearn.log_every == 0 or step + 1 == steps:
+        loss = check_loss(metrics["loss"], step + 1, "unlearning loss",
+                          lambda: "nothing was written; lower unlearn.learning_rate")
+        bar.set_postfix(loss=f"{loss:.4f}")
+      bar.update(1)
+  return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
+
+
+def _cached(compiled: dict, key: tuple, make):
+  """`compiled[key]`, made on first use (jitted functions shared across runs)."""
+  if key not in compiled:
+    compiled[key] = make()
+  return compiled[key]
 
 
 class _Tools:
@@ -144,7 +198,7 @@ class Unlearner:
     self.allow_other_dataset, self.pretrained_on = allow_other_dataset, meta["dataset"]
     apply, loss = factory.apply_fn(self.runtime.graphdef), losses.contrastive(
         "batch", config.train.loss)
-    self.loss_grad = self._jitted(("loss_grad", config.train.loss), lambda: jax.jit(
+    self.loss_grad = _cached(self._compiled, ("loss_grad", config.train.loss), lambda: jax.jit(
         lambda p, b: jax.grad(lambda q: loss(q, {"batch": b}, losses.Context(
             None, jax.random.PRNGKey(0), 0, apply))[0])(p)))
 
@@ -161,49 +215,10 @@ class Unlearner:
       raise ConfigError(f"--workdir={workdir} already holds a run ({', '.join(held)}); "
                         f"choose a new directory or remove it")
 
-  def _jitted(self, key: tuple, make):
-    if key not in self._compiled:
-      self._compiled[key] = make()
-    return self._compiled[key]
-
   def _optimize(self, state, objective, key: tuple, names, steps, batches, update_mask=None,
                 show_progress=True, label=""):
-    """`steps` optimizer steps of `objective` on the named batches; returns (state, last
-    metrics). `key` names what `objective` computes (method, hyperparameters, loss kind):
-    steps of equal keys share one jitted function. A saliency mask is baked into its
-    program, so masked steps are not shared."""
-    config, runtime = self.config, self.runtime
-    tx = optimizer.unlearning(config.train, config.unlearn, update_mask)
-    learning_rate = optimizer.learning_rate_schedule(config.unlearn, steps)
-    new_state = lambda params, rng: TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                                               rng)
-    # The unlearning chain's state: the pretraining structure plus its own links.
-    shardings = sharding.state_shardings(
-        jax.eval_shape(new_state, self.original.params, self.original.rng), runtime.mesh)
-    # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
-    # with the step's output shardings, so the second step does not see new input types and
-    # compile again.
-    fresh = self._jitted(("fresh_state", update_mask is None), lambda: jax.jit(
-        new_state, out_shardings=shardings))
-    state = fresh(state.params, state.rng)
-    make_step = lambda: jax.jit(
-        make_train_step(tx, objective, factory.apply_fn(runtime.graphdef)),
-        in_shardings=(shardings, shardings.params, {n: batches.sharding for n in names}, None),
-        out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,))
-    step_fn = make_step() if update_mask is not None else self._jitted(("step", *key, names),
-                                                                       make_step)
-    metrics, first_loss = {}, None
-    with progress.bar(total=steps, desc=label, unit="step", enabled=show_progress) as bar:
-      for step in range(steps):
-        state, metrics = step_fn(state, self.original.params, batches.next(names),
-                                 jnp.float32(learning_rate(step)))
-        first_loss = metrics["loss"] if first_loss is None else first_loss
-        if (step + 1) % config.unlearn.log_every == 0 or step + 1 == steps:
-          loss = check_loss(metrics["loss"], step + 1, "unlearning loss",
-                            lambda: "nothing was written; lower unlearn.learning_rate")
-          bar.set_postfix(loss=f"{loss:.4f}")
-        bar.update(1)
-    return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
+    return optimize(self.runtime, self.config, self._compiled, state, self.original.params,
+                    objective, key, names, steps, batches, update_mask, show_progress, label)
 
   def run(self, method_name: str, budget: float, workdir: str, *, show_progress: bool = True,
           forget_request: list | None = None, while_saving=None):
@@ -234,7 +249,7 @@ class Unlearner:
     if forget_request is not None:
       indices = requests.resolve_request(runtime.dataset, forget_request, "--forget")
     num_forget = len(indices) if indices is not None else len(runtime.dataset.splits["forget"])
-    batches = _Batches(runtime, config, seed=config.seed, forget_indices=indices)
+    batches = Batches(runtime, config, seed=config.seed, forget_indices=indices)
     names = tuple(method.uses(hp))
     per_step = sum(u.forget_batch if n == "forget" else u.retain_batch for n in names)
     steps = budget_steps(budget, num_forget, per_step)
