@@ -16,6 +16,7 @@ import numpy as np
 from salmu_jax.evaluation import metrics
 
 MEMBER_SPLIT, NONMEMBER_SPLIT = "forget", "unseen_identity"
+SIDES = {"member": MEMBER_SPLIT, "nonmember": NONMEMBER_SPLIT}  # Score side -> its split.
 CALIBRATED = ("pair", "identity")  # Also scored minus a reference model's scores.
 # MUSE's pass band for PrivLeak, in percent.
 PRIVLEAK_BAND = 5.0
@@ -71,7 +72,7 @@ def has_nonmembers(dataset) -> bool:
 
 
 def _sides(ctx) -> dict:
-  return {"member": ctx.split(MEMBER_SPLIT), "nonmember": ctx.split(NONMEMBER_SPLIT)}
+  return {side: ctx.split(split) for side, split in SIDES.items()}
 
 
 def pair_scores(ctx) -> dict:
@@ -82,9 +83,8 @@ def pair_scores(ctx) -> dict:
 
 def augmented_pair_scores(ctx) -> dict:
   """The cosine attack's mean over the image and its `augmented_views`."""
-  cos = pair_scores(ctx)
-  out = {}
-  for side, split in (("member", MEMBER_SPLIT), ("nonmember", NONMEMBER_SPLIT)):
+  cos, out = pair_scores(ctx), {}
+  for side, split in SIDES.items():
     views = _view_cosines(ctx, split)
     out[side] = (cos[side] + views.sum(0)) / (1 + len(views))
   return out
