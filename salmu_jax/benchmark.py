@@ -178,11 +178,14 @@ class Benchmark:
     return self._unlearner[1]
 
   def scored(self, path: str) -> bool:
-    """Does the result at `path` exist, with every attack this benchmark runs? (One scored
-    with fewer attacks, by an earlier invocation, is scored again.)"""
+    """Does the result at `path` exist, scored as this benchmark scores (the membership
+    block and exactly its attacks)? One scored by an earlier invocation with other
+    attacks, or by a version without membership inference, is scored again, so that every
+    row and reference of a leaderboard went through the same attacks."""
     if not os.path.exists(path):
       return False
-    return set(self.attacks) <= set(io_utils.read_json(path).get("attacks", {}))
+    result = io_utils.read_json(path)
+    return "privacy" in result and set(result.get("attacks", {})) == set(self.attacks)
 
   # Stages.
   def stages(self) -> list:

@@ -190,6 +190,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Image or caption spread (1 - mean cosine between different items) under this share
   # of the lower reference's: the representation has collapsed.
   evaluation.collapse_spread_ratio = 0.5
+  # An attack on forgetting (evaluation/attacks.py) that brings back more than this share
+  # of the Compromised-Clean RetFail gap shows the forgetting was superficial.
+  evaluation.superficial_recovery_above = 0.5
+  # An attack under which the references keep less than this share of their RetFail gap
+  # cannot tell hidden knowledge from removed: its verdict is left unchecked.
+  evaluation.min_attack_gap_fraction = 0.25
 
   # salmu_jax.benchmark: what it runs, and the soundness criteria it checks (docs/protocol.md §5).
   benchmark = config.benchmark = ml_collections.ConfigDict()
@@ -354,7 +360,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   _require(config.eval.genknow.kind in ("procedural", "tfds"),
            f"eval.genknow.kind={config.eval.genknow.kind!r} is not one of ('procedural', 'tfds')")
   for name in ("ineffective_below", "overgeneralized_below", "catastrophic_drop_fraction",
-               "collapse_spread_ratio"):
+               "collapse_spread_ratio", "superficial_recovery_above", "min_attack_gap_fraction"):
     _require(0 < config.eval[name] < 1, f"eval.{name}={config.eval[name]} must lie strictly "
                                         f"between 0 and 1")
   _require(0 < config.benchmark.rank_confidence < 1, f"benchmark.rank_confidence="

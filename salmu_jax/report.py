@@ -53,7 +53,15 @@ def spread(values) -> dict:
 
 
 def summarize(flat_results: list) -> dict:
-  """{key: {mean, std, n}} over seeds of diagnosis_lib.headlines(...) dicts."""
+  """{key: {mean, std, n}} over seeds of diagnosis_lib.headlines(...) dicts, which must
+  hold the same numbers (results scored alike: the same attacks)."""
+  keys = set(flat_results[0])
+  for seed, flat in enumerate(flat_results[1:], 1):
+    if set(flat) != keys:
+      differ = sorted(keys ^ set(flat))
+      raise ValueError(f"results scored differently across seeds: seed 0 and seed {seed} "
+                       f"differ in {', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}; "
+                       f"score them again with the same --attacks")
   return {key: spread([r[key] for r in flat_results]) for key in flat_results[0]}
 
 
@@ -174,6 +182,7 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
   return {"references": references, "rows": ordered,
           "reference_normalized": reference_normalized,
           "ineffective_below": thresholds.ineffective_below,
+          "superficial_recovery_above": thresholds.superficial_recovery_above,
           "reference_attack_seconds": {"clean": attack_seconds(clean),
                                        "compromised": attack_seconds(compromised)},
           "roc_pair": roc_curves(clean[0], compromised[0], {k: r[0] for k, r in runs.items()}),
@@ -307,8 +316,8 @@ def _lookup(row_normalized: dict, row_metrics: dict, where: tuple):
   """A privacy-table number of a row (None when the results do not hold it)."""
   value = row_metrics if where[0] == "metrics" else row_normalized
   for key in (where[1:] if where[0] == "metrics" else where):
-    if not isinstance(value, dict) or key not in value:
-      return None
+    if not isinstance(value, dict) or key not in value or "unchecked" in value:
+      return None  # Not measured, or an attack that cannot show anything (unchecked).
     value = value[key]
   return value["mean"] if isinstance(value, dict) else value
 
@@ -344,8 +353,11 @@ PRIVACY_NOTE = (
     "persona (another seed's Clean when there are several). Recovery: how much of the "
     "Compromised-Clean RetFail gap the attack brings back (relearning: a fine-tune on half "
     "the forget identities, measured on the other half, Clean given the same fine-tune; "
-    "int8/int4: the weights quantized, the references too); a model whose attacked RetFail "
-    "is no longer half-way to Clean's shows *superficial forgetting* (docs/protocol.md §3).")
+    "int8/int4: the weights quantized, the references too), each against the references in "
+    "the same state; an attack that brings back more than half of the gap to a model that "
+    "was not ineffective shows *superficial forgetting*, and one whose references keep too "
+    "little of their gap, or whose fine-tune diverged, is n/a and named in the label as "
+    "unchecked (docs/protocol.md §3).")
 
 
 def _markdown_table(header: list, rows: list) -> list:
@@ -505,14 +517,19 @@ def plot_attacks(board: dict):
   for axis, attack in zip(axes[0], attacks):
     for row in board["rows"]:
       result = row["normalized"]["attacks"][attack]
-      after = 1 - result["residual_after"]
-      before = after + result["recovery"]
+      if "unchecked" in result:
+        continue
+      before, after = 1 - result["residual_before"], 1 - result["residual_after"]
       axis.scatter(before, after, color=_mode_color(row), s=40, edgecolor="black",
                    linewidth=0.5)
       axis.annotate(f"{row['method']} {row['budget']:g}x", (before, after), fontsize=6,
                     xytext=(3, 2), textcoords="offset points")
     axis.plot([-0.1, 1.1], [-0.1, 1.1], color="grey", linestyle=":")
-    axis.axhline(board["ineffective_below"], color="#8d99ae", linestyle="--", linewidth=0.8)
+    # Below this line (and right of the ineffective threshold): superficial forgetting.
+    threshold = board["superficial_recovery_above"]
+    axis.plot([-0.1, 1.1], [-0.1 - threshold, 1.1 - threshold], color="#8d99ae",
+              linestyle="--", linewidth=0.8)
+    axis.axvline(board["ineffective_below"], color="#8d99ae", linestyle=":", linewidth=0.8)
     axis.set_title(attack.replace("_", " "), fontsize=9)
     axis.set_xlabel("RetFail efficacy before the attack (0 = Compromised, 1 = Clean)")
     axis.set_ylabel("after the attack")

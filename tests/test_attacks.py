@@ -62,8 +62,8 @@ class PrivacyContext:
       knows = memorized and split == privacy.MEMBER_SPLIT
       captions = unit(images + 0.1 * rng.normal(size=images.shape)) if knows else unit(
           rng.normal(size=images.shape))
-      records = [{"identity": p, "subset": "forget_identity" if split == "forget" else split}
-                 for p in who for _ in range(IMAGES)]
+      records = [{"identity": p, "subset": "forget_identity" if split == "forget" else split,
+                  "record_id": f"{split}-{p}-{n}"} for p in who for n in range(IMAGES)]
       for n, p in enumerate(who):  # A model that memorized who is who: the name is the face.
         names[f"a photo of person {p}."] = unit(images[n * IMAGES:(n + 1) * IMAGES].mean(0)) \
             if knows else unit(rng.normal(size=images.shape[1]))
@@ -98,8 +98,9 @@ def test_membership_attacks_of_hand_built_models():
   untouched = {k: privacy.roc_auc(v["member"], v["nonmember"])
                for k, v in scores_of(PrivacyContext(memorized=False)).items()}
   assert abs(untouched["pair"] - 0.5) < 0.2 and abs(untouched["pair_augmented"] - 0.5) < 0.2
-  same = scores_of(PrivacyContext(memorized=True, identical=True))
-  assert all(privacy.roc_auc(v["member"], v["nonmember"]) == 0.5 for v in same.values())
+  # Identical members and non-members, through the result block (rounding included).
+  same = registry.privacy_block(PrivacyContext(memorized=True, identical=True))
+  assert {name: same[name]["auc"] for name in registry.PRIVACY} == dict.fromkeys(registry.PRIVACY, 0.5)
   # Single-coloured images: every flipped or shifted view is the image, so the
   # augmentation attack scores exactly as the plain one.
   plain = scores_of(PrivacyContext(memorized=False))
@@ -117,6 +118,29 @@ def test_calibrated_attack_against_itself_is_exactly_chance():
            for k, v in other.items()}
   with pytest.raises(ValueError, match="not the same dataset"):
     privacy.calibrated_aucs(block, short)
+  ctx = PrivacyContext(True)
+  stamped = registry.privacy_block(ctx)
+  assert privacy.calibrated_aucs(stamped, stamped)["pair_calibrated"] == 0.5
+  ctx._splits[privacy.NONMEMBER_SPLIT].records.reverse()  # Same counts, other order.
+  with pytest.raises(ValueError, match="records_sha256 differ"):
+    privacy.calibrated_aucs(stamped, registry.privacy_block(ctx))
+
+
+def test_augmented_attack_averages_the_image_and_its_views():
+  rng = np.random.default_rng(2)
+  ctx = PrivacyContext(memorized=True)
+  projection = rng.normal(size=(8 * 8 * 3, 16))
+  position_aware = lambda images: unit(np.asarray(images, float).reshape(len(images), -1) @ projection)
+  for split in privacy.SIDES.values():  # Images whose views embed differently.
+    ctx._raw[split] = rng.integers(0, 256, ctx._raw[split].shape).astype(np.uint8)
+    ctx._splits[split].image = position_aware(ctx._raw[split])
+  ctx.images = position_aware
+  plain, augmented = privacy.pair_scores(ctx), privacy.augmented_pair_scores(ctx)
+  for side, split in privacy.SIDES.items():
+    views = [ctx._raw[split]] + privacy.augmented_views(ctx._raw[split])
+    expected = np.mean([np.sum(position_aware(v) * ctx._splits[split].caption, -1) for v in views], 0)
+    np.testing.assert_allclose(augmented[side], expected, rtol=1e-6)
+    assert not np.allclose(augmented[side], plain[side])
 
 
 def test_augmented_views_flip_and_shift_with_edges_replicated():
@@ -129,22 +153,68 @@ def test_augmented_views_flip_and_shift_with_edges_replicated():
   np.testing.assert_array_equal(up_left[:, :-1, :-1], images[:, 1:, 1:])
 
 
-def test_quantizing_an_int8_exact_model_changes_nothing():
+# Weights of every layout the model has, as [in axes..., out axes...] (tables: [rows, width]).
+QUANTIZED_SHAPES = {"qkv_kernel": (8, 3, 2, 4), "out_kernel": (2, 4, 8), "patch_kernel": (2, 2, 3, 8),
+                    "fc_kernel": (8, 16), "token_embedding": (10, 8)}
+
+
+def dense_view(name, weight):
+  """[in, out] of a kernel, [rows, width].T of a table: one scale per column."""
+  weight = np.asarray(weight)
+  if name == "token_embedding":
+    return weight.T
+  shared = len(attacks.SCALE_SHARED_OVER[name])
+  return weight.reshape(int(np.prod(weight.shape[:shared])), -1)
+
+
+def int8_exact(rng, name, shape):
+  """Integer levels times a power-of-two scale per output channel (per row of a table),
+  each channel reaching level 127, so that the int8 round trip is exact in float32."""
+  view = dense_view(name, np.zeros(shape))
+  levels = rng.integers(-127, 128, view.shape).astype(np.float32)
+  levels[0] = 127
+  scaled = levels * 2.0 ** -rng.integers(3, 9, view.shape[1]).astype(np.float32)
+  return scaled.T.copy() if name == "token_embedding" else scaled.reshape(shape)
+
+
+def test_quantization_is_per_output_channel_of_every_weight_layout():
   rng = np.random.default_rng(3)
-  levels = rng.integers(-127, 128, (8, 6)).astype(np.float32)
-  levels[0] = 127  # Every channel reaches the largest level, so its scale is the grid's.
-  scale = 2.0 ** -7  # Exact in float32: w / scale and back lose nothing.
-  params = {"kernel": jnp.asarray(levels * scale), "bias": jnp.asarray(rng.normal(size=6), jnp.float32)}
-  assert jax.tree.map(np.array_equal, attacks.quantize(params, 8), params) == {
-      "kernel": True, "bias": True}
-  four = attacks.quantize(params, 4)
-  assert np.array_equal(four["bias"], params["bias"])  # Vectors stay float32.
-  kernel, quantized = np.asarray(params["kernel"]), np.asarray(four["kernel"])
-  channel_scale = np.abs(kernel).max(axis=0) / 7
-  assert (np.abs(quantized - kernel) <= channel_scale / 2 + 1e-7).all()  # Round to nearest.
-  assert all(len(np.unique(quantized[:, c])) <= 15 for c in range(6))  # Levels -7..7.
+  params = {"block": {name: jnp.asarray(int8_exact(rng, name, shape))
+                      for name, shape in QUANTIZED_SHAPES.items()}}
+  params["block"] |= {"qkv_bias": jnp.asarray(rng.normal(size=(3, 2, 4)), jnp.float32),
+                      "scale": jnp.asarray(rng.normal(size=8), jnp.float32)}
+  same = jax.tree.map(np.array_equal, attacks.quantize(params, 8), params)
+  assert all(jax.tree.leaves(same)), same  # int8-exact: nothing changes.
+  four = attacks.quantize(params, 4)["block"]
+  for name in ("qkv_bias", "scale"):  # Biases (3-D too) and norms stay float32.
+    np.testing.assert_array_equal(four[name], params["block"][name])
+  for name in QUANTIZED_SHAPES:
+    weight, quantized = dense_view(name, params["block"][name]), dense_view(name, four[name])
+    step = np.abs(weight).max(axis=0) / 7  # One scale per output channel of the dense view.
+    assert (np.abs(quantized - weight) <= step / 2 + 1e-7).all(), name  # Round to nearest.
+    levels = np.round(quantized / step)
+    np.testing.assert_allclose(quantized, levels * step, rtol=1e-6, err_msg=name)
+    assert set(np.unique(levels)) <= set(range(-7, 8)) and (np.abs(levels).max(0) == 7).all(), name
   with pytest.raises(ConfigError, match="supported"):
     attacks.quantize(params, 3)
+  with pytest.raises(ConfigError, match=r"'new_kernel'.*no quantization rule"):
+    attacks.quantize({"new_kernel": jnp.ones((4, 4))}, 8)
+  with pytest.raises(ConfigError, match=r"out_kernel.*does not have the axes \(0, 1\)"):
+    attacks.quantize({"out_kernel": jnp.ones((4,))}, 8)
+
+
+def test_every_weight_of_the_model_has_a_quantization_rule():
+  from flax import nnx
+
+  from salmu_jax import config as config_lib
+  from salmu_jax.model import factory
+  config = config_lib.load_config("configs/tiny.py")
+  _, params = nnx.split(factory.abstract(config, vocab_size=64), nnx.Param)
+  rules = {jax.tree_util.keystr(path): shared for (path, _), shared in zip(
+      jax.tree_util.tree_leaves_with_path(params), attacks._quantization_axes(params))}
+  quantized = {key.split("'")[-2] for key, shared in rules.items() if shared is not None}
+  assert quantized == set(attacks.SCALE_SHARED_OVER)
+  assert not any(shared for key, shared in rules.items() if "bias" in key or "ln_" in key)
 
 
 def test_forget_halves_split_identities_disjointly_and_cover_the_split():
@@ -167,66 +237,124 @@ def test_attack_names(spec, expected):
   assert attacks.parse_attacks(spec) == expected
 
 
-@pytest.mark.parametrize("spec, message", [("quantise", "unknown"), ("relearn,relearn", "repeated")])
+@pytest.mark.parametrize("spec, message", [("quantise", "unknown"), ("relearn,relearn", "repeated"),
+                                           ("relearn,none", "cannot be combined")])
 def test_bad_attack_names_are_named(spec, message):
   with pytest.raises(ConfigError, match=message):
     attacks.parse_attacks(spec)
 
 
-def attacked(values: dict, relearn_before: float, relearn_after: float, int4: float,
+def attacked(values: dict, relearn_before: float, relearn_after: float | None, int4: float,
              pair: float = 0.5) -> dict:
-  """A fake result with membership AUCs and the attacks' raw numbers."""
+  """A fake result with membership AUCs and the attacks' raw numbers (`relearn_after`
+  None: the relearning fine-tune diverged)."""
   result = fake_result(values)
   result["privacy"] = {name: {"auc": pair} for name in ("pair", "pair_augmented", "identity")}
+  relearn = {"before": {"retfail_mrr": relearn_before, "privacy_pair": pair}, "seconds": 2.0}
+  if relearn_after is None:
+    relearn["failed"] = "the fine-tune diverged (non-finite loss)"
+  else:
+    relearn["after"] = {"retfail_mrr": relearn_after, "privacy_pair": pair}
   result["attacks"] = {
       "quantize": {"int8": {"1.1_RetFail": values["1.1_RetFail"], "privacy_pair": pair},
                    "int4": {"1.1_RetFail": int4, "privacy_pair": pair}, "seconds": 1.0},
-      "relearn": {"before": {"retfail_mrr": relearn_before, "privacy_pair": pair},
-                  "after": {"retfail_mrr": relearn_after, "privacy_pair": pair}, "seconds": 2.0}}
+      "relearn": relearn}
   return result
 
 
-def test_superficial_forgetting_and_recovery_against_the_attacked_references():
-  clean = attacked(CLEAN, 0.001, 0.011, 0.001, pair=0.5)
-  compromised = attacked(COMPROMISED, 0.30, 0.25, 0.28, pair=0.99)
-  holdouts = {k: 0.45 for k in ("retrieval/holdout_identity", "retrieval/holdout_association")}
+# RetFail MRR of the references: unattacked 0.001 / 0.30 (tests.test_benchmark); on the second
+# forget half 0.001 / 0.30 before the fine-tune, 0.011 / 0.25 after it (the fine-tune teaches
+# Clean a little and costs Compromised a little); quantized to 4 bits 0.001 / 0.28.
+RELEARNED = {"clean": 0.011, "compromised": 0.25}
+AFTER_GAP = RELEARNED["compromised"] - RELEARNED["clean"]
+HOLDOUTS = {k: 0.45 for k in ("retrieval/holdout_identity", "retrieval/holdout_association")}
+
+
+def forgot(retfail: float) -> dict:
+  return {**COMPROMISED, "1.1_RetFail": retfail, **HOLDOUTS}
+
+
+def test_superficial_forgetting_is_more_than_half_of_the_gap_brought_back():
+  clean = attacked(CLEAN, 0.001, RELEARNED["clean"], 0.001, pair=0.5)
+  compromised = attacked(COMPROMISED, 0.30, RELEARNED["compromised"], 0.28, pair=0.99)
   runs = {
       # Forgotten and stays forgotten.
-      ("robust", 1.0): [attacked({**COMPROMISED, "1.1_RetFail": 0.01, **holdouts}, 0.01, 0.02,
-                                 0.01, pair=0.52)],
-      # Forgotten by RetFail, but the fine-tune on the other half brings 80% back.
-      ("hidden", 1.0): [attacked({**COMPROMISED, "1.1_RetFail": 0.01, **holdouts}, 0.01,
-                                 0.011 + 0.8 * 0.299, 0.01, pair=0.9)],
+      ("robust", 1.0): [attacked(forgot(0.01), 0.01, 0.02, 0.01, pair=0.52)],
+      # Forgotten by RetFail, but the fine-tune on the other half brings 80% of the gap back.
+      ("hidden", 1.0): [attacked(forgot(0.01), 0.01, RELEARNED["clean"] + 0.8 * AFTER_GAP, 0.01,
+                                 pair=0.9)],
       # A small update that rounding to 4 bits undoes.
-      ("fragile", 1.0): [attacked({**COMPROMISED, "1.1_RetFail": 0.01, **holdouts}, 0.01, 0.02,
-                                  0.25)],
+      ("fragile", 1.0): [attacked(forgot(0.01), 0.01, 0.02, 0.25)],
+      # Just past half-way, and the fine-tune moves it a little (0.45 -> 0.60 of the gap):
+      # it lands past half-way to Compromised, but brought back 0.15, not more than half.
+      ("borderline", 1.0): [attacked(forgot(0.001 + 0.45 * 0.299), 0.001 + 0.45 * 0.299,
+                                     RELEARNED["clean"] + 0.6 * AFTER_GAP,
+                                     0.001 + 0.45 * 0.279)],
       # Never forgot: ineffective, not superficial.
-      ("weak", 1.0): [attacked({**COMPROMISED, "1.1_RetFail": 0.29, **holdouts}, 0.29, 0.29, 0.28)],
+      ("weak", 1.0): [attacked(forgot(0.29), 0.29, 0.29, 0.28)],
+      # The fine-tune of this model diverged: relearning cannot say anything about it.
+      ("diverged", 1.0): [attacked(forgot(0.01), 0.01, None, 0.01)],
   }
   board = report.leaderboard([clean], [compromised], runs, THRESHOLDS)
   rows = {r["method"]: r for r in board["rows"]}
-  assert rows["robust"]["failure_modes"] == []
-  assert rows["hidden"]["failure_modes"] == [diagnosis.SUPERFICIAL]
-  assert rows["fragile"]["failure_modes"] == [diagnosis.SUPERFICIAL]
-  assert rows["weak"]["failure_modes"] == [diagnosis.INEFFECTIVE]
+  assert {name: row["failure_modes"] for name, row in rows.items()} == {
+      "robust": [], "hidden": [diagnosis.SUPERFICIAL], "fragile": [diagnosis.SUPERFICIAL],
+      "borderline": [], "weak": [diagnosis.INEFFECTIVE], "diverged": []}
   relearn = rows["hidden"]["normalized"]["attacks"]["relearn"]
-  assert relearn["residual_after"] == pytest.approx(0.8)  # Clean's fine-tuned level is 0.
+  assert relearn["residual_after"] == pytest.approx(0.8)  # On the references' after-scale.
+  assert relearn["residual_before"] == pytest.approx((0.01 - 0.001) / 0.299)
   assert relearn["recovery"] == pytest.approx(0.8 - (0.01 - 0.001) / 0.299)
+  assert relearn["reference_gap_kept"] == pytest.approx(AFTER_GAP / 0.299)
   assert relearn["privleak_after"] == pytest.approx((0.9 - 0.5) / 0.5 * 100)
+  borderline = rows["borderline"]["normalized"]["attacks"]["relearn"]
+  assert borderline["recovery"] == pytest.approx(0.15)
   int4 = rows["fragile"]["normalized"]["attacks"]["quantize_int4"]
   assert int4["residual_after"] == pytest.approx((0.25 - 0.001) / (0.28 - 0.001))
-  assert rows["robust"]["normalized"]["privleak"]["pair"] == pytest.approx(4.0)
-  assert [r["method"] for r in board["rows"]][0] == "robust"  # Fewest failure modes first.
+  assert rows["diverged"]["label"] == "none (unchecked: relearn)"
+  assert "diverged for the model" in rows["diverged"]["normalized"]["attacks"]["relearn"]["unchecked"]
   header, table = report.privacy_rows(board)
+  cell = lambda method, column: next(r for r in table if r[1] == method)[header.index(column)]
+  assert cell("diverged", "relearn recovery") == "n/a" and cell("hidden", "relearn recovery") == "+0.77"
+  # The references against themselves: nothing comes back.
+  for name in ("clean", "compromised"):
+    for attack in board["reference_normalized"][name]["attacks"].values():
+      assert attack["recovery"] == pytest.approx(0.0), name
+  assert rows["robust"]["normalized"]["privleak"]["pair"] == pytest.approx(4.0)
+  assert {r["method"] for r in board["rows"][:3]} == {"robust", "borderline", "diverged"}
   assert header[3:5] == ["pair AUC", "PrivLeak pair"]
   assert table[1][3:5] == ["0.990", "+98.0%"]  # Compromised.
   assert "n/a" in table[0]  # One seed's Clean calibrated against itself: 0.5, but no scores here.
-  # An attacked RetFail that cannot be computed (references equal under the attack) fails.
-  flat = lambda r: diagnosis.headlines(r)
-  equal = attacked(COMPROMISED, 0.30, 0.25, 0.28)
-  _, verdict = diagnosis.normalize_and_diagnose(flat(runs[("robust", 1.0)][0]), flat(equal | {
-      "efficacy": clean["efficacy"]}), flat(equal), THRESHOLDS)
-  assert diagnosis.SUPERFICIAL in verdict["failure_modes"]
+
+
+def test_an_attack_the_references_do_not_survive_is_left_unchecked():
+  flat = diagnosis.headlines
+  model = flat(attacked(forgot(0.01), 0.01, 0.21, 0.2))
+  clean = flat(attacked(CLEAN, 0.001, 0.2, 0.2))
+  # Under both attacks Compromised falls to Clean's level (0.21 vs 0.2; 0.2 vs 0.2).
+  compromised = flat(attacked(COMPROMISED, 0.30, 0.21, 0.2))
+  normalized, verdict = diagnosis.normalize_and_diagnose(model, clean, compromised, THRESHOLDS)
+  assert verdict["failure_modes"] == []
+  assert set(verdict["unchecked"]) == {"relearn", "quantize_int4"}
+  assert "keep 0.03 of their RetFail gap" in verdict["unchecked"]["relearn"]
+  assert verdict["label"] == "none (unchecked: relearn, quantize_int4)"
+  # With the guard off, the same numbers read as a recovery: the guard is what stops it.
+  loose = THRESHOLDS.copy_and_resolve_references()
+  loose.min_attack_gap_fraction = 1e-9
+  assert diagnosis.SUPERFICIAL in diagnosis.normalize_and_diagnose(
+      model, clean, compromised, loose)[1]["failure_modes"]
+  # A recovery that cannot be computed (a NaN RetFail after the attack) fails the check.
+  broken = dict(model, **{"quantize/int8/1.1_RetFail": float("nan")})
+  assert diagnosis.SUPERFICIAL in diagnosis.normalize_and_diagnose(
+      broken, clean, flat(attacked(COMPROMISED, 0.30, 0.25, 0.28)), THRESHOLDS)[1]["failure_modes"]
+
+
+def test_seeds_scored_with_different_attacks_are_refused():
+  one = diagnosis.headlines(attacked(CLEAN, 0.001, 0.01, 0.001))
+  other = {k: v for k, v in one.items() if not k.startswith("quantize/")}
+  with pytest.raises(ValueError, match="seed 0 and seed 1 differ in quantize/int4/1.1_RetFail"):
+    report.summarize([one, other])
+  with pytest.raises(ValueError, match="scored differently"):
+    report.summarize([other, one])
 
 
 def test_pair_roc_curves_of_stored_scores():

@@ -166,15 +166,21 @@ def test_bad_benchmark_requests_are_named(micro_config, tmp_path, kwargs, messag
   assert not os.listdir(tmp_path)  # Refused before writing anything.
 
 
-def test_a_result_scored_without_the_requested_attacks_is_scored_again(micro_config, tmp_path):
+def test_a_result_scored_with_other_attacks_is_scored_again(micro_config, tmp_path):
   with_attacks = benchmark.Benchmark(micro_config, str(tmp_path), attacks="quantize,relearn")
+  relearn = benchmark.Benchmark(micro_config, str(tmp_path), attacks="relearn")
   without = benchmark.Benchmark(micro_config, str(tmp_path), attacks="none")
   path = str(tmp_path / "result.json")
-  assert not with_attacks.scored(path) and not without.scored(path)
-  io_utils.write_json_atomic(path, {"attacks": {"quantize": {}}})
-  assert without.scored(path) and not with_attacks.scored(path)
-  io_utils.write_json_atomic(path, {"attacks": {"quantize": {}, "relearn": {}}})
-  assert with_attacks.scored(path)
+  scored = lambda: [b.scored(path) for b in (with_attacks, relearn, without)]
+  assert scored() == [False, False, False]
+  io_utils.write_json_atomic(path, {"attacks": {"relearn": {}}})  # An older version's.
+  assert scored() == [False, False, False]
+  io_utils.write_json_atomic(path, {"privacy": {}})
+  assert scored() == [False, False, True]
+  io_utils.write_json_atomic(path, {"privacy": {}, "attacks": {"relearn": {}}})
+  assert scored() == [False, True, False]  # Exactly the attacks asked for.
+  io_utils.write_json_atomic(path, {"privacy": {}, "attacks": {"quantize": {}, "relearn": {}}})
+  assert scored() == [True, False, False]
   with pytest.raises(ConfigError, match="unknown"):
     benchmark.Benchmark(micro_config, str(tmp_path), attacks="membership")
 
@@ -203,7 +209,7 @@ COMPROMISED = {"1.1_RetFail": 0.30, "1.2_AssocStr": 0.8, "1.3_ACS": 0.9, "1.4_Id
                "2.3_IntraIdSim": 0.8, **{k: 0.5 for k in HOLDOUTS}}
 THRESHOLDS = ml_collections.ConfigDict(dict(
     ineffective_below=0.5, overgeneralized_below=0.5, catastrophic_drop_fraction=0.1,
-    collapse_spread_ratio=0.5))
+    collapse_spread_ratio=0.5, superficial_recovery_above=0.5, min_attack_gap_fraction=0.25))
 CRITERIA = ml_collections.ConfigDict(dict(min_retfail_ratio=5.0, min_assocstr_gap=0.1,
                                           max_genknow_gap_fraction=0.1))
 

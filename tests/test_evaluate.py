@@ -186,7 +186,7 @@ def result_of(kind: str, genknow: float = 0.9) -> dict:
 
 THRESHOLDS = ml_collections.ConfigDict(dict(
     ineffective_below=0.5, overgeneralized_below=0.5, catastrophic_drop_fraction=0.1,
-    collapse_spread_ratio=0.5))
+    collapse_spread_ratio=0.5, superficial_recovery_above=0.5, min_attack_gap_fraction=0.25))
 
 
 def diagnose(kind: str, genknow: float = 0.9) -> tuple:
@@ -314,17 +314,18 @@ def test_membership_inference_and_attacks_of_a_trained_model(trained_micro, micr
   card = json.load(open(os.path.join(micro_dataset_dir, "card.json")))
   sizes, roles = card["split_sizes"], card["personas_per_role"]
   block = result["privacy"]
-  assert list(block) == ["pair", "pair_augmented", "identity"]
+  assert list(block) == ["pair", "pair_augmented", "identity", "records_sha256"]
   for name in ("pair", "pair_augmented"):
     assert (block[name]["members"], block[name]["nonmembers"]) == (sizes["forget"],
                                                                    sizes["unseen_identity"])
   assert (block["identity"]["members"], block["identity"]["nonmembers"]) == (
       roles["forget_identity"], roles["unseen_identity"])
-  assert all(0 <= block[n]["auc"] <= 1 for n in block)
-  # The stored scores give the AUC back, so the leaderboard can rebuild curves and
+  # The stored scores give the AUC back exactly, so the leaderboard can rebuild curves and
   # calibrated attacks from the JSON alone.
-  assert block["pair"]["auc"] == pytest.approx(privacy.roc_auc(
-      block["pair"]["scores"]["member"], block["pair"]["scores"]["nonmember"]), abs=1e-4)
+  for name in registry.PRIVACY:
+    assert 0 <= block[name]["auc"] <= 1
+    assert block[name]["auc"] == privacy.roc_auc(block[name]["scores"]["member"],
+                                                 block[name]["scores"]["nonmember"])
   quantized, relearned = result["attacks"]["quantize"], result["attacks"]["relearn"]
   assert set(quantized) == {"int8", "int4", "seconds"}
   assert set(quantized["int8"]) == set(OFFICIAL_KEYS["efficacy"]) | {"privacy_pair",
@@ -344,6 +345,25 @@ def test_membership_inference_and_attacks_of_a_trained_model(trained_micro, micr
   assert "quantize" not in again["attacks"] and "attacks" not in score("none")
   with pytest.raises(ConfigError, match="unknown"):  # Before any work.
     evaluator.evaluate(config, "/nonexistent", dataset_dir=micro_dataset_dir, attacks="quantise")
+
+
+def test_a_diverged_relearning_is_recorded_and_the_evaluation_goes_on(
+    trained_micro, micro_dataset_dir, monkeypatch):
+  from salmu_jax.errors import NonFiniteLoss
+  from salmu_jax.unlearning import runner
+
+  def diverge(*args, **kwargs):
+    raise NonFiniteLoss("unlearning loss is nan at step 2; nothing was written; lower "
+                        "unlearn.learning_rate")
+  monkeypatch.setattr(runner, "optimize", diverge)
+  config, run = trained_micro
+  result = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir,
+                              devices=jax.devices()[:1], attacks="relearn", show_progress=False)
+  relearned = result["attacks"]["relearn"]
+  assert "after" not in relearned and "eval.attacks.relearn_learning_rate" in relearned["failed"]
+  assert "unlearn.learning_rate" not in relearned["failed"].replace("relearn_learning_rate", "")
+  flat = diagnosis.headlines(result)
+  assert flat["relearn/failed"] == 1.0 and np.isnan(flat["relearn/after/retfail_mrr"])
 
 
 def fragile_ids_of(dataset_dir):

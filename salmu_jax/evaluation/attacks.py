@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from salmu_jax import losses
-from salmu_jax.errors import ConfigError
+from salmu_jax.errors import ConfigError, NonFiniteLoss, NonFiniteModel
 from salmu_jax.evaluation import diagnosis, privacy, registry
 from salmu_jax.evaluation.context import EvalContext
 from salmu_jax.training.state import TrainState
@@ -41,6 +41,9 @@ def parse_attacks(spec) -> tuple:
   names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
   if names == ["none"]:
     return ()
+  if "none" in names:
+    raise ConfigError(f"attacks {spec!r}: none means no attack and cannot be combined with "
+                      f"others; known: {', '.join(ATTACKS)}")
   unknown = [n for n in names if n not in ATTACKS]
   if unknown or len(set(names)) != len(names):
     raise ConfigError(f"attacks {spec!r}: {'unknown ' + str(unknown) if unknown else 'repeated'}"
@@ -48,29 +51,67 @@ def parse_attacks(spec) -> tuple:
   return tuple(n for n in ATTACKS if n in names)
 
 
-def quantize_array(weight: jax.Array, bits: int) -> jax.Array:
-  """Round trip through signed `bits`-bit integers, symmetric, one scale per channel: per
-  index of every axis but the first (the input axis of each kernel, the row axis of the
-  embedding tables), scale = max |w| / (2^(bits-1) - 1). Vectors and scalars (biases,
-  norms, the logit scale) stay in float32, as weight-only quantization keeps them."""
-  if weight.ndim < 2:
-    return weight
+# Weight-only quantization's scope, by parameter name (salmu_jax/model/clip.py): every
+# matmul weight and embedding table, with the axes that one scale is shared over. For a
+# kernel these are its input axes, so that there is one scale per output channel of its
+# dense [in, out] view (qkv: in = width; out: in = heads x head_dim; patches: in = p x p x 3);
+# for a table its width, one scale per row (token, position). Everything else (biases,
+# norms, the class token, the logit scale) stays float32, as weight-only quantization
+# keeps it; a parameter of two or more axes that is not named here is refused, so a new
+# weight cannot escape the attack unnoticed.
+SCALE_SHARED_OVER = {
+    "qkv_kernel": (0,), "out_kernel": (0, 1), "fc_kernel": (0,), "proj_kernel": (0,),
+    "patch_kernel": (0, 1, 2), "proj": (0,), "text_projection": (0,),
+    "token_embedding": (1,), "positional_embedding": (1,)}
+
+
+def quantize_array(weight: jax.Array, bits: int, shared_over: tuple) -> jax.Array:
+  """Round trip through signed `bits`-bit integers, symmetric: one scale per index of the
+  axes not in `shared_over`, scale = max |w| over `shared_over` / (2^(bits-1) - 1)."""
   levels = 2 ** (bits - 1) - 1
-  scale = jnp.max(jnp.abs(weight), axis=0, keepdims=True) / levels
+  scale = jnp.max(jnp.abs(weight), axis=shared_over, keepdims=True) / levels
   safe = jnp.where(scale > 0, scale, 1.0)
   return (jnp.clip(jnp.round(weight / safe), -levels, levels) * safe).astype(weight.dtype)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _quantize_tree(params, bits: int):
-  return jax.tree.map(lambda w: quantize_array(w, bits), params)
+def _parameter_name(path) -> str:
+  """The attribute name of a leaf's parameter: the last string key of its path (an
+  nnx.State leaf's path ends in `.value`, a pure dict's at the name)."""
+  return next((k.key for k in reversed(path) if isinstance(getattr(k, "key", None), str)), "")
+
+
+def _quantization_axes(params) -> list:
+  """SCALE_SHARED_OVER's axes for each leaf of `params` (None: kept in float32)."""
+  axes = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    name = _parameter_name(path)
+    if name in SCALE_SHARED_OVER:
+      shared = SCALE_SHARED_OVER[name]
+      if max(shared) >= jnp.ndim(leaf) or jnp.ndim(leaf) < 2:
+        raise ConfigError(f"parameter {jax.tree_util.keystr(path)} of shape "
+                          f"{jnp.shape(leaf)} does not have the axes {shared} that "
+                          f"quantization shares a scale over")
+      axes.append(shared)
+    elif jnp.ndim(leaf) >= 2 and not name.endswith("bias"):
+      raise ConfigError(f"parameter {jax.tree_util.keystr(path)} of shape {jnp.shape(leaf)} "
+                        f"has no quantization rule in attacks.SCALE_SHARED_OVER")
+    else:
+      axes.append(None)
+  return axes
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize_tree(params, bits: int, axes: tuple):
+  leaves, treedef = jax.tree.flatten(params)
+  return jax.tree.unflatten(treedef, [leaf if shared is None else quantize_array(leaf, bits, shared)
+                                      for leaf, shared in zip(leaves, axes)])
 
 
 def quantize(params, bits: int):
-  """`params` with every weight of two or more axes `quantize_array`d."""
+  """`params` with every weight of SCALE_SHARED_OVER `quantize_array`d."""
   if bits not in QUANTIZATION_BITS:
     raise ConfigError(f"quantization to {bits} bits: supported {QUANTIZATION_BITS}")
-  return _quantize_tree(params, bits)
+  return _quantize_tree(params, bits, tuple(_quantization_axes(params)))
 
 
 def _efficacy_and_membership(ctx) -> dict:
@@ -133,21 +174,28 @@ class Relearner:
 
   def __call__(self, params, before_ctx) -> dict:
     """The second half's RetFail and pair AUC before (from `before_ctx`, the model's own
-    EvalContext) and after the fine-tune of `params` (kept: a copy is trained)."""
+    EvalContext) and after the fine-tune of `params` (kept: a copy is trained). A fine-tune
+    that diverges is recorded as `failed`, with no `after`: the diagnosis then leaves this
+    attack unchecked for the model instead of aborting the evaluation."""
     start = time.perf_counter()
     runtime, kind = self.evaluator.runtime, self.config.train.loss
     batches = runner.Batches(runtime, self.config, seed=self.config.eval.seed,
                              forget_indices=self.first)
     state = TrainState(jnp.zeros((), jnp.int32), params, None,
                        jax.random.PRNGKey(self.config.eval.seed))
-    state, final = runner.optimize(runtime, self.config, self.compiled, state, params,
-                                   losses.contrastive("forget", kind), ("relearn", kind),
-                                   ("forget",), self.steps, batches, show_progress=False)
-    after = EvalContext(self.evaluator, state.params)
-    return {"before": _second_half(before_ctx, self.second),
-            "after": _second_half(after, self.second),
-            "steps": self.steps, "samples": batches.samples["forget"],
-            "learning_rate": self.config.unlearn.learning_rate,
-            "first_half_pairs": int(len(self.first)), "second_half_pairs": int(len(self.second)),
-            "final_loss": final["loss"], "seconds": round(time.perf_counter() - start, 2)}
-
+    out = {"before": _second_half(before_ctx, self.second), "steps": self.steps,
+           "learning_rate": self.config.unlearn.learning_rate,
+           "first_half_pairs": int(len(self.first)), "second_half_pairs": int(len(self.second))}
+    try:
+      state, final = runner.optimize(
+          runtime, self.config, self.compiled, state, params,
+          losses.contrastive("forget", kind), ("relearn", kind), ("forget",), self.steps,
+          batches, show_progress=False)
+      out["after"] = _second_half(EvalContext(self.evaluator, state.params), self.second)
+      out["final_loss"] = final["loss"]
+    except (NonFiniteLoss, NonFiniteModel) as e:
+      what = "loss" if isinstance(e, NonFiniteLoss) else "embeddings of the fine-tuned copy"
+      out["failed"] = (f"the fine-tune diverged (non-finite {what}) at "
+                       f"eval.attacks.relearn_learning_rate={out['learning_rate']:g}")
+    return out | {"samples": batches.samples["forget"],
+                  "seconds": round(time.perf_counter() - start, 2)}

@@ -72,7 +72,8 @@ def headlines(result: dict, calibrate_with: dict | None = None) -> dict:
 
 def attack_headlines(result: dict) -> dict:
   """The membership AUCs ("privacy/ATTACK") and the raw numbers of the attacks on
-  forgetting ("quantize/intB/KEY", "relearn/before|after/KEY") that a result holds."""
+  forgetting ("quantize/intB/KEY", "relearn/before|after/KEY", "relearn/failed": 1 when
+  the relearning fine-tune diverged, its "after" numbers then NaN) that a result holds."""
   flat = {}
   for name in PRIVACY_ATTACKS:
     if name in result.get("privacy", {}):
@@ -81,43 +82,63 @@ def attack_headlines(result: dict) -> dict:
   for bits, values in attacks.get("quantize", {}).items():
     if bits != "seconds":
       flat |= {f"quantize/{bits}/{key}": value for key, value in values.items()}
-  for when in ("before", "after"):
-    flat |= {f"relearn/{when}/{key}": value
-             for key, value in attacks.get("relearn", {}).get(when, {}).items()}
+  if "relearn" in attacks:
+    relearn = attacks["relearn"]
+    flat["relearn/failed"] = float("failed" in relearn)
+    flat |= {f"relearn/before/{key}": value for key, value in relearn["before"].items()}
+    flat |= {f"relearn/after/{key}": relearn["after"][key] if "after" in relearn else float("nan")
+             for key in relearn["before"]}
   return flat
 
 
-def attack_recovery(values: dict, clean: dict, compromised: dict) -> dict:
-  """What the attacks bring back, from `headlines` of a model and the two references that
-  went through the same attacks. `residual_after`: where the attacked model's RetFail MRR
-  lies between Clean's (0) and Compromised's (1), each reference attacked alike
-  (relearning: Compromised's level on the second half before any fine-tune, Clean after
-  the same fine-tune, so what the fine-tune teaches anyone is not counted); `recovery`:
-  residual_after minus the same share before the attack. Membership after relearning as
-  PrivLeak against Clean after the same fine-tune."""
+def _share_of_gap(value: float, clean: float, compromised: float) -> float:
+  """Where `value` lies from Clean's level (0) to Compromised's (1); NaN without a gap."""
+  gap = compromised - clean
+  return float((value - clean) / gap) if gap else float("nan")
+
+
+def attack_recovery(values: dict, clean: dict, compromised: dict, min_gap_fraction: float) -> dict:
+  """What each attack brings back, from `headlines` of a model and of the two references
+  that went through the same attack. RetFail MRR as a share of the Compromised-Clean gap
+  (0 = Clean's level, 1 = Compromised's), before (`residual_before`) and after
+  (`residual_after`) the attack, each against the references in the same state
+  (relearning: on the second forget half, before and after the same fine-tune, so what
+  the fine-tune teaches any model is not counted; quantization: the unquantized model
+  against the unquantized references, then all three quantized alike); `recovery` =
+  after - before, the share of the gap that came back. An attack whose references keep
+  less than `min_gap_fraction` of their gap (or that diverged) cannot show anything:
+  it is `unchecked`, with why. Membership after the attack: PrivLeak against Clean
+  attacked alike (`privleak_after`)."""
   has = lambda key: all(key in d for d in (values, clean, compromised))
-  # The share of the gap from `floor` (Clean's level) over `gap` left: NaN when gap is 0.
-  residual = lambda value, floor, gap: float((value - floor) / gap) if gap else float("nan")
-  out = {}
+  measured = {}  # attack -> (key before, key after, key of the attacked pair AUC)
   if has("relearn/after/retfail_mrr"):
-    gap = compromised["relearn/before/retfail_mrr"] - clean["relearn/before/retfail_mrr"]
-    before = residual(values["relearn/before/retfail_mrr"], clean["relearn/before/retfail_mrr"],
-                      gap)
-    after = residual(values["relearn/after/retfail_mrr"], clean["relearn/after/retfail_mrr"], gap)
-    out["relearn"] = {"residual_after": after, "recovery": after - before}
-    if has("relearn/after/privacy_pair"):
-      out["relearn"]["privleak_after"] = metrics.priv_leak(values["relearn/after/privacy_pair"],
-                                                           clean["relearn/after/privacy_pair"])
-  left = residual(values["1.1_RetFail"], clean["1.1_RetFail"],
-                  compromised["1.1_RetFail"] - clean["1.1_RetFail"])
+    measured["relearn"] = ("relearn/before/retfail_mrr", "relearn/after/retfail_mrr",
+                           "relearn/after/privacy_pair")
   for bits in ("int8", "int4"):
-    key = f"quantize/{bits}/1.1_RetFail"
-    if has(key):
-      after = residual(values[key], clean[key], compromised[key] - clean[key])
-      out[f"quantize_{bits}"] = {"residual_after": after, "recovery": after - left}
-      if has(f"quantize/{bits}/privacy_pair"):
-        out[f"quantize_{bits}"]["privleak_after"] = metrics.priv_leak(
-            values[f"quantize/{bits}/privacy_pair"], clean[f"quantize/{bits}/privacy_pair"])
+    if has(f"quantize/{bits}/1.1_RetFail"):
+      measured[f"quantize_{bits}"] = ("1.1_RetFail", f"quantize/{bits}/1.1_RetFail",
+                                      f"quantize/{bits}/privacy_pair")
+  out = {}
+  for attack, (before_key, after_key, pair_key) in measured.items():
+    before = _share_of_gap(values[before_key], clean[before_key], compromised[before_key])
+    after = _share_of_gap(values[after_key], clean[after_key], compromised[after_key])
+    gap_before = compromised[before_key] - clean[before_key]
+    kept = (compromised[after_key] - clean[after_key]) / gap_before if gap_before > 0 else float("nan")
+    out[attack] = {"residual_before": before, "residual_after": after, "recovery": after - before,
+                   "reference_gap_kept": float(kept)}
+    failed = [name for name, d in (("the model", values), ("Clean", clean),
+                                   ("Compromised", compromised)) if d.get("relearn/failed", 0) > 0]
+    if attack == "relearn" and failed:
+      out[attack]["unchecked"] = (f"the relearning fine-tune diverged for {', '.join(failed)} "
+                                  f"(non-finite loss or embeddings)")
+    elif not kept >= min_gap_fraction:
+      out[attack]["unchecked"] = (
+          f"under the attack the references keep {kept:.2f} of their RetFail gap "
+          f"({clean[after_key]:.4f} vs {compromised[after_key]:.4f}), under "
+          f"eval.min_attack_gap_fraction={min_gap_fraction:g}: the attack cannot tell "
+          f"hidden knowledge from removed")
+    if has(pair_key):
+      out[attack]["privleak_after"] = metrics.priv_leak(values[pair_key], clean[pair_key])
   return out
 
 
@@ -168,7 +189,8 @@ def normalize_and_diagnose(values: dict, clean: dict, compromised: dict, thresho
                                                       group)
   normalized["kept"] = kept = knowledge_kept(values, clean, compromised)
   normalized["privleak"] = privacy_leakage(values, clean)
-  normalized["attacks"] = recovered = attack_recovery(values, clean, compromised)
+  normalized["attacks"] = recovered = attack_recovery(values, clean, compromised,
+                                                      thresholds.min_attack_gap_fraction)
   # Each check passes only when its number is at least the threshold, so a number that
   # cannot be computed (NaN: a degenerate reference) fails it instead of passing silently.
   passes = lambda value, threshold: bool(value >= threshold)
@@ -183,9 +205,15 @@ def normalize_and_diagnose(values: dict, clean: dict, compromised: dict, thresho
   if not all(passes(values[key], thresholds.collapse_spread_ratio * min(clean[key], compromised[key]))
              for key in ("spread/image", "spread/caption")):
     modes.append(COLLAPSE)
-  # Forgotten by the behavioural metrics, but an attack makes it ineffective again.
+  # Forgotten by the behavioural metrics, but an attack brings back more than
+  # `superficial_recovery_above` of the gap (a recovery that cannot be computed fails).
+  unchecked = {name: attack["unchecked"] for name, attack in recovered.items()
+               if "unchecked" in attack}
   if INEFFECTIVE not in modes and not all(
-      passes(1 - attack["residual_after"], thresholds.ineffective_below)
-      for attack in recovered.values()):
+      passes(thresholds.superficial_recovery_above, attack["recovery"])
+      for name, attack in recovered.items() if name not in unchecked):
     modes.append(SUPERFICIAL)
-  return normalized, {"failure_modes": modes, "label": ", ".join(modes) or "none"}
+  label = ", ".join(modes) or "none"
+  if unchecked:
+    label += f" (unchecked: {', '.join(unchecked)})"
+  return normalized, {"failure_modes": modes, "label": label, "unchecked": unchecked}

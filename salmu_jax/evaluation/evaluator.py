@@ -61,6 +61,8 @@ class Evaluator:
     normalized scores and the failure-mode diagnosis."""
     attacks = attacks_lib.parse_attacks(attacks)
     check_finite(params, "the model to score")
+    if "relearn" in attacks and self._relearner is None:  # Checks the forget halves first.
+      self._relearner = attacks_lib.Relearner(self)
     ctx = EvalContext(self, params)
     result = {"efficacy": {}, "utility": {}}
     for name, fn in progress.bar(registry.EVALUATORS.items(), desc="evaluate", unit="metric",
@@ -75,8 +77,6 @@ class Evaluator:
     if "quantize" in attacks:
       result["attacks"]["quantize"] = attacks_lib.quantization_attack(self, params)
     if "relearn" in attacks:
-      if self._relearner is None:
-        self._relearner = attacks_lib.Relearner(self)
       result["attacks"]["relearn"] = self._relearner(params, ctx)
     if clean is not None and compromised is not None:
       result["normalized"], result["diagnosis"] = diagnosis.normalize_and_diagnose(

@@ -11,6 +11,8 @@ The scores are stored in the result, so that the calibrated attack (a score minu
 reference model's score for the same pair) and the ROC curves are rebuilt from the JSON
 files alone. NumPy only: the evaluation context (context.py) embeds.
 """
+import hashlib
+
 import numpy as np
 
 from salmu_jax.evaluation import metrics
@@ -114,17 +116,30 @@ def identity_scores(ctx, name_prompts: list) -> dict:
 
 
 def summary(scores: dict) -> dict:
-  """One attack's block in the result: its AUC, the counts and the scores (6 digits)."""
-  return {"auc": roc_auc(scores["member"], scores["nonmember"]),
-          "members": len(scores["member"]), "nonmembers": len(scores["nonmember"]),
-          "scores": {side: [round(float(v), 6) for v in values] for side, values in scores.items()}}
+  """One attack's block in the result: the scores (6 digits), their counts and the AUC of
+  the stored scores, so that the JSON alone gives the same AUC again."""
+  stored = {side: [round(float(v), 6) for v in values] for side, values in scores.items()}
+  return {"auc": roc_auc(stored["member"], stored["nonmember"]),
+          "members": len(stored["member"]), "nonmembers": len(stored["nonmember"]),
+          "scores": stored}
+
+
+def records_digest(ctx) -> str:
+  """SHA-256 of the record ids of the member and non-member splits, in order: two
+  results' scores pair up (calibration) only when their digests agree."""
+  ids = [str(r["record_id"]) for split in SIDES.values() for r in ctx.split(split).records]
+  return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
 def calibrated_aucs(block: dict, reference_block: dict) -> dict:
   """{attack_calibrated: AUC} of each CALIBRATED attack scored as the model's score minus
   the reference model's for the same pair or persona: the difficulty calibration an
   attacker with a public model of the same distribution can do. Both blocks must come from
-  the same dataset (same members in the same order)."""
+  the same dataset (same members in the same order: `records_sha256`)."""
+  if block.get("records_sha256") != reference_block.get("records_sha256"):
+    raise ValueError("privacy scores of different member and non-member records (their "
+                     "records_sha256 differ): not the same dataset, or a result of an older "
+                     "version; evaluate again")
   out = {}
   for name in CALIBRATED:
     model, reference = block[name]["scores"], reference_block[name]["scores"]

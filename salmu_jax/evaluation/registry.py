@@ -219,7 +219,7 @@ def privacy_block(ctx, attacks=None) -> dict:
     return {"unavailable": f"no {privacy.NONMEMBER_SPLIT} split in this dataset: membership "
                            f"inference needs personas no model saw"}
   return {name: privacy.summary(fn(ctx)) for name, fn in PRIVACY.items()
-          if attacks is None or name in attacks}
+          if attacks is None or name in attacks} | {"records_sha256": privacy.records_digest(ctx)}
 
 
 def breakdown(ctx) -> dict:
