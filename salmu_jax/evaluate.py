@@ -2,7 +2,7 @@
 
   python -m salmu_jax.evaluate --config=configs/tiny.py --checkpoint=RUN_DIR --out=FILE.json \
       [--clean=clean.json --compromised=compromised.json] [--recompute_fragile | --fragile_set=F] \
-      [--attacks=quantize,relearn]
+      [--attacks=quantize,relearn] [--requested=REQUEST]
 
 With the two reference results, scores are also normalized (efficacy: 0 = Compromised,
 1 = Clean; utility: 1 = Compromised) and a failure mode is diagnosed. Reads only: the
@@ -10,6 +10,9 @@ checkpoint and the dataset are never changed. `--recompute_fragile` (on Compromi
 puts the fragile set it computes into the result (`fragile_set_ids`), which later
 evaluations read with `--fragile_set=THAT_RESULT.json`. Membership inference is always
 scored (`privacy`); `--attacks` adds the quantization and relearning attacks (`attacks`).
+`--requested` (a deletion request, as `unlearn --forget` reads it) adds the efficacy
+metrics on its pairs and on the forget pairs it does not name (`request`); the references
+must then be scored with the same request.
 The evaluator is salmu_jax/evaluation/.
 """
 import os
@@ -18,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from salmu_jax import cli, io_utils
+from salmu_jax.data import requests
 from salmu_jax.errors import ConfigError
 from salmu_jax.evaluation import diagnosis, evaluator
 
@@ -57,11 +61,12 @@ def main(argv):
       raise ConfigError(f"--out={_OUT.value} lies inside the dataset {dataset}, which is "
                         f"read-only; write the result elsewhere")
     references = [_read_reference(p) for p in (_CLEAN.value, _COMPROMISED.value)]
+    request = requests.read_request(_REQUESTED.value) if _REQUESTED.value else None
     result = evaluator.evaluate(
         _CONFIG.value, _CHECKPOINT.value, dataset_dir=_DATASET.value, clean=references[0],
         compromised=references[1], recompute_fragile=_RECOMPUTE.value,
         fragile_set=_FRAGILE_SET.value, allow_other_dataset=_OTHER_DATASET.value,
-        attacks=_ATTACKS.value)
+        attacks=_ATTACKS.value, request=request)
     io_utils.write_json_atomic(_OUT.value, result)
     for group in ("efficacy", "utility"):
       print(group + ": " + ", ".join(f"{k} {diagnosis.headline(result, group, k):.4f}"
@@ -72,6 +77,13 @@ def main(argv):
                                 or result["privacy"].get("unavailable", "")))
     print("extended: " + ", ".join(f"{k} {v:.4f}" for k, v in diagnosis.headlines(result).items()
                                    if k.startswith(("retrieval/", "spread/"))))
+    for side in ("requested", "not_requested"):
+      if side in result.get("request", {}):
+        normalized = result.get("normalized", {}).get("request", {}).get(side, {})
+        print(f"{side} ({result['request']['pairs'][side]} pairs): " + ", ".join(
+            f"{k} {diagnosis.headline({'efficacy': result['request'][side]}, 'efficacy', k):.4f}"
+            + (f" (normalized {normalized[k]:.2f})" if k in normalized else "")
+            for k in result["request"][side]))
     if "diagnosis" in result:
       print(f"diagnosis: {result['diagnosis']['label']}")
     print(f"step {result['meta']['step']} of {_CHECKPOINT.value} ({result['meta']['model']}) "
@@ -96,6 +108,9 @@ if __name__ == "__main__":
                                      "set replaces the dataset's.")
   _ATTACKS = flags.DEFINE_string("attacks", "none", "Attacks on forgetting to score too: "
                                  "comma-separated of quantize, relearn (docs/protocol.md §3).")
+  _REQUESTED = flags.DEFINE_string("requested", None, "A deletion request (unlearn --forget's "
+                                   "format): efficacy on its pairs and on the other forget "
+                                   "pairs, separately.")
   _OTHER_DATASET = flags.DEFINE_bool("allow_other_dataset", False, "Score a model on a dataset "
                                      "other than the one it was trained on (recorded in meta).")
   flags.mark_flags_as_required(["config", "checkpoint", "out"])

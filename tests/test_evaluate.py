@@ -371,21 +371,30 @@ def fragile_ids_of(dataset_dir):
 
 
 def test_cli_writes_json_and_refuses_another_model_shape(trained_micro, micro_dataset_dir, tmp_path):
+  from salmu_jax.data import requests
   config, run = trained_micro
-  out = tmp_path / "result.json"
+  out, request = tmp_path / "result.json", tmp_path / "request.json"
+  entries = requests.sustainability_requests(forget_records(micro_dataset_dir), seed=0)[1]
+  request.write_text(json.dumps([list(e) if isinstance(e, tuple) else e for e in entries]))
   command = [sys.executable, "-m", "salmu_jax.evaluate", f"--config={config_path('micro')}",
              f"--checkpoint={run}", f"--dataset_dir={micro_dataset_dir}", f"--out={out}"]
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
-  result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+  result = subprocess.run(command + [f"--requested={request}"], capture_output=True, text=True,
+                          env=env, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert set(json.loads(out.read_text())) >= {"efficacy", "utility", "breakdown", "meta"}
+  written = json.loads(out.read_text())
+  assert set(written) >= {"efficacy", "utility", "breakdown", "meta", "request"}
+  pairs = written["request"]["pairs"]
+  assert f"requested ({pairs['requested']} pairs): 1.1_RetFail" in result.stdout
+  assert f"not_requested ({pairs['not_requested']} pairs): 1.1_RetFail" in result.stdout
   # It says which step it scored.
   assert result.stdout.strip().splitlines()[-1].startswith(
       f"step 6 of {run} (compromised) written to {out}")
   for extra, message in ((f"--out={tmp_path}", f"--out={tmp_path} is a directory"),
                          (f"--clean={micro_dataset_dir}/card.json", "card.json: a result without"),
                          (f"--fragile_set={out}", "is also --fragile_set: it would be overwritten"),
-                         (f"--out={micro_dataset_dir}/result.json", "lies inside the dataset")):
+                         (f"--out={micro_dataset_dir}/result.json", "lies inside the dataset"),
+                         (f"--requested={tmp_path}/none.json", "cannot read the deletion request")):
     refused = subprocess.run(command + [extra], capture_output=True, text=True, env=env, cwd=REPO)
     assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-1000:]
   bad = subprocess.run(command + ["--config.model.vision_width=32", f"--out={tmp_path / 'x.json'}"],
@@ -515,3 +524,69 @@ def test_evaluation_reads_a_recomputed_fragile_set_and_leaves_the_dataset_alone(
   with pytest.raises(DatasetError, match="record ids \\[999999\\] are not in retain_disjoint"):
     evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
                        fragile_set=str(tmp_path / "outside.json"), show_progress=False)
+
+
+def forget_records(dataset_dir):
+  from salmu_jax.data import layout
+  forget = layout.open_dataset(dataset_dir).splits["forget"]
+  return [layout.record_metadata(forget[i]) for i in range(len(forget))]
+
+
+def test_request_schedules_are_nested_or_disjoint_and_cover_the_split(micro_dataset_dir):
+  from salmu_jax.data import layout, requests
+  dataset, records = layout.open_dataset(micro_dataset_dir), forget_records(micro_dataset_dir)
+  identities, associations = requests.request_units(records)
+  nested = requests.scalability_requests(records, seed=0)
+  rows = [set(requests.resolve_request(dataset, r).tolist()) for r in nested]
+  assert all(a < b for a, b in zip(rows, rows[1:]))  # Strictly nested...
+  assert rows[-1] == set(range(len(records)))  # ...up to the whole forget split,
+  for fraction, request in zip(requests.SCALABILITY_FRACTIONS, nested):  # in proportion.
+    whole = [e for e in request if isinstance(e, int)]
+    assert len(whole) == max(1, round(fraction * len(identities)))
+    assert len(request) - len(whole) == max(1, round(fraction * len(associations)))
+  disjoint = requests.sustainability_requests(records, seed=0)
+  parts = [requests.resolve_request(dataset, r).tolist() for r in disjoint]
+  assert len(parts) == requests.SUSTAINABILITY_REQUESTS
+  assert sorted(sum(parts, [])) == list(range(len(records)))  # Disjoint and covering.
+  assert requests.sustainability_requests(records, seed=0) == disjoint  # Seeded...
+  assert requests.scalability_requests(records, seed=1) != nested  # ...and the seed matters.
+  with pytest.raises(requests.RequestError, match="disjoint requests need at least"):
+    requests.sustainability_requests(records, seed=0, count=len(records) + 1)
+  with pytest.raises(requests.RequestError, match="must increase"):
+    requests.scalability_requests(records, seed=0, fractions=(0.5, 0.25))
+
+
+def test_a_request_splits_efficacy_into_its_pairs_and_the_others(trained_micro, micro_dataset_dir):
+  from salmu_jax.data import layout, requests
+  config, run = trained_micro
+  records = forget_records(micro_dataset_dir)
+  request = requests.sustainability_requests(records, seed=0)[0]
+  requested = requests.resolve_request(layout.open_dataset(micro_dataset_dir), request)
+  score = lambda **kw: evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir,
+                                          devices=jax.devices()[:1], show_progress=False, **kw)
+  result = score(request=request)
+  block = result["request"]
+  rest = np.setdiff1d(np.arange(len(records)), requested)
+  assert block["pairs"] == {"requested": len(requested), "not_requested": len(rest)}
+  # Each side is computed on its own pairs only: AssocStr is the mean paired cosine there.
+  ev = evaluator.Evaluator(runtime_lib.setup(config, run, micro_dataset_dir, jax.devices()[:1]))
+  state, _, _ = checkpointing.restore(run, ev.runtime.abstract_state(),
+                                      signature=ev.runtime.signature, reference=None)
+  forget = context.EvalContext(ev, state.params).split("forget")
+  cos = metrics.paired_cosine(forget.image, forget.caption)
+  for side, rows in (("requested", requested), ("not_requested", rest)):
+    assert block[side]["1.2_AssocStr"]["mean"] == pytest.approx(float(cos[rows].mean()), abs=1e-6)
+    assert block[side]["1.2_AssocStr"]["count"] == len(rows)
+  # The whole split as the request: its side is the official efficacy block itself.
+  everything = score(request=requests.scalability_requests(records, seed=0)[-1])
+  assert everything["request"]["requested"] == everything["efficacy"]
+  assert "not_requested" not in everything["request"]
+  # Normalized against references scored on the same request; refused on another.
+  clean = json.loads(json.dumps(result))
+  for side in ("requested", "not_requested"):
+    clean["request"][side]["1.1_RetFail"]["MRR"] /= 10
+  clean["efficacy"]["1.1_RetFail"]["MRR"] /= 10
+  normalized = score(request=request, clean=clean, compromised=result)["normalized"]["request"]
+  assert normalized["requested"]["1.1_RetFail"] == pytest.approx(0.0)  # At Compromised's level.
+  with pytest.raises(ConfigError, match="not scored on this deletion request"):
+    score(request=request[1:], clean=clean, compromised=result)

@@ -91,3 +91,57 @@ def resolve_request(dataset, entries: list, source: str = "the request") -> np.n
                          f"{', '.join(personas[identity]['forgotten_fields'])}")
     rows |= matches
   return np.flatnonzero(rows)
+
+
+# MUSE's two request schedules (SALMUBENCH.md §6; docs/protocol.md §4): nested requests of
+# growing size (scalability), and disjoint requests applied one after another
+# (sustainability), each a share of the forget split's identities and associations.
+SCALABILITY_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+SUSTAINABILITY_REQUESTS = 4
+REQUEST_STREAM = 211  # The seed's stream that orders the forget split's units.
+
+
+def request_units(records: list) -> tuple:
+  """(whole identities, (identity, field) associations) of the forget split's `records`
+  (layout.record_metadata dicts), sorted: forget_identity personas are requested whole,
+  forget_association personas field by field (their other fields are holdouts)."""
+  identities = sorted({int(r["identity"]) for r in records if r["subset"] == "forget_identity"})
+  associations = sorted({(int(r["identity"]), r["field"]) for r in records
+                         if r["subset"] == "forget_association"})
+  return identities, associations
+
+
+def _shuffled_units(records: list, seed: int) -> tuple:
+  rng = np.random.default_rng([seed, REQUEST_STREAM])
+  identities, associations = request_units(records)
+  if not identities or not associations:
+    raise RequestError(f"request schedules draw whole identities and associations in the "
+                       f"forget split's proportions; it has {len(identities)} forget "
+                       f"identities and {len(associations)} associations")
+  return ([identities[i] for i in rng.permutation(len(identities))],
+          [associations[i] for i in rng.permutation(len(associations))])
+
+
+def scalability_requests(records: list, seed: int, fractions=SCALABILITY_FRACTIONS) -> list:
+  """Nested requests (each contains the one before), the k-th naming `fractions[k]` of
+  the forget split's identities and of its associations (rounded, at least one of each),
+  drawn in one order fixed by `seed`."""
+  if list(fractions) != sorted(fractions) or not all(0 < f <= 1 for f in fractions):
+    raise RequestError(f"scalability fractions {list(fractions)} must increase within (0, 1]")
+  identities, associations = _shuffled_units(records, seed)
+  take = lambda units, f: units[:max(1, round(f * len(units)))]
+  return [take(identities, f) + take(associations, f) for f in fractions]
+
+
+def sustainability_requests(records: list, seed: int, count: int = SUSTAINABILITY_REQUESTS) -> list:
+  """`count` disjoint requests that together cover the forget split, each with an equal
+  share (to one unit) of its identities and of its associations, in an order fixed by
+  `seed`."""
+  identities, associations = _shuffled_units(records, seed)
+  if count < 1 or count > min(len(identities), len(associations)):
+    raise RequestError(f"{count} disjoint requests need at least {count} forget identities "
+                       f"and associations; the forget split has {len(identities)} and "
+                       f"{len(associations)}")
+  parts = lambda units: [[units[i] for i in part]
+                         for part in np.array_split(np.arange(len(units)), count)]
+  return [ids + assoc for ids, assoc in zip(parts(identities), parts(associations))]

@@ -42,6 +42,18 @@ class EvalContext:
       self._generic[name] = self.texts(r["generic_caption"] for r in self.split(name).records)
     return self._generic[name]
 
+  def restricted(self, split: str, rows) -> "EvalContext":
+    """This model's context with `split` cut to the examples at `rows` (a deletion
+    request's pairs, say); embeddings already computed are shared, not recomputed."""
+    ctx = EvalContext(self.evaluator, self.params)
+    full = self.split(split)
+    ctx._splits = dict(self._splits) | {split: SplitEmbeddings(
+        full.image[rows], full.caption[rows], [full.records[i] for i in rows])}
+    ctx._generic = {name: emb for name, emb in self._generic.items() if name != split}
+    if split in self._generic:
+      ctx._generic[split] = self._generic[split][rows]
+    return ctx
+
   def images(self, images: np.ndarray) -> np.ndarray:
     """Embeddings of an array of images [N, H, W, 3] (augmented views, say)."""
     return finite(embed.embed_images(self.evaluator.encoders, self.params, images), "images")

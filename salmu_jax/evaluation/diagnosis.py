@@ -142,6 +142,23 @@ def attack_recovery(values: dict, clean: dict, compromised: dict, min_gap_fracti
   return out
 
 
+def request_normalized(block: dict, clean: dict, compromised: dict) -> dict:
+  """Normalized efficacy (0 = Compromised's level, 1 = Clean's) of each side of a deletion
+  request's block (registry.request_block), against the references' blocks of the same
+  request: the requested pairs should reach 1, the pairs not requested stay at 0."""
+  if not block["requested_sha256"] == clean["requested_sha256"] == compromised["requested_sha256"]:
+    raise ConfigError("the references were scored on another deletion request (their "
+                      "requested_sha256 differ); score them with the same --requested")
+  out = {}
+  for side in ("requested", "not_requested"):
+    if side in block:
+      value = lambda result, key: headline({"efficacy": result[side]}, "efficacy", key)
+      out[side] = {key: metrics.normalized_score(value(block, key), value(compromised, key),
+                                                 value(clean, key), "efficacy")
+                   for key in block[side]}
+  return out
+
+
 def privacy_leakage(values: dict, clean: dict) -> dict:
   """PrivLeak (percent) of every membership AUC both `headlines` hold, against Clean's."""
   return {key.split("/", 1)[1]: metrics.priv_leak(values[key], clean[key])

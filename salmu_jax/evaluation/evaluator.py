@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from salmu_jax import checkpointing, embed, io_utils, progress
-from salmu_jax.data import layout, splits
+from salmu_jax.data import layout, requests, splits
 from salmu_jax.errors import ConfigError, DatasetError, check_finite
 from salmu_jax.evaluation import attacks as attacks_lib, diagnosis, metrics, registry
 from salmu_jax.evaluation.context import EvalContext
@@ -55,10 +55,11 @@ class Evaluator:
                                 self.config.data.fragile_fraction)
 
   def score(self, params, *, clean: dict | None = None, compromised: dict | None = None,
-            attacks=(), show_progress: bool = False) -> dict:
+            attacks=(), requested=None, show_progress: bool = False) -> dict:
     """The ten metrics (official keys), the extended block, the breakdown, the membership
-    attacks, the `attacks` named (attacks.ATTACKS), and with both reference results the
-    normalized scores and the failure-mode diagnosis."""
+    attacks, the `attacks` named (attacks.ATTACKS), the efficacy metrics split by a
+    deletion request (`requested`: indices into the forget split; registry.request_block),
+    and with both reference results the normalized scores and the failure-mode diagnosis."""
     attacks = attacks_lib.parse_attacks(attacks)
     check_finite(params, "the model to score")
     if "relearn" in attacks and self._relearner is None:  # Checks the forget halves first.
@@ -78,15 +79,20 @@ class Evaluator:
       result["attacks"]["quantize"] = attacks_lib.quantization_attack(self, params)
     if "relearn" in attacks:
       result["attacks"]["relearn"] = self._relearner(params, ctx)
+    if requested is not None:
+      result["request"] = registry.request_block(ctx, requested)
     if clean is not None and compromised is not None:
       result["normalized"], result["diagnosis"] = diagnosis.normalize_and_diagnose(
           diagnosis.headlines(result), diagnosis.headlines(clean),
           diagnosis.headlines(compromised), self.config.eval)
+      if requested is not None:
+        result["normalized"]["request"] = diagnosis.request_normalized(
+            result["request"], clean["request"], compromised["request"])
     return result
 
   def score_checkpoint(self, run_dir: str, *, clean=None, compromised=None,
                        recompute_fragile: bool = False, allow_other_dataset: bool = False,
-                       attacks=(), show_progress: bool = False) -> dict:
+                       attacks=(), requested=None, show_progress: bool = False) -> dict:
     """`score` of the latest checkpoint in `run_dir` (a reference or an unlearned model);
     `meta` names the step scored, the model, the dataset and the fragile set. Reads only.
 
@@ -101,11 +107,13 @@ class Evaluator:
     return self.score_saved(run_dir, state.params, saved, step, clean=clean,
                             compromised=compromised, recompute_fragile=recompute_fragile,
                             allow_other_dataset=allow_other_dataset, attacks=attacks,
+                            requested=requested,
                             show_progress=show_progress, start=start)
 
   def score_saved(self, run_dir: str, params, saved: dict, step: int, *, clean=None,
                   compromised=None, recompute_fragile: bool = False,
-                  allow_other_dataset: bool = False, attacks=(), show_progress: bool = False,
+                  allow_other_dataset: bool = False, attacks=(), requested=None,
+                  show_progress: bool = False,
                   start: float | None = None) -> dict:
     """`score_checkpoint` of a model whose checkpoint (metadata `saved`, at `step`) is in
     `run_dir` or being written there: the benchmark scores an unlearned model from memory
@@ -121,6 +129,7 @@ class Evaluator:
       recomputed = self.fragile_set_of(params)
       self.use_fragile_set(recomputed, f"recomputed from {os.path.abspath(run_dir)}")
     result = self.score(params, clean=clean, compromised=compromised, attacks=attacks,
+                        requested=requested,
                         show_progress=show_progress)
     details = saved["details"]
     result["meta"] = {
@@ -157,10 +166,12 @@ def read_fragile_set(path: str) -> tuple:
 def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices=None,
              clean: dict | None = None, compromised: dict | None = None,
              recompute_fragile: bool = False, fragile_set: str | None = None,
-             allow_other_dataset: bool = False, attacks=(), show_progress: bool = True) -> dict:
+             allow_other_dataset: bool = False, attacks=(), request: list | None = None,
+             show_progress: bool = True) -> dict:
   """The result dict of the latest checkpoint in run directory `checkpoint`, on the
   dataset at `dataset_dir` (default CHECKPOINT/data/dataset); `fragile_set` (a path, see
-  `read_fragile_set`) replaces the dataset's fragile set."""
+  `read_fragile_set`) replaces the dataset's fragile set; `request` (entries of
+  requests.read_request) splits the efficacy metrics into its pairs and the others."""
   dataset_dir = dataset_dir or os.path.join(checkpoint, "data", layout.DATASET_DIRNAME)
   attacks = attacks_lib.parse_attacks(attacks)  # Before any work.
   if recompute_fragile and fragile_set:
@@ -179,7 +190,16 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
     layout.check_same(computed_on, identity, f"--fragile_set={fragile_set} was computed",
                       allow_other_dataset)
     evaluator.use_fragile_set(ids, os.path.abspath(fragile_set))
+  requested = None
+  if request is not None:  # Checked, with the references' blocks, before any scoring.
+    requested = requests.resolve_request(evaluator.dataset, request, "--requested")
+    digest = registry.requested_digest(evaluator.inputs.records("forget"), requested)
+    for what, reference in (("--clean", clean), ("--compromised", compromised)):
+      if reference is not None and reference.get("request", {}).get("requested_sha256") != digest:
+        raise ConfigError(f"{what} was not scored on this deletion request; evaluate it "
+                          f"with the same --requested first")
   return evaluator.score_checkpoint(checkpoint, clean=clean, compromised=compromised,
                                     recompute_fragile=recompute_fragile,
                                     allow_other_dataset=allow_other_dataset,
-                                    attacks=attacks, show_progress=show_progress)
+                                    attacks=attacks, requested=requested,
+                                    show_progress=show_progress)

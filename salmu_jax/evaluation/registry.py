@@ -1,6 +1,8 @@
 """The metric registry: the ten official metrics (official JSON keys, in order), the
 `extended` block and the breakdown, each a function of an EvalContext (context.py)
 doing NumPy arithmetic (metrics.py) on the model's embeddings."""
+import hashlib
+
 import numpy as np
 
 from salmu_jax import embed
@@ -220,6 +222,35 @@ def privacy_block(ctx, attacks=None) -> dict:
                            f"inference needs personas no model saw"}
   return {name: privacy.summary(fn(ctx)) for name, fn in PRIVACY.items()
           if attacks is None or name in attacks} | {"records_sha256": privacy.records_digest(ctx)}
+
+
+def requested_digest(records: list, requested) -> str:
+  """SHA-256 of the record ids of the requested forget pairs: results of one request."""
+  ids = "\n".join(str(records[i]["record_id"]) for i in np.unique(np.asarray(requested, int)))
+  return hashlib.sha256(ids.encode()).hexdigest()
+
+
+def request_block(ctx, requested) -> dict:
+  """The five efficacy metrics on the forget pairs a deletion request names (`requested`:
+  indices into the forget split) and on the forget pairs it does not name: the first must
+  reach Clean's level, the second stay at Compromised's (unlearning one person must not
+  erase another who has not asked; docs/protocol.md §3). IdZSC classifies whole
+  identities, so it is left out of a side that holds none (`omitted`)."""
+  records = ctx.split("forget").records
+  requested = np.unique(np.asarray(requested, int))
+  sides = {"requested": requested, "not_requested": np.setdiff1d(np.arange(len(records)), requested)}
+  out = {"pairs": {side: int(len(rows)) for side, rows in sides.items()},
+         "requested_sha256": requested_digest(records, requested)}
+  for side, rows in sides.items():
+    if not len(rows):
+      continue
+    sub = ctx.restricted("forget", rows)
+    whole = any(records[i]["subset"] == "forget_identity" for i in rows)
+    out[side] = {key: EVALUATORS[f"efficacy/{key}"](sub) for key in diagnosis.OFFICIAL["efficacy"]
+                 if whole or key != "1.4_IdZSC"}
+    if not whole:
+      out.setdefault("omitted", {})[side] = ["1.4_IdZSC"]
+  return out
 
 
 def breakdown(ctx) -> dict:
