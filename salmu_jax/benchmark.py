@@ -185,7 +185,9 @@ class Benchmark:
     if not os.path.exists(path):
       return False
     result = io_utils.read_json(path)
-    return "privacy" in result and set(result.get("attacks", {})) == set(self.attacks)
+    privacy = result.get("privacy", {})
+    return ("records_sha256" in privacy or "unavailable" in privacy) and \
+        set(result.get("attacks", {})) == set(self.attacks)
 
   # Stages.
   def stages(self) -> list:
@@ -273,11 +275,15 @@ class Benchmark:
 
   def check_workdir(self) -> None:
     """Refuses a workdir holding stages of another config (which would be reused silently);
-    `benchmark.*` only selects stages and checks, so it may change between runs."""
+    `benchmark.*` only selects stages and checks, and the diagnosis thresholds
+    (config.DIAGNOSIS_THRESHOLDS) only verdicts, so they may change between runs."""
     path = os.path.join(self.workdir, CONFIG_FILE)
     current = {k: v for k, v in json.loads(self.config.to_json()).items() if k != "benchmark"}
+    without_thresholds = lambda saved: saved | {"eval": {k: v for k, v in saved["eval"].items()
+                                                    if k not in config_lib.DIAGNOSIS_THRESHOLDS}}
     if os.path.exists(path):
-      differing = io_utils.differing_keys(io_utils.read_json(path), current)
+      differing = io_utils.differing_keys(without_thresholds(io_utils.read_json(path)),
+                                          without_thresholds(current))
       if differing:
         raise ConfigError(f"{self.workdir} holds a benchmark of a different config (differs "
                           f"in: {', '.join(differing[:8])}); use another --workdir")

@@ -37,6 +37,14 @@ MODEL_SIZES = {
 }
 
 
+# The `eval` values that only turn scores into verdicts (docs/protocol.md §3): the
+# leaderboard recomputes every verdict from the stored results, so a benchmark workdir
+# may be reused, and its report rebuilt, under other values of these.
+DIAGNOSIS_THRESHOLDS = ("ineffective_below", "overgeneralized_below", "catastrophic_drop_fraction",
+                        "collapse_spread_ratio", "superficial_recovery_above",
+                        "min_attack_gap_fraction")
+
+
 def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
   """The `config.model` group of one of MODEL_SIZES; `size` names it (override for variants)."""
   if preset not in MODEL_SIZES:
@@ -359,8 +367,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     _require(train[name] >= 1, f"train.{name}={train[name]} must be at least 1")
   _require(config.eval.genknow.kind in ("procedural", "tfds"),
            f"eval.genknow.kind={config.eval.genknow.kind!r} is not one of ('procedural', 'tfds')")
-  for name in ("ineffective_below", "overgeneralized_below", "catastrophic_drop_fraction",
-               "collapse_spread_ratio", "superficial_recovery_above", "min_attack_gap_fraction"):
+  for name in DIAGNOSIS_THRESHOLDS:
     _require(0 < config.eval[name] < 1, f"eval.{name}={config.eval[name]} must lie strictly "
                                         f"between 0 and 1")
   _require(0 < config.benchmark.rank_confidence < 1, f"benchmark.rank_confidence="

@@ -62,7 +62,18 @@ def summarize(flat_results: list) -> dict:
       raise ValueError(f"results scored differently across seeds: seed 0 and seed {seed} "
                        f"differ in {', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}; "
                        f"score them again with the same --attacks")
-  return {key: spread([r[key] for r in flat_results]) for key in flat_results[0]}
+  return {key: spread(_ran([r[key] for r in flat_results], key)) for key in flat_results[0]}
+
+
+def _ran(values: list, key: str, weights=None):
+  """The seeds' values of `key` (and their weights) that a seed mean averages: those of
+  the seeds with weight, and for a relearned copy's numbers only the seeds where its
+  fine-tune ran (NaN where it diverged; none ran: NaN)."""
+  values = np.asarray(values, float)
+  keep = np.ones(len(values), bool) if weights is None else np.asarray(weights) > 0
+  if key.startswith(diagnosis_lib.RAN_ONLY_PREFIX) and np.isfinite(values[keep]).any():
+    keep &= np.isfinite(values)
+  return values[keep] if weights is None else (values[keep], np.asarray(weights)[keep])
 
 
 def scores(normalized: dict) -> dict:
@@ -86,13 +97,22 @@ def _judge(values: dict, clean: dict, compromised: dict, thresholds) -> tuple:
 
 
 def _rank_order(judged: dict) -> list:
-  """Row keys best first: fewer failure modes, then a higher balanced score."""
+  """Row keys best first: fewer failure modes, then fully checked before a row with an
+  attack left unchecked (one that could not show anything has not passed), then a higher
+  balanced score."""
   return sorted(judged, key=lambda k: (len(judged[k][1]["failure_modes"]),
+                                       bool(judged[k][1]["unchecked"]),
                                        -judged[k][2]["balanced"], k[0], k[1]))
 
 
 def _weighted_mean(flat_results: list, weights) -> dict:
-  return {key: float(np.dot(weights, [r[key] for r in flat_results])) for key in flat_results[0]}
+  """A bootstrap resample's seed mean: seeds left out (weight 0) do not enter, NaN
+  included."""
+  means = {}
+  for key in flat_results[0]:
+    values, kept = _ran([r[key] for r in flat_results], key, weights)
+    means[key] = float(np.dot(kept, values) / kept.sum()) if kept.sum() else float("nan")
+  return means
 
 
 def seed_resamples(n: int) -> list:
@@ -316,8 +336,9 @@ def _lookup(row_normalized: dict, row_metrics: dict, where: tuple):
   """A privacy-table number of a row (None when the results do not hold it)."""
   value = row_metrics if where[0] == "metrics" else row_normalized
   for key in (where[1:] if where[0] == "metrics" else where):
-    if not isinstance(value, dict) or key not in value or "unchecked" in value:
-      return None  # Not measured, or an attack that cannot show anything (unchecked).
+    if not isinstance(value, dict) or key not in value or (
+        "unchecked" in value and key in ("recovery", "residual_after")):
+      return None  # Not measured, or the recovery of an attack that cannot show anything.
     value = value[key]
   return value["mean"] if isinstance(value, dict) else value
 
@@ -353,11 +374,13 @@ PRIVACY_NOTE = (
     "persona (another seed's Clean when there are several). Recovery: how much of the "
     "Compromised-Clean RetFail gap the attack brings back (relearning: a fine-tune on half "
     "the forget identities, measured on the other half, Clean given the same fine-tune; "
-    "int8/int4: the weights quantized, the references too), each against the references in "
-    "the same state; an attack that brings back more than half of the gap to a model that "
-    "was not ineffective shows *superficial forgetting*, and one whose references keep too "
-    "little of their gap, or whose fine-tune diverged, is n/a and named in the label as "
-    "unchecked (docs/protocol.md §3).")
+    "int8/int4: the weights quantized, the references too): the model's change under the "
+    "attack minus Clean's, as a share of the gap before it; an attack that brings back more "
+    "than eval.superficial_recovery_above (0.5) of the gap to a model that was not "
+    "ineffective shows *superficial forgetting*; one that cannot show anything (references "
+    "not attacked alike, keeping too little of their gap, or a fine-tune that diverged) "
+    "reads n/a, is named in the label as unchecked and ranks the row below the fully "
+    "checked rows of its failure count (docs/protocol.md §3).")
 
 
 def _markdown_table(header: list, rows: list) -> list:
@@ -529,7 +552,8 @@ def plot_attacks(board: dict):
     threshold = board["superficial_recovery_above"]
     axis.plot([-0.1, 1.1], [-0.1 - threshold, 1.1 - threshold], color="#8d99ae",
               linestyle="--", linewidth=0.8)
-    axis.axvline(board["ineffective_below"], color="#8d99ae", linestyle=":", linewidth=0.8)
+    if attack != "relearn":  # Relearning's axes read the second forget half only.
+      axis.axvline(board["ineffective_below"], color="#8d99ae", linestyle=":", linewidth=0.8)
     axis.set_title(attack.replace("_", " "), fontsize=9)
     axis.set_xlabel("RetFail efficacy before the attack (0 = Compromised, 1 = Clean)")
     axis.set_ylabel("after the attack")

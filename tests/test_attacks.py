@@ -109,15 +109,18 @@ def test_membership_attacks_of_hand_built_models():
 
 
 def test_calibrated_attack_against_itself_is_exactly_chance():
-  block = {name: privacy.summary(s) for name, s in scores_of(PrivacyContext(True)).items()}
+  stamp = {"records_sha256": "same records"}
+  block = {name: privacy.summary(s) for name, s in scores_of(PrivacyContext(True)).items()} | stamp
   assert privacy.calibrated_aucs(block, block) == {"pair_calibrated": 0.5,
                                                     "identity_calibrated": 0.5}
-  other = {name: privacy.summary(s) for name, s in scores_of(PrivacyContext(False)).items()}
+  other = {name: privacy.summary(s) for name, s in scores_of(PrivacyContext(False)).items()} | stamp
   assert privacy.calibrated_aucs(block, other)["pair_calibrated"] > 0.9
   short = {k: {"scores": {"member": v["scores"]["member"][:3], "nonmember": v["scores"]["nonmember"]}}
-           for k, v in other.items()}
+           for k, v in other.items() if k in privacy.CALIBRATED} | stamp
   with pytest.raises(ValueError, match="not the same dataset"):
     privacy.calibrated_aucs(block, short)
+  with pytest.raises(ConfigError, match="one is missing"):  # A result of an older version.
+    privacy.calibrated_aucs(block, {k: v for k, v in other.items() if k != "records_sha256"})
   ctx = PrivacyContext(True)
   stamped = registry.privacy_block(ctx)
   assert privacy.calibrated_aucs(stamped, stamped)["pair_calibrated"] == 0.5
@@ -211,7 +214,7 @@ def test_every_weight_of_the_model_has_a_quantization_rule():
   config = config_lib.load_config("configs/tiny.py")
   _, params = nnx.split(factory.abstract(config, vocab_size=64), nnx.Param)
   rules = {jax.tree_util.keystr(path): shared for (path, _), shared in zip(
-      jax.tree_util.tree_leaves_with_path(params), attacks._quantization_axes(params))}
+      jax.tree_util.tree_leaves_with_path(params), attacks.quantization_axes(params))}
   quantized = {key.split("'")[-2] for key, shared in rules.items() if shared is not None}
   assert quantized == set(attacks.SCALE_SHARED_OVER)
   assert not any(shared for key, shared in rules.items() if "bias" in key or "ln_" in key)
@@ -265,8 +268,8 @@ def attacked(values: dict, relearn_before: float, relearn_after: float | None, i
 # RetFail MRR of the references: unattacked 0.001 / 0.30 (tests.test_benchmark); on the second
 # forget half 0.001 / 0.30 before the fine-tune, 0.011 / 0.25 after it (the fine-tune teaches
 # Clean a little and costs Compromised a little); quantized to 4 bits 0.001 / 0.28.
-RELEARNED = {"clean": 0.011, "compromised": 0.25}
-AFTER_GAP = RELEARNED["compromised"] - RELEARNED["clean"]
+GAP = 0.30 - 0.001
+CLEAN_RISE = 0.011 - 0.001
 HOLDOUTS = {k: 0.45 for k in ("retrieval/holdout_identity", "retrieval/holdout_association")}
 
 
@@ -274,22 +277,31 @@ def forgot(retfail: float) -> dict:
   return {**COMPROMISED, "1.1_RetFail": retfail, **HOLDOUTS}
 
 
+def references():
+  return (attacked(CLEAN, 0.001, 0.011, 0.001, pair=0.5),
+          attacked(COMPROMISED, 0.30, 0.25, 0.28, pair=0.99))
+
+
+def back(before: float, share: float) -> float:
+  """The second-half RetFail after a fine-tune that brings back `share` of the gap."""
+  return before + CLEAN_RISE + share * GAP
+
+
 def test_superficial_forgetting_is_more_than_half_of_the_gap_brought_back():
-  clean = attacked(CLEAN, 0.001, RELEARNED["clean"], 0.001, pair=0.5)
-  compromised = attacked(COMPROMISED, 0.30, RELEARNED["compromised"], 0.28, pair=0.99)
+  clean, compromised = references()
+  halfway = 0.001 + 0.45 * GAP
   runs = {
-      # Forgotten and stays forgotten.
-      ("robust", 1.0): [attacked(forgot(0.01), 0.01, 0.02, 0.01, pair=0.52)],
+      # Forgotten and stays forgotten: it rises no more than Clean does.
+      ("robust", 1.0): [attacked(forgot(0.01), 0.01, back(0.01, 0.0), 0.01, pair=0.52)],
       # Forgotten by RetFail, but the fine-tune on the other half brings 80% of the gap back.
-      ("hidden", 1.0): [attacked(forgot(0.01), 0.01, RELEARNED["clean"] + 0.8 * AFTER_GAP, 0.01,
-                                 pair=0.9)],
+      ("hidden", 1.0): [attacked(forgot(0.01), 0.01, back(0.01, 0.8), 0.01, pair=0.9)],
       # A small update that rounding to 4 bits undoes.
-      ("fragile", 1.0): [attacked(forgot(0.01), 0.01, 0.02, 0.25)],
-      # Just past half-way, and the fine-tune moves it a little (0.45 -> 0.60 of the gap):
-      # it lands past half-way to Compromised, but brought back 0.15, not more than half.
-      ("borderline", 1.0): [attacked(forgot(0.001 + 0.45 * 0.299), 0.001 + 0.45 * 0.299,
-                                     RELEARNED["clean"] + 0.6 * AFTER_GAP,
-                                     0.001 + 0.45 * 0.279)],
+      ("fragile", 1.0): [attacked(forgot(0.01), 0.01, back(0.01, 0.0), 0.25)],
+      # Just past half-way, and the fine-tune brings back 0.15: it lands past half-way to
+      # Compromised (0.60), but brought back little: not superficial.
+      ("borderline", 1.0): [attacked(forgot(halfway), halfway, back(halfway, 0.15), halfway)],
+      # Nothing moves under the attack: no recovery, even though Clean rises.
+      ("static", 1.0): [attacked(forgot(0.01), 0.01, 0.01, 0.01)],
       # Never forgot: ineffective, not superficial.
       ("weak", 1.0): [attacked(forgot(0.29), 0.29, 0.29, 0.28)],
       # The fine-tune of this model diverged: relearning cannot say anything about it.
@@ -299,31 +311,67 @@ def test_superficial_forgetting_is_more_than_half_of_the_gap_brought_back():
   rows = {r["method"]: r for r in board["rows"]}
   assert {name: row["failure_modes"] for name, row in rows.items()} == {
       "robust": [], "hidden": [diagnosis.SUPERFICIAL], "fragile": [diagnosis.SUPERFICIAL],
-      "borderline": [], "weak": [diagnosis.INEFFECTIVE], "diverged": []}
-  relearn = rows["hidden"]["normalized"]["attacks"]["relearn"]
-  assert relearn["residual_after"] == pytest.approx(0.8)  # On the references' after-scale.
-  assert relearn["residual_before"] == pytest.approx((0.01 - 0.001) / 0.299)
-  assert relearn["recovery"] == pytest.approx(0.8 - (0.01 - 0.001) / 0.299)
-  assert relearn["reference_gap_kept"] == pytest.approx(AFTER_GAP / 0.299)
-  assert relearn["privleak_after"] == pytest.approx((0.9 - 0.5) / 0.5 * 100)
-  borderline = rows["borderline"]["normalized"]["attacks"]["relearn"]
-  assert borderline["recovery"] == pytest.approx(0.15)
-  int4 = rows["fragile"]["normalized"]["attacks"]["quantize_int4"]
-  assert int4["residual_after"] == pytest.approx((0.25 - 0.001) / (0.28 - 0.001))
+      "borderline": [], "static": [], "weak": [diagnosis.INEFFECTIVE], "diverged": []}
+  attack = lambda name, which="relearn": rows[name]["normalized"]["attacks"][which]
+  assert attack("hidden")["recovery"] == pytest.approx(0.8)
+  assert attack("hidden")["residual_before"] == pytest.approx((0.01 - 0.001) / GAP)
+  assert attack("hidden")["residual_after"] == pytest.approx((0.01 - 0.001) / GAP + 0.8)
+  assert attack("hidden")["reference_gap_kept"] == pytest.approx((0.25 - 0.011) / GAP)
+  assert attack("hidden")["privleak_after"] == pytest.approx((0.9 - 0.5) / 0.5 * 100)
+  assert attack("borderline")["recovery"] == pytest.approx(0.15)
+  assert attack("borderline")["residual_after"] == pytest.approx(0.60)
+  assert attack("static")["recovery"] == pytest.approx(-CLEAN_RISE / GAP)  # Never positive.
+  assert attack("fragile", "quantize_int4")["recovery"] == pytest.approx((0.25 - 0.01) / GAP)
+  assert attack("robust", "quantize_int4")["recovery"] == pytest.approx(0.0)
   assert rows["diverged"]["label"] == "none (unchecked: relearn)"
-  assert "diverged for the model" in rows["diverged"]["normalized"]["attacks"]["relearn"]["unchecked"]
+  assert "diverged for the model" in attack("diverged")["unchecked"]
+  # Compromised's own recovery is measured, not defined: the fine-tune cost it 0.05.
+  assert board["reference_normalized"]["compromised"]["attacks"]["relearn"]["recovery"] == \
+      pytest.approx((0.25 - 0.30 - CLEAN_RISE) / GAP)
   header, table = report.privacy_rows(board)
   cell = lambda method, column: next(r for r in table if r[1] == method)[header.index(column)]
-  assert cell("diverged", "relearn recovery") == "n/a" and cell("hidden", "relearn recovery") == "+0.77"
-  # The references against themselves: nothing comes back.
-  for name in ("clean", "compromised"):
-    for attack in board["reference_normalized"][name]["attacks"].values():
-      assert attack["recovery"] == pytest.approx(0.0), name
+  assert cell("diverged", "relearn recovery") == "n/a" and cell("hidden", "relearn recovery") == "+0.80"
   assert rows["robust"]["normalized"]["privleak"]["pair"] == pytest.approx(4.0)
-  assert {r["method"] for r in board["rows"][:3]} == {"robust", "borderline", "diverged"}
+  order = [r["method"] for r in board["rows"]]
+  # No failure mode first; the unchecked row after the fully checked ones.
+  assert set(order[:3]) == {"robust", "borderline", "static"} and order[3] == "diverged"
   assert header[3:5] == ["pair AUC", "PrivLeak pair"]
   assert table[1][3:5] == ["0.990", "+98.0%"]  # Compromised.
   assert "n/a" in table[0]  # One seed's Clean calibrated against itself: 0.5, but no scores here.
+
+
+def test_a_seed_whose_fine_tune_diverged_does_not_hide_the_others():
+  clean, compromised = references()
+  hidden = attacked(forgot(0.01), 0.01, back(0.01, 0.8), 0.01)
+  diverged = attacked(forgot(0.01), 0.01, None, 0.01)
+  board = report.leaderboard([clean] * 3, [compromised] * 3,
+                             {("m", 1.0): [hidden, hidden, diverged]}, THRESHOLDS)
+  row = board["rows"][0]
+  assert row["failure_modes"] == [diagnosis.SUPERFICIAL]  # From the two seeds that ran.
+  assert row["normalized"]["attacks"]["relearn"]["recovery"] == pytest.approx(0.8)
+  assert row["normalized"]["attacks"]["relearn"]["diverged_share"] == pytest.approx(1 / 3)
+  assert row["per_seed_labels"] == ["superficial forgetting"] * 2 + ["none (unchecked: relearn)"]
+  # A resample of the diverged seed alone is unchecked, never superficial by a NaN; one
+  # without it is superficial: the seed left out does not enter the mean.
+  weights = [0.0, 0.0, 1.0]
+  alone = report._weighted_mean([diagnosis.headlines(r) for r in (hidden, hidden, diverged)], weights)
+  assert alone["relearn/failed"] == 1.0
+  flat = lambda r: diagnosis.headlines(r)
+  assert diagnosis.normalize_and_diagnose(alone, flat(clean), flat(compromised),
+                                          THRESHOLDS)[1]["failure_modes"] == []
+  without = report._weighted_mean([flat(r) for r in (hidden, hidden, diverged)], [0.5, 0.5, 0.0])
+  assert without["relearn/after/retfail_mrr"] == pytest.approx(back(0.01, 0.8))
+
+
+def test_an_attack_the_references_were_not_scored_with_is_unchecked():
+  clean, compromised = references()
+  for result in (clean, compromised):
+    del result["attacks"]["relearn"]
+  model = diagnosis.headlines(attacked(forgot(0.01), 0.01, back(0.01, 1.0), 0.01))
+  _, verdict = diagnosis.normalize_and_diagnose(model, diagnosis.headlines(clean),
+                                                diagnosis.headlines(compromised), THRESHOLDS)
+  assert verdict["unchecked"] == {"relearn": "the references were not scored with this attack"}
+  assert verdict["failure_modes"] == []
 
 
 def test_an_attack_the_references_do_not_survive_is_left_unchecked():
@@ -337,11 +385,12 @@ def test_an_attack_the_references_do_not_survive_is_left_unchecked():
   assert set(verdict["unchecked"]) == {"relearn", "quantize_int4"}
   assert "keep 0.03 of their RetFail gap" in verdict["unchecked"]["relearn"]
   assert verdict["label"] == "none (unchecked: relearn, quantize_int4)"
-  # With the guard off, the same numbers read as a recovery: the guard is what stops it.
+  # With the guard off, the model would pass an attack that erased what everyone knew: a
+  # vacuous pass, which the guard turns into "unchecked".
   loose = THRESHOLDS.copy_and_resolve_references()
   loose.min_attack_gap_fraction = 1e-9
-  assert diagnosis.SUPERFICIAL in diagnosis.normalize_and_diagnose(
-      model, clean, compromised, loose)[1]["failure_modes"]
+  vacuous = diagnosis.normalize_and_diagnose(model, clean, compromised, loose)[1]
+  assert vacuous["failure_modes"] == [] and set(vacuous["unchecked"]) == {"quantize_int4"}
   # A recovery that cannot be computed (a NaN RetFail after the attack) fails the check.
   broken = dict(model, **{"quantize/int8/1.1_RetFail": float("nan")})
   assert diagnosis.SUPERFICIAL in diagnosis.normalize_and_diagnose(

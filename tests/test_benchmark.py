@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from salmu_jax import benchmark, io_utils, report
+from salmu_jax import config as config_lib
 from salmu_jax.evaluation import diagnosis, registry
 from salmu_jax.unlearning import runner
 from salmu_jax.errors import ConfigError
@@ -138,6 +139,16 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
     micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
 
 
+def test_a_workdir_is_reused_under_other_verdict_thresholds_only(micro_config, tmp_path):
+  benchmark.Benchmark(micro_config, str(tmp_path), progress=False).check_workdir()
+  for name in config_lib.DIAGNOSIS_THRESHOLDS:  # Verdicts are recomputed from the results.
+    micro_config.eval[name] = micro_config.eval[name] / 2
+  benchmark.Benchmark(micro_config, str(tmp_path), progress=False).check_workdir()
+  micro_config.eval.gallery_forget += 1  # A score itself would change: refused.
+  with pytest.raises(ConfigError, match="differs in: eval.gallery_forget\\)"):
+    benchmark.Benchmark(micro_config, str(tmp_path), progress=False).check_workdir()
+
+
 def test_the_stage_plan_covers_every_seed_method_and_budget(micro_config, tmp_path):
   micro_config.seed = 3
   plan = benchmark.Benchmark(micro_config, str(tmp_path), methods="npo,ssd", budgets=[1, 5],
@@ -175,11 +186,16 @@ def test_a_result_scored_with_other_attacks_is_scored_again(micro_config, tmp_pa
   assert scored() == [False, False, False]
   io_utils.write_json_atomic(path, {"attacks": {"relearn": {}}})  # An older version's.
   assert scored() == [False, False, False]
-  io_utils.write_json_atomic(path, {"privacy": {}})
+  io_utils.write_json_atomic(path, {"privacy": {"pair": {}}})  # Before records_sha256.
+  assert scored() == [False, False, False]
+  stamped = {"records_sha256": "0" * 64}
+  io_utils.write_json_atomic(path, {"privacy": stamped})
   assert scored() == [False, False, True]
-  io_utils.write_json_atomic(path, {"privacy": {}, "attacks": {"relearn": {}}})
+  io_utils.write_json_atomic(path, {"privacy": {"unavailable": "no unseen"}})  # Released data.
+  assert scored() == [False, False, True]
+  io_utils.write_json_atomic(path, {"privacy": stamped, "attacks": {"relearn": {}}})
   assert scored() == [False, True, False]  # Exactly the attacks asked for.
-  io_utils.write_json_atomic(path, {"privacy": {}, "attacks": {"quantize": {}, "relearn": {}}})
+  io_utils.write_json_atomic(path, {"privacy": stamped, "attacks": {"quantize": {}, "relearn": {}}})
   assert scored() == [True, False, False]
   with pytest.raises(ConfigError, match="unknown"):
     benchmark.Benchmark(micro_config, str(tmp_path), attacks="membership")

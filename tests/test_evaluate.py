@@ -364,6 +364,18 @@ def test_a_diverged_relearning_is_recorded_and_the_evaluation_goes_on(
   assert "unlearn.learning_rate" not in relearned["failed"].replace("relearn_learning_rate", "")
   flat = diagnosis.headlines(result)
   assert flat["relearn/failed"] == 1.0 and np.isnan(flat["relearn/after/retfail_mrr"])
+  # Against references (here diverged too), the verdict names the attack as unchecked.
+  clean = json.loads(json.dumps(result))
+  clean["efficacy"]["1.1_RetFail"]["MRR"] /= 10
+  judged = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+                              attacks="relearn", clean=clean, compromised=result,
+                              show_progress=False)
+  assert judged["diagnosis"]["label"].endswith("(unchecked: relearn)")
+  assert "diverged for the model, Clean, Compromised" in judged["diagnosis"]["unchecked"]["relearn"]
+  # References not scored with an attack asked for are refused before any work.
+  with pytest.raises(ConfigError, match="--clean was not scored with the attacks quantize"):
+    evaluator.evaluate(config, "/nonexistent", dataset_dir=micro_dataset_dir,
+                       attacks="quantize,relearn", clean=clean, compromised=result)
 
 
 def fragile_ids_of(dataset_dir):

@@ -80,7 +80,7 @@ def _parameter_name(path) -> str:
   return next((k.key for k in reversed(path) if isinstance(getattr(k, "key", None), str)), "")
 
 
-def _quantization_axes(params) -> list:
+def quantization_axes(params) -> list:
   """SCALE_SHARED_OVER's axes for each leaf of `params` (None: kept in float32)."""
   axes = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -111,7 +111,7 @@ def quantize(params, bits: int):
   """`params` with every weight of SCALE_SHARED_OVER `quantize_array`d."""
   if bits not in QUANTIZATION_BITS:
     raise ConfigError(f"quantization to {bits} bits: supported {QUANTIZATION_BITS}")
-  return _quantize_tree(params, bits, tuple(_quantization_axes(params)))
+  return _quantize_tree(params, bits, tuple(quantization_axes(params)))
 
 
 def _efficacy_and_membership(ctx) -> dict:

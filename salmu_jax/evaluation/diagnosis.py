@@ -97,48 +97,61 @@ def _share_of_gap(value: float, clean: float, compromised: float) -> float:
   return float((value - clean) / gap) if gap else float("nan")
 
 
+# The attacks of `attack_recovery`: (key of RetFail before, after, the attacked pair AUC).
+ATTACK_KEYS = {"relearn": ("relearn/before/retfail_mrr", "relearn/after/retfail_mrr",
+                           "relearn/after/privacy_pair"),
+               **{f"quantize_{bits}": ("1.1_RetFail", f"quantize/{bits}/1.1_RetFail",
+                                       f"quantize/{bits}/privacy_pair") for bits in ("int8", "int4")}}
+# Headlines of a relearned copy: NaN in a result whose fine-tune diverged, so seed means
+# (report.seed_mean) average them over the seeds where it ran.
+RAN_ONLY_PREFIX = "relearn/after/"
+
+
 def attack_recovery(values: dict, clean: dict, compromised: dict, min_gap_fraction: float) -> dict:
   """What each attack brings back, from `headlines` of a model and of the two references
-  that went through the same attack. RetFail MRR as a share of the Compromised-Clean gap
-  (0 = Clean's level, 1 = Compromised's), before (`residual_before`) and after
-  (`residual_after`) the attack, each against the references in the same state
-  (relearning: on the second forget half, before and after the same fine-tune, so what
-  the fine-tune teaches any model is not counted; quantization: the unquantized model
-  against the unquantized references, then all three quantized alike); `recovery` =
-  after - before, the share of the gap that came back. An attack whose references keep
-  less than `min_gap_fraction` of their gap (or that diverged) cannot show anything:
-  it is `unchecked`, with why. Membership after the attack: PrivLeak against Clean
-  attacked alike (`privleak_after`)."""
-  has = lambda key: all(key in d for d in (values, clean, compromised))
-  measured = {}  # attack -> (key before, key after, key of the attacked pair AUC)
-  if has("relearn/after/retfail_mrr"):
-    measured["relearn"] = ("relearn/before/retfail_mrr", "relearn/after/retfail_mrr",
-                           "relearn/after/privacy_pair")
-  for bits in ("int8", "int4"):
-    if has(f"quantize/{bits}/1.1_RetFail"):
-      measured[f"quantize_{bits}"] = ("1.1_RetFail", f"quantize/{bits}/1.1_RetFail",
-                                      f"quantize/{bits}/privacy_pair")
+  that went through the same attack. RetFail MRR as a share of the references' gap
+  before the attack (0 = Clean's level, 1 = Compromised's; relearning: on the second
+  forget half): `residual_before`, and `recovery` = the model's change under the attack
+  minus Clean's change under the same attack, over that gap (Deeb & Roger: what comes
+  back beyond what the same fine-tune teaches a model that never learned it);
+  `residual_after` = residual_before + recovery. `reference_gap_kept` = the references'
+  gap under the attack over theirs before it; Compromised's own recovery is measured
+  like any model's (the fine-tune on one half costs it some of the other). An attack
+  cannot show anything, and is `unchecked` with why, when the references were not scored
+  with it, when they keep less than `min_gap_fraction` of their gap under it, or when
+  its fine-tune diverged for the model or a reference in every seed. Membership after the
+  attack: PrivLeak against Clean attacked alike (`privleak_after`)."""
   out = {}
-  for attack, (before_key, after_key, pair_key) in measured.items():
+  for attack, (before_key, after_key, pair_key) in ATTACK_KEYS.items():
+    if after_key not in values:
+      continue
+    if not all(after_key in d for d in (clean, compromised)):
+      out[attack] = {"unchecked": "the references were not scored with this attack"}
+      continue
+    gap = compromised[before_key] - clean[before_key]
+    share = lambda change: float(change / gap) if gap else float("nan")
     before = _share_of_gap(values[before_key], clean[before_key], compromised[before_key])
-    after = _share_of_gap(values[after_key], clean[after_key], compromised[after_key])
-    gap_before = compromised[before_key] - clean[before_key]
-    kept = (compromised[after_key] - clean[after_key]) / gap_before if gap_before > 0 else float("nan")
-    out[attack] = {"residual_before": before, "residual_after": after, "recovery": after - before,
-                   "reference_gap_kept": float(kept)}
-    failed = [name for name, d in (("the model", values), ("Clean", clean),
-                                   ("Compromised", compromised)) if d.get("relearn/failed", 0) > 0]
-    if attack == "relearn" and failed:
-      out[attack]["unchecked"] = (f"the relearning fine-tune diverged for {', '.join(failed)} "
-                                  f"(non-finite loss or embeddings)")
+    recovery = share((values[after_key] - values[before_key])
+                     - (clean[after_key] - clean[before_key]))
+    kept = share(compromised[after_key] - clean[after_key]) if gap > 0 else float("nan")
+    result = out[attack] = {"residual_before": before, "residual_after": before + recovery,
+                            "recovery": recovery, "reference_gap_kept": kept}
+    diverged = [name for name, d in (("the model", values), ("Clean", clean),
+                                     ("Compromised", compromised))
+                if attack == "relearn" and d.get("relearn/failed", 0) >= 1]
+    if diverged:
+      result["unchecked"] = (f"the relearning fine-tune diverged for {', '.join(diverged)} "
+                             f"(non-finite loss or embeddings)")
     elif not kept >= min_gap_fraction:
-      out[attack]["unchecked"] = (
+      result["unchecked"] = (
           f"under the attack the references keep {kept:.2f} of their RetFail gap "
           f"({clean[after_key]:.4f} vs {compromised[after_key]:.4f}), under "
           f"eval.min_attack_gap_fraction={min_gap_fraction:g}: the attack cannot tell "
           f"hidden knowledge from removed")
-    if has(pair_key):
-      out[attack]["privleak_after"] = metrics.priv_leak(values[pair_key], clean[pair_key])
+    if attack == "relearn" and 0 < values.get("relearn/failed", 0) < 1:
+      result["diverged_share"] = values["relearn/failed"]  # Of the seeds: the rest measured.
+    if all(pair_key in d for d in (values, clean)):
+      result["privleak_after"] = metrics.priv_leak(values[pair_key], clean[pair_key])
   return out
 
 

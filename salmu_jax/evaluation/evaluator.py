@@ -64,6 +64,8 @@ class Evaluator:
     check_finite(params, "the model to score")
     if "relearn" in attacks and self._relearner is None:  # Checks the forget halves first.
       self._relearner = attacks_lib.Relearner(self)
+    if "quantize" in attacks:
+      attacks_lib.quantization_axes(params)  # Refuses a weight without a rule, first.
     ctx = EvalContext(self, params)
     result = {"efficacy": {}, "utility": {}}
     for name, fn in progress.bar(registry.EVALUATORS.items(), desc="evaluate", unit="metric",
@@ -179,6 +181,12 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
                       "pass one of them")
   if clean is not None and compromised is not None:  # Before any work.
     diagnosis.check_references(diagnosis.headlines(clean), diagnosis.headlines(compromised))
+    for what, reference in (("--clean", clean), ("--compromised", compromised)):
+      missing = [name for name in attacks if name not in reference.get("attacks", {})]
+      if missing:
+        raise ConfigError(f"{what} was not scored with the attacks {', '.join(missing)}: its "
+                          f"recovery would have no reference; evaluate it with "
+                          f"--attacks={','.join(attacks)} first")
   ids, computed_on = read_fragile_set(fragile_set) if fragile_set else (None, None)
   evaluator = Evaluator(runtime_lib.setup(config, checkpoint, dataset_dir, devices))
   identity = evaluator.runtime.dataset_identity

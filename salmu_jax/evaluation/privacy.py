@@ -12,9 +12,11 @@ reference model's score for the same pair) and the ROC curves are rebuilt from t
 files alone. NumPy only: the evaluation context (context.py) embeds.
 """
 import hashlib
+import json
 
 import numpy as np
 
+from salmu_jax.errors import ConfigError
 from salmu_jax.evaluation import metrics
 
 MEMBER_SPLIT, NONMEMBER_SPLIT = "forget", "unseen_identity"
@@ -125,10 +127,12 @@ def summary(scores: dict) -> dict:
 
 
 def records_digest(ctx) -> str:
-  """SHA-256 of the record ids of the member and non-member splits, in order: two
-  results' scores pair up (calibration) only when their digests agree."""
+  """SHA-256 of the dataset's fingerprint and the record ids of the member and
+  non-member splits, in order: two results' scores pair up (calibration) only when their
+  digests agree."""
   ids = [str(r["record_id"]) for split in SIDES.values() for r in ctx.split(split).records]
-  return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+  identity = json.dumps(getattr(ctx.dataset, "card", {}).get("fingerprint"), sort_keys=True)
+  return hashlib.sha256("\n".join([identity] + ids).encode()).hexdigest()
 
 
 def calibrated_aucs(block: dict, reference_block: dict) -> dict:
@@ -136,17 +140,18 @@ def calibrated_aucs(block: dict, reference_block: dict) -> dict:
   the reference model's for the same pair or persona: the difficulty calibration an
   attacker with a public model of the same distribution can do. Both blocks must come from
   the same dataset (same members in the same order: `records_sha256`)."""
-  if block.get("records_sha256") != reference_block.get("records_sha256"):
-    raise ValueError("privacy scores of different member and non-member records (their "
-                     "records_sha256 differ): not the same dataset, or a result of an older "
-                     "version; evaluate again")
+  digests = block.get("records_sha256"), reference_block.get("records_sha256")
+  if None in digests or digests[0] != digests[1]:
+    raise ConfigError("privacy scores of different member and non-member records (their "
+                      "records_sha256 differ or one is missing): not the same dataset, or a "
+                      "result of an older version; evaluate again")
   out = {}
   for name in CALIBRATED:
     model, reference = block[name]["scores"], reference_block[name]["scores"]
     for side in ("member", "nonmember"):
       if len(model[side]) != len(reference[side]):
-        raise ValueError(f"privacy scores of {name}: {len(model[side])} {side}s against the "
-                         f"reference's {len(reference[side])}; not the same dataset")
+        raise ConfigError(f"privacy scores of {name}: {len(model[side])} {side}s against the "
+                          f"reference's {len(reference[side])}; not the same dataset")
     diff = {side: np.subtract(model[side], reference[side]) for side in model}
     out[f"{name}_calibrated"] = roc_auc(diff["member"], diff["nonmember"])
   return out
