@@ -1,14 +1,16 @@
 """SALMUBench end to end: from nothing to a leaderboard.
 
   python -m salmu_jax.benchmark --config=configs/tiny.py --workdir=runs/tiny \
-      [--methods=npo,ssd] [--budgets=1,5] [--seeds=3] [--attacks=quantize,relearn|none]
+      [--methods=npo,ssd] [--budgets=1,5] [--seeds=3] [--attacks=quantize,relearn|none] \
+      [--mode=salmubench|scalability|sustainability]
 
 Stages, in order: build SALMU-synth; per seed, train Compromised and Clean and
 evaluate them (the first seed's Compromised fixes the fragile set, as in the
 original); per seed, method and budget, unlearn from that seed's Compromised and
 evaluate against that seed's references (from memory, while the checkpoint is being
-written), membership inference and the attacks on forgetting included; then the leaderboard (seed means and spreads), the soundness checks and a
-self-contained HTML report.
+written), membership inference and the attacks on forgetting included; then the
+leaderboard (seed means and spreads), the soundness checks and a self-contained HTML
+report.
 
 Every stage writes its output last and atomically, so a killed run started again
 with the same command skips what is finished (training resumes from its last
@@ -20,6 +22,12 @@ persistent compilation cache WORKDIR/jax_cache.
   WORKDIR/seed_S/{clean,compromised}/        reference runs; {clean,compromised}.json scores
   WORKDIR/seed_S/METHOD_Bx/                  unlearned checkpoint, unlearn.json, result.json
   WORKDIR/leaderboard.{json,md}, report.html, stages.json, config.json
+
+`--mode=scalability|sustainability` runs MUSE's deletion requests instead of the method
+stages (docs/protocol.md §5), reusing the dataset and references of the same workdir:
+
+  WORKDIR/MODE/requests.json, seed_S/references.json, seed_S/METHOD_Bx/request_K/
+  WORKDIR/MODE/leaderboard.{json,md}, report.html, stages.json
 
 The dataset is never written after its build: the fragile set the first seed's
 Compromised fixes lives in seed_S/compromised.json (`fragile_set_ids`). A failed
@@ -39,12 +47,14 @@ import time  # noqa: E402
 from typing import Callable  # noqa: E402
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from salmu_jax import checkpointing, cli, distributed, io_utils, progress, report  # noqa: E402
+from salmu_jax import request_report  # noqa: E402
 from salmu_jax import config as config_lib  # noqa: E402
-from salmu_jax.data import builder, layout  # noqa: E402
+from salmu_jax.data import builder, layout, requests  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
 from salmu_jax.evaluation import attacks as attacks_lib, evaluator as evaluator_lib  # noqa: E402
 from salmu_jax.training import loop, runtime as runtime_lib  # noqa: E402
@@ -54,6 +64,10 @@ REFERENCES = ("compromised", "clean")  # Compromised first: its evaluation fixes
 RESULT_FILE = "result.json"
 CHECK_FAILED_EXIT_CODE = 3  # A soundness check failed: the references cannot be trusted.
 CONFIG_FILE = "config.json"  # The config the stages were run with.
+# SALMUBench's own protocol, and MUSE's deletion requests at scale and over time.
+MODES = ("salmubench", "scalability", "sustainability")
+REQUESTS_FILE = "requests.json"  # A request mode's schedule, drawn once per workdir.
+REFERENCE_BLOCKS_FILE = "references.json"  # The references' efficacy on each request.
 
 
 # What jax.monitoring reports of each program's way to an executable: tracing, lowering and
@@ -120,20 +134,32 @@ def run_dir_name(method: str, budget: float) -> str:
   return f"{method}_{budget:g}x"
 
 
+def resolve_mode(mode: str) -> str:
+  if mode not in MODES:
+    raise ConfigError(f"benchmark mode {mode!r}: known {', '.join(MODES)}")
+  return mode
+
+
 class Benchmark:
   """The stages of one benchmark and the objects they share, built on first use."""
 
   def __init__(self, config, workdir: str, *, methods=None, budgets=None, seeds=None,
-               attacks=None, devices=None, progress: bool = True, name: str = "benchmark"):
+               attacks=None, mode=None, devices=None, progress: bool = True,
+               name: str = "benchmark"):
     config_lib.check_config(config)
     self.config = config.copy_and_resolve_references()
     self.config.reference = "compromised"
     self.workdir, self.devices, self.progress = os.path.abspath(workdir), devices, progress
     self.name = name  # Shown in the reports: the CLI passes the config file's name.
     bench = self.config.benchmark
+    self.mode = resolve_mode(mode if mode is not None else bench.mode)
+    # A request mode runs every method once per request: its own, smaller defaults.
+    main = self.mode == "salmubench"
     self.methods = resolve_methods(methods if methods is not None else bench.methods)
-    self.budgets = resolve_budgets(budgets if budgets is not None else bench.budgets)
-    self.seeds = [self.config.seed + i for i in range(seeds if seeds is not None else bench.seeds)]
+    self.budgets = resolve_budgets(budgets if budgets is not None else
+                                   bench.budgets if main else bench.request_budgets)
+    seeds = seeds if seeds is not None else bench.seeds if main else bench.request_seeds
+    self.seeds = [self.config.seed + i for i in range(seeds)]
     self.attacks = attacks_lib.parse_attacks(attacks if attacks is not None else bench.attacks)
     if not self.seeds:
       raise ConfigError(f"--seeds={seeds} must be at least 1")
@@ -141,6 +167,7 @@ class Benchmark:
     self._evaluator, self._unlearner = None, None
     self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
     self._ran_inline = {}  # Stage name -> seconds: done inside the stage before it.
+    self._requested = None  # A request mode's forget rows requested so far, per request.
     self.stages_log = []
 
   # Paths and configs.
@@ -177,17 +204,17 @@ class Benchmark:
           runtime=self.evaluator.runtime, compiled=self._compiled_steps))
     return self._unlearner[1]
 
-  def scored(self, path: str) -> bool:
+  def scored(self, path: str, attacks=None) -> bool:
     """Does the result at `path` exist, scored as this benchmark scores (the membership
-    block and exactly its attacks)? One scored by an earlier invocation with other
-    attacks, or by a version without membership inference, is scored again, so that every
-    row and reference of a leaderboard went through the same attacks."""
+    block and exactly its attacks, or `attacks`)? One scored by an earlier invocation with
+    other attacks, or by a version without membership inference, is scored again, so that
+    every row and reference of a leaderboard went through the same attacks."""
     if not os.path.exists(path):
       return False
     result = io_utils.read_json(path)
     privacy = result.get("privacy", {})
     return ("records_sha256" in privacy or "unavailable" in privacy) and \
-        set(result.get("attacks", {})) == set(self.attacks)
+        set(result.get("attacks", {})) == set(self.attacks if attacks is None else attacks)
 
   # Stages.
   def stages(self) -> list:
@@ -200,6 +227,8 @@ class Benchmark:
         stages.append(self._train_stage(seed, reference))
       for reference in REFERENCES:
         stages.append(self._reference_eval_stage(seed, reference))
+    if self.mode != "salmubench":
+      return stages + self._request_mode_stages()
     for seed in self.seeds:
       for method in self.methods:
         for budget in self.budgets:
@@ -273,6 +302,128 @@ class Benchmark:
     return [Stage(f"{label} unlearn", lambda: os.path.exists(metadata), run_unlearn),
             Stage(eval_stage, lambda: self.scored(out), run_eval)]
 
+  # Deletion requests at scale (nested, each from Compromised) and over time (disjoint, each
+  # from the previous request's model): MUSE's scalability and sustainability.
+  @property
+  def mode_dir(self) -> str:
+    return os.path.join(self.workdir, self.mode)
+
+  @property
+  def request_count(self) -> int:
+    return (len(requests.SCALABILITY_FRACTIONS) if self.mode == "scalability"
+            else requests.SUSTAINABILITY_REQUESTS)
+
+  def schedule(self) -> dict:
+    return io_utils.read_json(os.path.join(self.mode_dir, REQUESTS_FILE))
+
+  def request_entries(self, k: int) -> list:
+    """The entries request k (0-based) unlearns: the whole nested request, or the k-th
+    disjoint one."""
+    return [tuple(e) if isinstance(e, list) else e for e in self.schedule()["requests"][k]]
+
+  def requested_so_far(self, k: int):
+    """Forget rows requested up to and including request k: what must be forgotten then."""
+    if self._requested is None:
+      rows = [requests.resolve_request(self.evaluator.dataset, self.request_entries(j))
+              for j in range(self.request_count)]
+      self._requested = rows if self.mode == "scalability" else [
+          np.unique(np.concatenate(rows[:j + 1])) for j in range(len(rows))]
+    return self._requested[k]
+
+  def request_run_dir(self, seed: int, method: str, budget: float, k: int) -> str:
+    return os.path.join(self.mode_dir, f"seed_{seed}", run_dir_name(method, budget),
+                        f"request_{k + 1}")
+
+  def _draw_requests(self) -> None:
+    """The schedule, drawn once from the forget split with the config's seed (every
+    training seed unlearns the same requests)."""
+    records = self.evaluator.inputs.records("forget")
+    if self.mode == "scalability":
+      drawn, x, x_label = (requests.scalability_requests(records, self.config.seed),
+                           list(requests.SCALABILITY_FRACTIONS), "share of the forget split")
+    else:
+      drawn = requests.sustainability_requests(records, self.config.seed)
+      x, x_label = list(range(1, len(drawn) + 1)), "request number"
+    dataset = self.evaluator.dataset
+    pairs = [len(requests.resolve_request(dataset, entries)) for entries in drawn]
+    so_far = pairs if self.mode == "scalability" else list(np.cumsum(pairs))
+    io_utils.write_json_atomic(os.path.join(self.mode_dir, REQUESTS_FILE), {
+        "mode": self.mode, "seed": self.config.seed, "x": x, "x_label": x_label,
+        "requests": [[list(e) if isinstance(e, tuple) else e for e in entries]
+                     for entries in drawn],
+        "pairs": pairs, "pairs_so_far": [int(n) for n in so_far]})
+
+  def _reference_blocks_stage(self, seed: int) -> Stage:
+    out = os.path.join(self.mode_dir, f"seed_{seed}", REFERENCE_BLOCKS_FILE)
+
+    def run():
+      blocks = {}
+      for reference in ("clean", "compromised"):
+        state, _, _ = checkpointing.restore(
+            os.path.join(self.seed_dir(seed), reference), self.evaluator.runtime.abstract_state(),
+            signature=self.evaluator.runtime.signature, reference=reference)
+        blocks[reference] = self.evaluator.request_blocks(
+            state.params, [self.requested_so_far(k) for k in range(self.request_count)])
+      io_utils.write_json_atomic(out, blocks)
+
+    return Stage(f"seed {seed}: {self.mode} references", lambda: os.path.exists(out), run)
+
+  def request_references(self, seed: int, k: int) -> tuple:
+    """(Clean, Compromised): the seed's reference results, each with its block of request k."""
+    blocks = io_utils.read_json(os.path.join(self.mode_dir, f"seed_{seed}",
+                                             REFERENCE_BLOCKS_FILE))
+    return tuple(io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json"))
+                 | {"request": blocks[r][k]} for r in ("clean", "compromised"))
+
+  def _request_stages(self, seed: int, method: str, budget: float, k: int) -> list:
+    """Unlearn request k and score the model (no attacks on forgetting: the main mode
+    has them), like `_method_stages`; sustainability starts from request k-1's model."""
+    run_dir = self.request_run_dir(seed, method, budget, k)
+    start_dir = (self.request_run_dir(seed, method, budget, k - 1)
+                 if self.mode == "sustainability" and k > 0 else None)
+    metadata, out = os.path.join(run_dir, runner.METADATA_FILE), os.path.join(run_dir, RESULT_FILE)
+    label = f"seed {seed}: {self.mode} {method} {budget:g}x request {k + 1}"
+    eval_stage = f"{label} evaluate"
+
+    def write_result(result, unlearned):
+      result["meta"] |= {"training_seed": seed, "unlearn": unlearned, "request": k + 1}
+      io_utils.write_json_atomic(out, result)
+
+    def score(**kwargs):
+      clean, compromised = self.request_references(seed, k)
+      return dict(clean=clean, compromised=compromised, attacks=(),
+                  requested=self.requested_so_far(k), show_progress=self.progress) | kwargs
+
+    def run_unlearn():
+      if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
+        shutil.rmtree(run_dir)
+      unlearned, result = self.unlearner(seed).run(
+          method, budget, run_dir, show_progress=self.progress,
+          forget_request=self.request_entries(k), start_dir=start_dir,
+          while_saving=lambda params, saved, step: self.evaluator.score_saved(
+              run_dir, params, saved, step, **score()))
+      write_result(result, unlearned)
+      self._ran_inline[eval_stage] = result["meta"]["seconds"]
+
+    def run_eval():
+      write_result(self.evaluator.score_checkpoint(run_dir, **score()),
+                   io_utils.read_json(metadata))
+
+    return [Stage(f"{label} unlearn", lambda: os.path.exists(metadata), run_unlearn),
+            Stage(eval_stage, lambda: self.scored(out, attacks=()), run_eval)]
+
+  def _request_mode_stages(self) -> list:
+    stages = [Stage(f"{self.mode}: draw the requests",
+                    lambda: os.path.exists(os.path.join(self.mode_dir, REQUESTS_FILE)),
+                    self._draw_requests)]
+    stages += [self._reference_blocks_stage(seed) for seed in self.seeds]
+    for seed in self.seeds:
+      for method in self.methods:
+        for budget in self.budgets:
+          for k in range(self.request_count):
+            stages += self._request_stages(seed, method, budget, k)
+    return stages
+
   def check_workdir(self) -> None:
     """Refuses a workdir holding stages of another config (which would be reused silently);
     `benchmark.*` only selects stages and checks, and the diagnosis thresholds
@@ -302,7 +453,7 @@ class Benchmark:
     self.check_workdir()
     # What an earlier invocation spent on each stage, kept for the stages this one reuses,
     # so that a resumed run or a report rebuild still shows the cost of every stage.
-    log_path = os.path.join(self.workdir, "stages.json")
+    log_path = os.path.join(self.output_dir, "stages.json")
     earlier = {s["stage"]: s.get("ran_seconds", s["seconds"])
                for s in (io_utils.read_json(log_path) if os.path.exists(log_path) else [])}
     with progress.bar(total=len(stages), desc="benchmark", unit="stage", enabled=self.progress,
@@ -327,8 +478,24 @@ class Benchmark:
         bar.update(1)
     return self.write_reports(time.perf_counter() - start)
 
+  @property
+  def output_dir(self) -> str:
+    """Where this mode's stages.json, leaderboard and report go."""
+    return self.workdir if self.mode == "salmubench" else self.mode_dir
+
+  def meta(self, wall_seconds: float) -> dict:
+    return {"config_name": self.name, "date": report.now(), "seeds": self.seeds,
+            "budgets": self.budgets, "methods": self.methods, "mode": self.mode,
+            "attacks": list(self.attacks) if self.mode == "salmubench" else [],
+            **self.evaluator.runtime.device_meta(), "versions": versions(),
+            "wall_seconds": round(wall_seconds, 1),
+            "ran_seconds_total": round(sum(s["ran_seconds"] or 0 for s in self.stages_log), 1),
+            "config": json.loads(self.config.to_json())}
+
   def write_reports(self, wall_seconds: float) -> dict:
     """leaderboard.json / .md and report.html from the result files on disk."""
+    if self.mode != "salmubench":
+      return self.write_request_reports(wall_seconds)
     read = lambda *parts: io_utils.read_json(os.path.join(*parts))
     clean = [read(self.seed_dir(s), "clean.json") for s in self.seeds]
     compromised = [read(self.seed_dir(s), "compromised.json") for s in self.seeds]
@@ -342,12 +509,7 @@ class Benchmark:
       row["paper"] = methods_lib.METHODS[row["method"]].paper
       row["samples_processed"] = unlearned[0]["samples_processed"]["total"]
       row["unlearn_seconds"] = report.spread([u["wall_seconds"] for u in unlearned])
-    meta = {"config_name": self.name, "date": report.now(), "seeds": self.seeds,
-            "budgets": self.budgets, "methods": self.methods, "attacks": list(self.attacks),
-            **self.evaluator.runtime.device_meta(), "versions": versions(),
-            "wall_seconds": round(wall_seconds, 1),
-            "ran_seconds_total": round(sum(s["ran_seconds"] or 0 for s in self.stages_log), 1),
-            "config": json.loads(self.config.to_json())}
+    meta = self.meta(wall_seconds)
     leaderboard = {**board, "checks": checks, "meta": meta, "stages": self.stages_log}
     io_utils.write_json_atomic(os.path.join(self.workdir, "leaderboard.json"), leaderboard)
     io_utils.write_bytes_atomic(os.path.join(self.workdir, "leaderboard.md"),
@@ -356,6 +518,32 @@ class Benchmark:
     sheet = open(sheet_path, "rb").read() if os.path.exists(sheet_path) else None
     io_utils.write_bytes_atomic(os.path.join(self.workdir, "report.html"), report.report_html(
         board, checks, meta, sheet, self.stages_log).encode())
+    return leaderboard
+
+
+  def write_request_reports(self, wall_seconds: float) -> dict:
+    """MODE/leaderboard.json / .md and report.html of a request mode, from its result
+    files and the references' blocks."""
+    steps = range(self.request_count)
+    references = {seed: [self.request_references(seed, k) for k in steps] for seed in self.seeds}
+    clean = [[references[seed][k][0] for seed in self.seeds] for k in steps]
+    compromised = [[references[seed][k][1] for seed in self.seeds] for k in steps]
+    runs = {(m, b): [[io_utils.read_json(os.path.join(self.request_run_dir(seed, m, b, k),
+                                                      RESULT_FILE)) for seed in self.seeds]
+                     for k in steps] for m in self.methods for b in self.budgets}
+    board = request_report.board(self.mode, self.schedule(), clean, compromised, runs,
+                                 self.config.eval)
+    for row in board["rows"]:  # What each request cost the method, seed means.
+      row["unlearn_seconds"] = [report.spread([r["meta"]["unlearn"]["wall_seconds"]
+                                               for r in per_seed])
+                                for per_seed in runs[(row["method"], row["budget"])]]
+    meta = self.meta(wall_seconds)
+    leaderboard = {**board, "meta": meta, "stages": self.stages_log}
+    io_utils.write_json_atomic(os.path.join(self.mode_dir, "leaderboard.json"), leaderboard)
+    io_utils.write_bytes_atomic(os.path.join(self.mode_dir, "leaderboard.md"),
+                                request_report.markdown(board, meta).encode())
+    io_utils.write_bytes_atomic(os.path.join(self.mode_dir, "report.html"),
+                                request_report.report_html(board, meta).encode())
     return leaderboard
 
 
@@ -379,9 +567,15 @@ def main(argv):
   def body():
     enable_compilation_cache(os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
     name = os.path.basename(flags.FLAGS["config"].config_filename)
-    board = Benchmark(_CONFIG.value, _WORKDIR.value, methods=_METHODS.value,
+    bench = Benchmark(_CONFIG.value, _WORKDIR.value, methods=_METHODS.value,
                       budgets=_BUDGETS.value, seeds=_SEEDS.value, attacks=_ATTACKS.value,
-                      name=name).run()
+                      mode=_MODE.value, name=name)
+    board = bench.run()
+    if bench.mode != "salmubench":
+      print(request_report.markdown(board, board["meta"]))
+      print(f"wrote {os.path.join(bench.mode_dir, 'leaderboard.md')}, leaderboard.json and "
+            f"report.html in {board['meta']['wall_seconds']:.0f} s")
+      return
     print(report.markdown(board, board["checks"], board["meta"]))
     failed = [c["name"] for c in board["checks"] if not c["passed"]]
     print(f"wrote {os.path.join(_WORKDIR.value, 'leaderboard.md')}, leaderboard.json and "
@@ -403,5 +597,8 @@ if __name__ == "__main__":
   _ATTACKS = flags.DEFINE_string("attacks", None, "Attacks on forgetting scored for every model: "
                                  "comma-separated of quantize, relearn, or none (default: "
                                  "benchmark.attacks).")
+  _MODE = flags.DEFINE_string("mode", None, "salmubench (the benchmark), or MUSE's deletion "
+                              "requests: scalability (nested, growing) or sustainability "
+                              "(disjoint, in sequence); default: benchmark.mode.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

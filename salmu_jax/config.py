@@ -223,6 +223,13 @@ def base_config() -> ml_collections.ConfigDict:
   # stages, quantization 9% more and changes no verdict at tiny scale (README), so it is
   # asked for with --attacks=quantize,relearn (2026-12-01, 2 cores).
   benchmark.attacks = "relearn"
+  # "salmubench", or MUSE's deletion requests (docs/protocol.md §4-5): "scalability" (nested
+  # requests of 10-100% of the forget split, each from Compromised) or "sustainability"
+  # (four disjoint requests, each from the previous one's model). A request mode runs every
+  # method once per request, so it has its own budgets and seeds.
+  benchmark.mode = "salmubench"
+  benchmark.request_budgets = (1.0,)
+  benchmark.request_seeds = 1
 
   tokenizer = config.tokenizer = ml_collections.ConfigDict()
   # "dataset_bpe": a BPE trained on the dataset's captions (vocab_size below);

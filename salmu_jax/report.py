@@ -293,7 +293,7 @@ def soundness_checks(board: dict, criteria) -> list:
   return checks
 
 
-def _cell(spread: dict) -> str:
+def cell(spread: dict) -> str:
   if spread["n"] > 1:
     return f"{spread['mean']:.3f} ± {spread['std']:.3f}"
   return f"{spread['mean']:.4f}" if abs(spread["mean"]) < 0.01 else f"{spread['mean']:.3f}"
@@ -311,13 +311,13 @@ def table_rows(board: dict) -> tuple:
   rows = []
   for name in ("clean", "compromised"):
     s = board["reference_scores"][name]
-    rows.append(["", name.capitalize(), ""] + [_cell(board["references"][name][k])
+    rows.append(["", name.capitalize(), ""] + [cell(board["references"][name][k])
                                                for _, k in METRICS]
                 + [f"{s['efficacy']:.2f}", f"{s['utility']:.2f}", f"{s['balanced']:.2f}", ""])
   for row in board["rows"]:
     s = row["scores"]
     rows.append([_rank_cell(row), row["method"], f"{row['budget']:g}x"]
-                + [_cell(row["metrics"][k]) for _, k in METRICS]
+                + [cell(row["metrics"][k]) for _, k in METRICS]
                 + [f"{s['efficacy']:.2f}", f"{s['utility']:.2f}", f"{s['balanced']:.2f}", row["label"]])
   return header, rows
 
@@ -325,10 +325,10 @@ def table_rows(board: dict) -> tuple:
 def extended_rows(board: dict) -> tuple:
   """(header, rows of strings) of the discriminative numbers behind utility and diagnosis."""
   header = ["rank", "method", "budget"] + list(EXTENDED_COLUMNS.values())
-  rows = [["", name.capitalize(), ""] + [_cell(board["references"][name][k]) for k in EXTENDED_COLUMNS]
+  rows = [["", name.capitalize(), ""] + [cell(board["references"][name][k]) for k in EXTENDED_COLUMNS]
           for name in ("clean", "compromised")]
   rows += [[str(row["rank"]), row["method"], f"{row['budget']:g}x"]
-           + [_cell(row["metrics"][k]) for k in EXTENDED_COLUMNS] for row in board["rows"]]
+           + [cell(row["metrics"][k]) for k in EXTENDED_COLUMNS] for row in board["rows"]]
   return header, rows
 
 
@@ -383,7 +383,7 @@ PRIVACY_NOTE = (
     "checked rows of its failure count (docs/protocol.md §3).")
 
 
-def _markdown_table(header: list, rows: list) -> list:
+def markdown_table(header: list, rows: list) -> list:
   return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
           + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -404,15 +404,15 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
               f"{seeds} seeds; rows whose intervals overlap are not told apart by these seeds."
               if seeds > 1 else "One seed: no spread measured, so no rank is known to be "
                                 "resolved; run with --seeds=3."), ""]
-  lines += _markdown_table(*table_rows(board))
+  lines += markdown_table(*table_rows(board))
   lines += ["", "## What the models still tell apart (extended metrics)", "",
             "Own-caption retrieval MRR per split (gallery built like RetFail's) and the spread "
             "of images and captions (1 - mean cosine between different items; near 0 = "
             "collapsed). Utility and the over-generalization and collapse diagnoses read these "
             "(docs/protocol.md §3).", ""]
-  lines += _markdown_table(*extended_rows(board))
+  lines += markdown_table(*extended_rows(board))
   lines += ["", "## Privacy leakage and attacks on forgetting", "", PRIVACY_NOTE, ""]
-  lines += _markdown_table(*privacy_rows(board))
+  lines += markdown_table(*privacy_rows(board))
   lines += [attack_cost_line(board, meta), ""]
   lines += ["", "## Soundness checks", "",
             f"Reference checks hold on every seed separately ({seeds} seed{'s' * (seeds > 1)}).",
@@ -627,7 +627,8 @@ between different items); utility, over-generalization and collapse read these.<
 <p>{esc(attack_cost_line(board, meta))}</p>
 {image("roc", "The pair membership attack's ROC curves (first seed).")}
 {image("attacks", "RetFail efficacy before and after each attack; below the diagonal the "
-       "attack brought knowledge back, below the dashed line forgetting is no longer half-way.")}
+       "attack brought knowledge back, below the dashed line more than "
+       "eval.superficial_recovery_above of the gap (superficial forgetting).")}
 {sheet}
 <h2>Stages</h2>
 <table><tr><th>stage</th><th>status</th><th>seconds</th><th>seconds when it ran</th></tr>{stage_rows}</table>

@@ -331,3 +331,70 @@ def test_a_result_without_the_extended_block_is_named():
   del old["extended"]
   with pytest.raises(ConfigError, match="without the `extended` block"):
     report.leaderboard([old], [fake_result(COMPROMISED)], {}, THRESHOLDS)
+
+
+@pytest.mark.slow
+def test_request_modes_run_end_to_end_and_a_chain_resumes_from_the_right_model(
+    micro_config, micro_dataset_dir, tmp_path):
+  from salmu_jax.data import requests
+  first = tmp_path / "first"
+  sustained = micro_benchmark(micro_config, micro_dataset_dir, first, mode="sustainability")
+  board = sustained.run()
+  mode_dir = first / "sustainability"
+  assert {"leaderboard.json", "leaderboard.md", "report.html", "stages.json",
+          "requests.json"} <= set(os.listdir(mode_dir))
+  assert not (first / "stages.json").exists()  # The main mode's log is not this one's.
+  schedule = io_utils.read_json(mode_dir / "requests.json")
+  forget = len(sustained.evaluator.inputs.records("forget"))
+  assert schedule["pairs_so_far"][-1] == forget == sum(schedule["pairs"])
+  for method in METHODS:
+    for k in range(requests.SUSTAINABILITY_REQUESTS):
+      run_dir = sustained.request_run_dir(0, method, 1.0, k)
+      unlearned = io_utils.read_json(os.path.join(run_dir, runner.METADATA_FILE))
+      # Each request from the previous request's model, with the budget of its own pairs.
+      expected_from = (sustained.request_run_dir(0, method, 1.0, k - 1) if k else
+                       str(first / "seed_0" / "compromised"))
+      assert unlearned["from"] == expected_from
+      assert unlearned["forget_size"] == schedule["pairs"][k]
+      result = io_utils.read_json(os.path.join(run_dir, "result.json"))
+      # Not yet requested: exactly the forget pairs outside every request so far.
+      assert result["request"]["pairs"] == {
+          "requested": schedule["pairs_so_far"][k], "not_requested": forget - schedule["pairs_so_far"][k]}
+      assert ("not_requested" in result["request"]) == (k + 1 < requests.SUSTAINABILITY_REQUESTS)
+  assert len(board["rows"]) == len(METHODS)
+  assert all(len(row["after_request"]) == requests.SUSTAINABILITY_REQUESTS for row in board["rows"])
+  assert "| neg_grad | 1x | 4 |" in (mode_dir / "leaderboard.md").read_text()
+
+  # Killed during request 3 of neg_grad (its directory half-written): the same command
+  # redoes it from request 2's model and gets the uninterrupted chain's result.
+  second = tmp_path / "second"
+  shutil.copytree(first, second)
+  resumed = micro_benchmark(micro_config, micro_dataset_dir, second, mode="sustainability")
+  for k in (2, 3):
+    shutil.rmtree(resumed.request_run_dir(0, "neg_grad", 1.0, k))
+  os.makedirs(os.path.join(resumed.request_run_dir(0, "neg_grad", 1.0, 2), "checkpoints", "0"))
+  status = {s["stage"]: s["status"] for s in resumed.run()["stages"]}
+  assert [k for k, v in status.items() if v == "ran"] == [
+      f"seed 0: sustainability neg_grad 1x request {k} {what}" for k in (3, 4)
+      for what in ("unlearn", "evaluate")]
+  for k in (2, 3):
+    again = io_utils.read_json(os.path.join(resumed.request_run_dir(0, "neg_grad", 1.0, k),
+                                            "result.json"))
+    before = io_utils.read_json(os.path.join(sustained.request_run_dir(0, "neg_grad", 1.0, k),
+                                             "result.json"))
+    assert again["request"] == before["request"] and again["efficacy"] == before["efficacy"]
+
+  # Scalability in the same workdir: the references are reused, the requests nested.
+  scaled = micro_benchmark(micro_config, micro_dataset_dir, first, mode="scalability")
+  board = scaled.run()
+  reused = {s["stage"]: s["status"] for s in board["stages"]}
+  assert reused["seed 0: train compromised"] == "reused"
+  pairs = io_utils.read_json(first / "scalability" / "requests.json")["pairs"]
+  assert pairs == sorted(pairs) and pairs[-1] == forget
+  for k, size in enumerate(pairs):
+    unlearned = io_utils.read_json(os.path.join(scaled.request_run_dir(0, "ssd", 1.0, k),
+                                                runner.METADATA_FILE))
+    assert unlearned["from"] == str(first / "seed_0" / "compromised") and \
+        unlearned["forget_size"] == size
+  with pytest.raises(ConfigError, match="benchmark mode 'muse'"):
+    micro_benchmark(micro_config, micro_dataset_dir, first, mode="muse")

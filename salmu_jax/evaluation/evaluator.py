@@ -92,6 +92,13 @@ class Evaluator:
             result["request"], clean["request"], compromised["request"])
     return result
 
+  def request_blocks(self, params, requested: list) -> list:
+    """registry.request_block of `params` for each of `requested` (index arrays into the
+    forget split), from one set of embeddings: a reference scored on a request schedule."""
+    check_finite(params, "the model to score")
+    ctx = EvalContext(self, params)
+    return [registry.request_block(ctx, rows) for rows in requested]
+
   def score_checkpoint(self, run_dir: str, *, clean=None, compromised=None,
                        recompute_fragile: bool = False, allow_other_dataset: bool = False,
                        attacks=(), requested=None, show_progress: bool = False) -> dict:

@@ -215,19 +215,28 @@ class Unlearner:
       raise ConfigError(f"--workdir={workdir} already holds a run ({', '.join(held)}); "
                         f"choose a new directory or remove it")
 
-  def _optimize(self, state, objective, key: tuple, names, steps, batches, update_mask=None,
-                show_progress=True, label=""):
-    return optimize(self.runtime, self.config, self._compiled, state, self.original.params,
-                    objective, key, names, steps, batches, update_mask, show_progress, label)
+  def _restore_unlearned(self, run_dir: str):
+    """The model of a finished unlearning run of the same model and dataset, as a
+    TrainState to `run` from (MUSE's sustainability: each request unlearned from the
+    previous one's result)."""
+    state, meta, _ = checkpointing.restore(run_dir, self.runtime.abstract_state(),
+                                           signature=self.runtime.signature, reference="unlearned")
+    if state is None or not os.path.exists(os.path.join(run_dir, METADATA_FILE)):
+      raise ConfigError(f"{run_dir} holds no finished unlearning run to continue from")
+    layout.check_same(meta["dataset"], self.pretrained_on, f"{run_dir} was trained", False)
+    return state
 
   def run(self, method_name: str, budget: float, workdir: str, *, show_progress: bool = True,
-          forget_request: list | None = None, while_saving=None):
+          forget_request: list | None = None, start_dir: str | None = None, while_saving=None):
     """Runs one method at one budget; writes an orbax checkpoint, then unlearn.json (last,
     atomically: its presence marks a finished run) to `workdir`; returns its content.
 
     `forget_request` (entries of requests.read_request) restricts the forget data to the
     requested pairs, and the budget to multiples of their number; it is checked entirely
-    before anything runs. `while_saving(params, checkpoint metadata, step)` runs while the
+    before anything runs. `start_dir`, a finished unlearning run,
+    replaces Compromised as the model unlearned from, in every role: the first parameters,
+    the frozen reference objectives read, and the original of one-shot methods; the run
+    records it as where it came from. `while_saving(params, checkpoint metadata, step)` runs while the
     checkpoint is written (the benchmark scores the model then, instead of reading it
     back); with it, `run` returns (unlearn.json's content, its return value).
     """
@@ -237,13 +246,14 @@ class Unlearner:
         else contextlib.nullcontext()
     with lock:
       self._check_output_dir(workdir)  # Again, now that no other process can write there.
+      original = self.original if start_dir is None else self._restore_unlearned(start_dir)
       return self._run(method, method_name, budget, workdir, show_progress, forget_request,
-                       while_saving)
+                       original, os.path.abspath(start_dir or self.from_dir), while_saving)
 
-  def _run(self, method, method_name, budget, workdir, show_progress, forget_request,
-           while_saving):
+  def _run(self, method, method_name, budget, workdir, show_progress, forget_request, original,
+           from_dir, while_saving):
     start = time.perf_counter()
-    config, runtime, state = self.config, self.runtime, self.original
+    config, runtime, state = self.config, self.runtime, original
     u, hp, kind = config.unlearn, config.unlearn[method_name], config.train.loss
     indices = None
     if forget_request is not None:
@@ -260,8 +270,8 @@ class Unlearner:
       mask, prepared = method.prepare(hp, tools, state.params)
       details |= prepared
     if method.objective is not None:
-      state, metrics = self._optimize(
-          state, method.objective(hp, kind),
+      state, metrics = optimize(
+          self.runtime, config, self._compiled, state, original.params, method.objective(hp, kind),
           (method_name, json.dumps(hp.to_dict(), sort_keys=True), kind), names, steps, batches,
           update_mask=mask, show_progress=show_progress, label=f"unlearn {method_name}")
       # Checkpoints store the optimizer state with the pretraining structure.
@@ -269,7 +279,7 @@ class Unlearner:
     else:
       steps = 0  # One-shot: the budget bought what `finalize` estimates.
     if method.finalize is not None:
-      params, finalized = method.finalize(hp, tools, self.original.params, state.params, kind)
+      params, finalized = method.finalize(hp, tools, original.params, state.params, kind)
       state = state.replace(params=factory.clamp_logit_scale(params))
       details |= finalized
 
@@ -282,7 +292,7 @@ class Unlearner:
         model=runtime.signature, reference="unlearned", stage="unlearn",
         dataset=self.pretrained_on, config=config, method=method_name, budget=budget,
         unlearned_on=runtime.dataset_identity, allow_other_dataset=self.allow_other_dataset,
-        **{"from": os.path.abspath(self.from_dir)})
+        **{"from": from_dir})
     checkpointing.save(checkpoints, int(state.step), state, meta)
     scored, scoring_seconds = None, 0.0
     try:  # Orbax writes in the background meanwhile.
@@ -301,7 +311,7 @@ class Unlearner:
         "budget_samples": int(budget * num_forget), "final_metrics": metrics, **details,
         "wall_seconds": round(time.perf_counter() - start - scoring_seconds, 2),
         "seed": config.seed,
-        **runtime.device_meta(), "from": os.path.abspath(self.from_dir),
+        **runtime.device_meta(), "from": from_dir,
         "dataset": runtime.dataset_identity, "allow_other_dataset": self.allow_other_dataset,
         "request": None if forget_request is None else {
             "entries": [list(e) if isinstance(e, tuple) else e for e in forget_request],

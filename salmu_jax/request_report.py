@@ -1,0 +1,168 @@
+"""Deletion requests at scale and over time (MUSE's scalability and sustainability): the
+per-request table, its markdown and the plots of `benchmark --mode=scalability|sustainability`.
+
+Every number is rebuilt from the result files: each unlearned model's result after each
+request (with its `request` block: efficacy on the pairs requested so far and on the forget
+pairs not yet requested) and the references' blocks for the same requests
+(docs/protocol.md §4-5).
+"""
+import base64
+import html
+
+import numpy as np
+
+from salmu_jax import report
+from salmu_jax.evaluation import diagnosis
+
+# What each request's row reports: (column, where in the per-seed numbers).
+COLUMNS = (("RetFail efficacy, requested", "requested_retfail"),
+           ("efficacy (5), requested", "requested_efficacy"),
+           ("RetFail efficacy, not yet requested", "not_requested_retfail"),
+           ("holdout_identity kept", "kept/retrieval/holdout_identity"),
+           ("holdout_association kept", "kept/retrieval/holdout_association"),
+           ("GenKnow kept", "kept/2.1_GenKnow"))
+# The raw numbers the plots show, with the references' as bands.
+PLOTTED = (("requested_mrr", "RetFail MRR on the pairs requested so far"),
+           ("not_requested_mrr", "RetFail MRR on the forget pairs not yet requested"),
+           ("retrieval/holdout_identity", "holdout_identity own-caption MRR"),
+           ("2.1_GenKnow", "GenKnow accuracy"))
+
+
+def _side_mrr(block: dict, side: str) -> float:
+  return block[side]["1.1_RetFail"]["MRR"] if side in block else float("nan")
+
+
+def _numbers(result: dict, clean: dict, compromised: dict, thresholds) -> dict:
+  """One seed's numbers after one request: normalized against that seed's references
+  (their main results, with their blocks of the same request), and raw."""
+  flat = diagnosis.headlines(result)
+  normalized, verdict = diagnosis.normalize_and_diagnose(
+      flat, diagnosis.headlines(clean), diagnosis.headlines(compromised), thresholds)
+  split = diagnosis.request_normalized(result["request"], clean["request"], compromised["request"])
+  requested = split["requested"]
+  out = {"requested_retfail": requested["1.1_RetFail"],
+         "requested_efficacy": float(np.mean(np.clip(list(requested.values()), 0, 1))),
+         "not_requested_retfail": split.get("not_requested", {}).get("1.1_RetFail", float("nan")),
+         "requested_mrr": _side_mrr(result["request"], "requested"),
+         "not_requested_mrr": _side_mrr(result["request"], "not_requested"),
+         "retrieval/holdout_identity": flat["retrieval/holdout_identity"],
+         "2.1_GenKnow": flat["2.1_GenKnow"]}
+  out |= {f"kept/{key}": value for key, value in normalized["kept"].items()}
+  return out | {"label": verdict["label"]}
+
+
+def _reference_numbers(reference: dict) -> dict:
+  return {"requested_mrr": _side_mrr(reference["request"], "requested"),
+          "not_requested_mrr": _side_mrr(reference["request"], "not_requested"),
+          **{key: diagnosis.headlines(reference)[key]
+             for key in ("retrieval/holdout_identity", "2.1_GenKnow")}}
+
+
+def board(mode: str, schedule: dict, clean: list, compromised: list, runs: dict,
+          thresholds) -> dict:
+  """The mode's leaderboard. `schedule`: the requests file's content; clean/compromised:
+  per request, per seed, the references' results with that request's block; runs:
+  {(method, budget): per request, per seed, the unlearned model's result}."""
+  steps = len(schedule["requests"])
+  rows = []
+  for (method, budget), per_request in runs.items():
+    after = []
+    for k in range(steps):
+      seeds = [_numbers(r, c, p, thresholds)
+               for r, c, p in zip(per_request[k], clean[k], compromised[k])]
+      after.append({key: report.spread([s[key] for s in seeds]) for key in seeds[0]
+                    if key != "label"} | {"labels": [s["label"] for s in seeds]})
+    rows.append({"method": method, "budget": budget, "after_request": after})
+  references = {name: [{key: report.spread([_reference_numbers(r)[key] for r in seeds])
+                        for key, _ in PLOTTED} for seeds in per_request]
+                for name, per_request in (("clean", clean), ("compromised", compromised))}
+  return {"mode": mode, "x": schedule["x"], "x_label": schedule["x_label"],
+          "pairs": schedule["pairs_so_far"], "rows": rows, "references": references}
+
+
+def _cell(spread: dict) -> str:
+  """A table cell; "-" where nothing is left to measure (no pair not yet requested)."""
+  return "-" if np.isnan(spread["mean"]) else report.cell(spread)
+
+
+def table_rows(board: dict) -> tuple:
+  header = ["method", "budget", board["x_label"], "pairs requested so far"] + [
+      c for c, _ in COLUMNS] + ["failure modes (per seed)"]
+  rows = []
+  for row in board["rows"]:
+    for x, pairs, after in zip(board["x"], board["pairs"], row["after_request"]):
+      rows.append([row["method"], f"{row['budget']:g}x", f"{x:g}", str(pairs)]
+                  + [_cell(after[key]) for _, key in COLUMNS]
+                  + ["; ".join(after["labels"])])
+  return header, rows
+
+
+NOTE = {
+    "scalability": "Nested requests of growing size, each unlearned from Compromised with "
+                   "the budget counted against the request's size.",
+    "sustainability": "Disjoint requests unlearned one after another, each from the previous "
+                      "request's model, with the same budget per request."}
+COMMON_NOTE = ("Efficacy normalized against the references scored on the same pairs (0 = "
+               "Compromised's level, 1 = Clean's): on the pairs requested so far it should reach "
+               "1; on the forget pairs not yet requested stay at 0 (unlearning one person must "
+               "not erase another who has not asked). Kept: 1 = Compromised's level "
+               "(docs/protocol.md §3-4).")
+
+
+def markdown(board: dict, meta: dict) -> str:
+  lines = [f"# Deletion requests: {board['mode']} ({meta['config_name']})", "",
+           f"{meta['date']}; {meta['device']}; seeds {meta['seeds']}; "
+           f"jax {meta['versions']['jax']}, flax {meta['versions']['flax']}.", "",
+           NOTE[board["mode"]] + " " + COMMON_NOTE, ""]
+  lines += report.markdown_table(*table_rows(board))
+  return "\n".join(lines) + "\n"
+
+
+def plot(board: dict):
+  """Each PLOTTED number against the request (size or number), one line per method and
+  budget, the references as bands (mean ± std over seeds)."""
+  plt = report.pyplot()
+  figure, axes = plt.subplots(2, 2, figsize=(13, 9))
+  x = np.array(board["x"], float)
+  colors = plt.get_cmap("tab20")
+  for axis, (key, title) in zip(axes.flat, PLOTTED):
+    for name, color in (("clean", "#2a9d8f"), ("compromised", "#d62828")):
+      mean = np.array([r[key]["mean"] for r in board["references"][name]])
+      std = np.array([r[key]["std"] for r in board["references"][name]])
+      axis.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+      axis.plot(x, mean, color=color, linewidth=3, alpha=0.6, label=name.capitalize())
+    for i, row in enumerate(board["rows"]):
+      axis.plot(x, [a[key]["mean"] for a in row["after_request"]], marker="o", markersize=3,
+                linewidth=1, color=colors(i % 20), label=f"{row['method']} {row['budget']:g}x")
+    axis.set_title(title, fontsize=9)
+    axis.set_xlabel(board["x_label"])
+    axis.set_xticks(x)
+    axis.grid(alpha=0.3)
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  figure.legend(handles, labels, loc="center right", fontsize=7)
+  figure.tight_layout(rect=(0, 0, 0.84, 1))
+  return figure
+
+
+def report_html(board: dict, meta: dict) -> str:
+  """A self-contained page: what the mode does, the plots and the table."""
+  plt = report.pyplot()
+  figure = plot(board)
+  image = base64.b64encode(report.png_bytes(figure)).decode()
+  plt.close(figure)
+  esc = html.escape
+  header, rows = table_rows(board)
+  table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" + "".join(
+      "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
+  return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Deletion requests: {esc(board['mode'])}</title>
+<style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;font-size:12px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 6px}}</style>
+</head><body>
+<h1>Deletion requests: {esc(board['mode'])} ({esc(meta['config_name'])})</h1>
+<p>{esc(meta['date'])}; device {esc(meta['device'])}; seeds {esc(str(meta['seeds']))}.</p>
+<p>{esc(NOTE[board['mode']] + ' ' + COMMON_NOTE)}</p>
+<img src="data:image/png;base64,{image}" style="max-width:100%">
+{table}
+</body></html>
+"""
