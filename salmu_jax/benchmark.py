@@ -260,7 +260,12 @@ class Benchmark:
       if recompute:  # Named by the file that holds it, as a resumed run names it.
         self.evaluator.use_fragile_set(result["fragile_set_ids"], out)
 
-    return Stage(f"seed {seed}: evaluate {reference}", lambda: self.scored(out), run)
+    # A request mode attacks none of its models, so it takes the references as the main
+    # mode scored them (any attacks) instead of scoring them again with its own.
+    done = (lambda: self.scored(out)) if self.mode == "salmubench" else (
+        lambda: self.scored(out, attacks=io_utils.read_json(out).get("attacks", {}))
+        if os.path.exists(out) else False)
+    return Stage(f"seed {seed}: evaluate {reference}", done, run)
 
   def _method_stages(self, seed, method, budget) -> list:
     run_dir = os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
