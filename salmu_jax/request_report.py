@@ -16,7 +16,7 @@ from salmu_jax.evaluation import diagnosis
 
 # What each request's row reports: (column, where in the per-seed numbers).
 COLUMNS = (("RetFail efficacy, requested", "requested_retfail"),
-           ("efficacy (5), requested", "requested_efficacy"),
+           ("efficacy, requested (metrics the references separate)", "requested_efficacy"),
            ("RetFail efficacy, not yet requested", "not_requested_retfail"),
            ("holdout_identity kept", "kept/retrieval/holdout_identity"),
            ("holdout_association kept", "kept/retrieval/holdout_association"),
@@ -35,13 +35,19 @@ def _side_mrr(block: dict, side: str) -> float:
 def _numbers(result: dict, clean: dict, compromised: dict, thresholds) -> dict:
   """One seed's numbers after one request: normalized against that seed's references
   (their main results, with their blocks of the same request), and raw."""
+  # The verdict reads RetFail on the pairs requested so far, not on the whole forget split
+  # (a method that forgets exactly a 10% request would read ineffective there).
+  side = lambda r, flat: flat | {"1.1_RetFail": _side_mrr(r["request"], "requested")}
   flat = diagnosis.headlines(result)
   normalized, verdict = diagnosis.normalize_and_diagnose(
-      flat, diagnosis.headlines(clean), diagnosis.headlines(compromised), thresholds)
+      side(result, flat), side(clean, diagnosis.headlines(clean)),
+      side(compromised, diagnosis.headlines(compromised)), thresholds)
   split = diagnosis.request_normalized(result["request"], clean["request"], compromised["request"])
   requested = split["requested"]
   out = {"requested_retfail": requested["1.1_RetFail"],
-         "requested_efficacy": float(np.mean(np.clip(list(requested.values()), 0, 1))),
+         # Clipped as the main leaderboard's efficacy, over the metrics the references
+         # separate on these pairs (not IdZSC where both classify none of a small request).
+         "requested_efficacy": float(np.nanmean(np.clip(list(requested.values()), 0, 1))),
          "not_requested_retfail": split.get("not_requested", {}).get("1.1_RetFail", float("nan")),
          "requested_mrr": _side_mrr(result["request"], "requested"),
          "not_requested_mrr": _side_mrr(result["request"], "not_requested"),
