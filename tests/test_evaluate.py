@@ -602,3 +602,6 @@ def test_a_request_splits_efficacy_into_its_pairs_and_the_others(trained_micro, 
   assert normalized["requested"]["1.1_RetFail"] == pytest.approx(0.0)  # At Compromised's level.
   with pytest.raises(ConfigError, match="not scored on this deletion request"):
     score(request=request[1:], clean=clean, compromised=result)
+  association = next(e for e in request if isinstance(e, tuple))  # One pair: too few for ACS.
+  with pytest.raises(ConfigError, match="names 1 forget pairs .* at least 4 pairs"):
+    score(request=[association])

@@ -208,6 +208,11 @@ def evaluate(config, checkpoint: str, *, dataset_dir: str | None = None, devices
   requested = None
   if request is not None:  # Checked, with the references' blocks, before any scoring.
     requested = requests.resolve_request(evaluator.dataset, request, "--requested")
+    rest = len(evaluator.inputs.records("forget")) - len(requested)
+    if len(requested) < registry.MIN_REQUEST_SIDE or 0 < rest < registry.MIN_REQUEST_SIDE:
+      raise ConfigError(f"--requested names {len(requested)} forget pairs and leaves {rest}: "
+                        f"each side scored needs at least {registry.MIN_REQUEST_SIDE} pairs "
+                        f"(1.3_ACS compares two halves); request more, or all of them")
     digest = registry.requested_digest(evaluator.inputs.records("forget"), requested)
     for what, reference in (("--clean", clean), ("--compromised", compromised)):
       if reference is not None and reference.get("request", {}).get("requested_sha256") != digest:

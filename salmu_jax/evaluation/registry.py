@@ -230,6 +230,10 @@ def requested_digest(records: list, requested) -> str:
   return hashlib.sha256(ids.encode()).hexdigest()
 
 
+# ACS splits a side's pairs into two halves of at least two (metrics.grouped_probe_split).
+MIN_REQUEST_SIDE = 4
+
+
 def request_block(ctx, requested) -> dict:
   """The five efficacy metrics on the forget pairs a deletion request names (`requested`:
   indices into the forget split) and on the forget pairs it does not name: the first must
