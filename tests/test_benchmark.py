@@ -89,7 +89,9 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
     assert set(row["normalized"]["privleak"]) == {"pair", "pair_augmented", "identity",
                                                   "pair_calibrated", "identity_calibrated"}
     assert set(row["attack_seconds"]) == {"relearn"}
-    assert row["label"] == (", ".join(row["failure_modes"]) or "none")
+    unchecked = [a for a, v in row["normalized"]["attacks"].items() if "unchecked" in v]
+    assert row["label"] == (", ".join(row["failure_modes"]) or "none") + (
+        f" (unchecked: {', '.join(unchecked)})" if unchecked else "")
     assert row["samples_processed"] > 0 and row["paper"]
   assert set(saved["references"]) == {"clean", "compromised"}
   assert len(saved["checks"]) == 12 and all(isinstance(c["passed"], bool) for c in saved["checks"])
