@@ -206,15 +206,17 @@ class Benchmark:
 
   def scored(self, path: str, attacks=None) -> bool:
     """Does the result at `path` exist, scored as this benchmark scores (the membership
-    block and exactly its attacks, or `attacks`)? One scored by an earlier invocation with
-    other attacks, or by a version without membership inference, is scored again, so that
-    every row and reference of a leaderboard went through the same attacks."""
+    block and exactly its attacks, or `attacks`; "any": whatever attacks it went through)?
+    One scored by an earlier invocation with other attacks, or by a version without
+    membership inference, is scored again, so that every row and reference of a
+    leaderboard went through the same attacks."""
     if not os.path.exists(path):
       return False
     result = io_utils.read_json(path)
     privacy = result.get("privacy", {})
-    return ("records_sha256" in privacy or "unavailable" in privacy) and \
-        set(result.get("attacks", {})) == set(self.attacks if attacks is None else attacks)
+    wanted = self.attacks if attacks is None else attacks
+    return ("records_sha256" in privacy or "unavailable" in privacy) and (
+        wanted == "any" or set(result.get("attacks", {})) == set(wanted))
 
   # Stages.
   def stages(self) -> list:
@@ -262,10 +264,8 @@ class Benchmark:
 
     # A request mode attacks none of its models, so it takes the references as the main
     # mode scored them (any attacks) instead of scoring them again with its own.
-    done = (lambda: self.scored(out)) if self.mode == "salmubench" else (
-        lambda: self.scored(out, attacks=io_utils.read_json(out).get("attacks", {}))
-        if os.path.exists(out) else False)
-    return Stage(f"seed {seed}: evaluate {reference}", done, run)
+    attacks = None if self.mode == "salmubench" else "any"
+    return Stage(f"seed {seed}: evaluate {reference}", lambda: self.scored(out, attacks), run)
 
   def _method_stages(self, seed, method, budget) -> list:
     run_dir = os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
@@ -524,7 +524,6 @@ class Benchmark:
     io_utils.write_bytes_atomic(os.path.join(self.workdir, "report.html"), report.report_html(
         board, checks, meta, sheet, self.stages_log).encode())
     return leaderboard
-
 
   def write_request_reports(self, wall_seconds: float) -> dict:
     """MODE/leaderboard.json / .md and report.html of a request mode, from its result

@@ -37,11 +37,10 @@ def _numbers(result: dict, clean: dict, compromised: dict, thresholds) -> dict:
   (their main results, with their blocks of the same request), and raw."""
   # The verdict reads RetFail on the pairs requested so far, not on the whole forget split
   # (a method that forgets exactly a 10% request would read ineffective there).
-  side = lambda r, flat: flat | {"1.1_RetFail": _side_mrr(r["request"], "requested")}
+  side = lambda r: diagnosis.headlines(r) | {"1.1_RetFail": _side_mrr(r["request"], "requested")}
   flat = diagnosis.headlines(result)
-  normalized, verdict = diagnosis.normalize_and_diagnose(
-      side(result, flat), side(clean, diagnosis.headlines(clean)),
-      side(compromised, diagnosis.headlines(compromised)), thresholds)
+  normalized, verdict = diagnosis.normalize_and_diagnose(side(result), side(clean),
+                                                         side(compromised), thresholds)
   split = diagnosis.request_normalized(result["request"], clean["request"], compromised["request"])
   requested = split["requested"]
   out = {"requested_retfail": requested["1.1_RetFail"],
@@ -49,19 +48,17 @@ def _numbers(result: dict, clean: dict, compromised: dict, thresholds) -> dict:
          # separate on these pairs (not IdZSC where both classify none of a small request).
          "requested_efficacy": float(np.nanmean(np.clip(list(requested.values()), 0, 1))),
          "not_requested_retfail": split.get("not_requested", {}).get("1.1_RetFail", float("nan")),
-         "requested_mrr": _side_mrr(result["request"], "requested"),
-         "not_requested_mrr": _side_mrr(result["request"], "not_requested"),
-         "retrieval/holdout_identity": flat["retrieval/holdout_identity"],
-         "2.1_GenKnow": flat["2.1_GenKnow"]}
+         **_plotted(result, flat)}
   out |= {f"kept/{key}": value for key, value in normalized["kept"].items()}
   return out | {"label": verdict["label"]}
 
 
-def _reference_numbers(reference: dict) -> dict:
-  return {"requested_mrr": _side_mrr(reference["request"], "requested"),
-          "not_requested_mrr": _side_mrr(reference["request"], "not_requested"),
-          **{key: diagnosis.headlines(reference)[key]
-             for key in ("retrieval/holdout_identity", "2.1_GenKnow")}}
+def _plotted(result: dict, flat: dict) -> dict:
+  """The PLOTTED numbers of one result with its request block (`flat`: its headlines)."""
+  return {"requested_mrr": _side_mrr(result["request"], "requested"),
+          "not_requested_mrr": _side_mrr(result["request"], "not_requested"),
+          "retrieval/holdout_identity": flat["retrieval/holdout_identity"],
+          "2.1_GenKnow": flat["2.1_GenKnow"]}
 
 
 def board(mode: str, schedule: dict, clean: list, compromised: list, runs: dict,
@@ -79,8 +76,10 @@ def board(mode: str, schedule: dict, clean: list, compromised: list, runs: dict,
       after.append({key: report.spread([s[key] for s in seeds]) for key in seeds[0]
                     if key != "label"} | {"labels": [s["label"] for s in seeds]})
     rows.append({"method": method, "budget": budget, "after_request": after})
-  references = {name: [{key: report.spread([_reference_numbers(r)[key] for r in seeds])
-                        for key, _ in PLOTTED} for seeds in per_request]
+  def reference_spreads(seeds):
+    plotted = [_plotted(r, diagnosis.headlines(r)) for r in seeds]
+    return {key: report.spread([p[key] for p in plotted]) for key, _ in PLOTTED}
+  references = {name: [reference_spreads(seeds) for seeds in per_request]
                 for name, per_request in (("clean", clean), ("compromised", compromised))}
   return {"mode": mode, "x": schedule["x"], "x_label": schedule["x_label"],
           "pairs": schedule["pairs_so_far"], "rows": rows, "references": references}

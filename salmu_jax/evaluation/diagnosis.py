@@ -103,7 +103,7 @@ ATTACK_KEYS = {"relearn": ("relearn/before/retfail_mrr", "relearn/after/retfail_
                **{f"quantize_{bits}": ("1.1_RetFail", f"quantize/{bits}/1.1_RetFail",
                                        f"quantize/{bits}/privacy_pair") for bits in ("int8", "int4")}}
 # Headlines of a relearned copy: NaN in a result whose fine-tune diverged, so seed means
-# (report.seed_mean) average them over the seeds where it ran.
+# (report.summarize, and the bootstrap's) average them over the seeds where it ran.
 RAN_ONLY_PREFIX = "relearn/after/"
 
 

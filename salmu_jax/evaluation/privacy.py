@@ -126,13 +126,18 @@ def summary(scores: dict) -> dict:
           "scores": stored}
 
 
+def digest(lines) -> str:
+  """SHA-256 of text lines: what names a set of records in a result."""
+  return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def records_digest(ctx) -> str:
-  """SHA-256 of the dataset's fingerprint and the record ids of the member and
+  """`digest` of the dataset's fingerprint and the record ids of the member and
   non-member splits, in order: two results' scores pair up (calibration) only when their
   digests agree."""
   ids = [str(r["record_id"]) for split in SIDES.values() for r in ctx.split(split).records]
   identity = json.dumps(getattr(ctx.dataset, "card", {}).get("fingerprint"), sort_keys=True)
-  return hashlib.sha256("\n".join([identity] + ids).encode()).hexdigest()
+  return digest([identity] + ids)
 
 
 def calibrated_aucs(block: dict, reference_block: dict) -> dict:

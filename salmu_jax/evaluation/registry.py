@@ -1,8 +1,6 @@
 """The metric registry: the ten official metrics (official JSON keys, in order), the
 `extended` block and the breakdown, each a function of an EvalContext (context.py)
 doing NumPy arithmetic (metrics.py) on the model's embeddings."""
-import hashlib
-
 import numpy as np
 
 from salmu_jax import embed
@@ -225,9 +223,8 @@ def privacy_block(ctx, attacks=None) -> dict:
 
 
 def requested_digest(records: list, requested) -> str:
-  """SHA-256 of the record ids of the requested forget pairs: results of one request."""
-  ids = "\n".join(str(records[i]["record_id"]) for i in np.unique(np.asarray(requested, int)))
-  return hashlib.sha256(ids.encode()).hexdigest()
+  """privacy.digest of the record ids of the requested forget pairs: results of one request."""
+  return privacy.digest(str(records[i]["record_id"]) for i in np.unique(np.asarray(requested, int)))
 
 
 # ACS splits a side's pairs into two halves of at least two (metrics.grouped_probe_split).
