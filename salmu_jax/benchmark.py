@@ -57,6 +57,7 @@ from salmu_jax import config as config_lib  # noqa: E402
 from salmu_jax.data import builder, layout, requests  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
 from salmu_jax.evaluation import attacks as attacks_lib, evaluator as evaluator_lib  # noqa: E402
+from salmu_jax.evaluation import registry  # noqa: E402
 from salmu_jax.training import loop, runtime as runtime_lib  # noqa: E402
 from salmu_jax.unlearning import methods as methods_lib, runner  # noqa: E402
 
@@ -130,6 +131,11 @@ def resolve_budgets(budgets) -> list:
   return values
 
 
+def _as_json(drawn: list) -> list:
+  """Request schedules as JSON holds them: (identity, field) tuples as lists."""
+  return [[list(e) if isinstance(e, tuple) else e for e in entries] for entries in drawn]
+
+
 def run_dir_name(method: str, budget: float) -> str:
   return f"{method}_{budget:g}x"
 
@@ -168,6 +174,7 @@ class Benchmark:
     self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
     self._ran_inline = {}  # Stage name -> seconds: done inside the stage before it.
     self._requested = None  # A request mode's forget rows requested so far, per request.
+    self._reference_results = {}  # Seed -> the references' results and request blocks.
     self.stages_log = []
 
   # Paths and configs.
@@ -339,27 +346,56 @@ class Benchmark:
     return os.path.join(self.mode_dir, f"seed_{seed}", run_dir_name(method, budget),
                         f"request_{k + 1}")
 
-  def _draw_requests(self) -> None:
-    """The schedule, drawn once from the forget split with the config's seed (every
-    training seed unlearns the same requests)."""
+  def _drawn_requests(self) -> tuple:
+    """(requests, x, x label) of the mode's schedule, drawn from the forget split with the
+    config's seed (every training seed unlearns the same requests)."""
     records = self.evaluator.inputs.records("forget")
     if self.mode == "scalability":
-      drawn, x, x_label = (requests.scalability_requests(records, self.config.seed),
-                           list(requests.SCALABILITY_FRACTIONS), "share of the forget split")
-    else:
-      drawn = requests.sustainability_requests(records, self.config.seed)
-      x, x_label = list(range(1, len(drawn) + 1)), "request number"
+      return (requests.scalability_requests(records, self.config.seed),
+              list(requests.SCALABILITY_FRACTIONS), "share of the forget split")
+    drawn = requests.sustainability_requests(records, self.config.seed)
+    return drawn, list(range(1, len(drawn) + 1)), "request number"
+
+  def _schedule_current(self) -> bool:
+    """requests.json holds the schedule this code draws (not one of an older draw)."""
+    path = os.path.join(self.mode_dir, REQUESTS_FILE)
+    if not os.path.exists(path):
+      return False
+    saved = io_utils.read_json(path)
+    return "pair_units" in saved and saved["requests"] == _as_json(self._drawn_requests()[0])
+
+  def _draw_requests(self) -> None:
+    drawn, x, x_label = self._drawn_requests()
     dataset = self.evaluator.dataset
-    pairs = [len(requests.resolve_request(dataset, entries)) for entries in drawn]
-    so_far = pairs if self.mode == "scalability" else list(np.cumsum(pairs))
+    rows = [requests.resolve_request(dataset, entries) for entries in drawn]
+    so_far = rows if self.mode == "scalability" else [
+        np.unique(np.concatenate(rows[:j + 1])) for j in range(len(rows))]
+    records = self.evaluator.inputs.records("forget")
+    units = [json.dumps(int(r["identity"]) if r["subset"] == "forget_identity"
+                        else [int(r["identity"]), r["field"]]) for r in records]
+    unit_ids = {unit: i for i, unit in enumerate(dict.fromkeys(units))}
+    self._requested = None
     io_utils.write_json_atomic(os.path.join(self.mode_dir, REQUESTS_FILE), {
         "mode": self.mode, "seed": self.config.seed, "x": x, "x_label": x_label,
-        "requests": [[list(e) if isinstance(e, tuple) else e for e in entries]
-                     for entries in drawn],
-        "pairs": pairs, "pairs_so_far": [int(n) for n in so_far]})
+        "requests": _as_json(drawn), "pairs": [len(r) for r in rows],
+        "pairs_so_far": [len(r) for r in so_far],
+        # The report's bootstrap: the forget rows requested so far, and each forget pair's
+        # request unit (a whole identity, or one association), resampled as one.
+        "requested_rows": [[int(i) for i in r] for r in so_far],
+        "pair_units": [unit_ids[unit] for unit in units]})
 
   def _reference_blocks_stage(self, seed: int) -> Stage:
     out = os.path.join(self.mode_dir, f"seed_{seed}", REFERENCE_BLOCKS_FILE)
+
+    def done():  # Scored on this schedule's requests (a redrawn one makes them stale).
+      if not os.path.exists(out):
+        return False
+      digests = [registry.requested_digest(self.evaluator.inputs.records("forget"),
+                                           self.requested_so_far(k))
+                 for k in range(self.request_count)]
+      return all([b["requested_sha256"] for b in blocks] == digests and
+                 all("retfail_ranks" in b for b in blocks)
+                 for blocks in io_utils.read_json(out).values())
 
     def run():
       blocks = {}
@@ -370,15 +406,21 @@ class Benchmark:
         blocks[reference] = self.evaluator.request_blocks(
             state.params, [self.requested_so_far(k) for k in range(self.request_count)])
       io_utils.write_json_atomic(out, blocks)
+      self._reference_results.pop(seed, None)
 
-    return Stage(f"seed {seed}: {self.mode} references", lambda: os.path.exists(out), run)
+    return Stage(f"seed {seed}: {self.mode} references", done, run)
 
   def request_references(self, seed: int, k: int) -> tuple:
-    """(Clean, Compromised): the seed's reference results, each with its block of request k."""
-    blocks = io_utils.read_json(os.path.join(self.mode_dir, f"seed_{seed}",
-                                             REFERENCE_BLOCKS_FILE))
-    return tuple(io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json"))
-                 | {"request": blocks[r][k]} for r in ("clean", "compromised"))
+    """(Clean, Compromised): the seed's reference results, each with its block of request k
+    (read once per seed)."""
+    if seed not in self._reference_results:
+      blocks = io_utils.read_json(os.path.join(self.mode_dir, f"seed_{seed}",
+                                               REFERENCE_BLOCKS_FILE))
+      self._reference_results[seed] = {
+          r: (io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json")), blocks[r])
+          for r in ("clean", "compromised")}
+    return tuple(result | {"request": blocks[k]}
+                 for result, blocks in self._reference_results[seed].values())
 
   def _request_stages(self, seed: int, method: str, budget: float, k: int) -> list:
     """Unlearn request k and score the model (no attacks on forgetting: the main mode
@@ -390,9 +432,21 @@ class Benchmark:
     label = f"seed {seed}: {self.mode} {method} {budget:g}x request {k + 1}"
     eval_stage = f"{label} evaluate"
 
+    def unlearned():
+      """A finished run of this request, from the upstream run as it stands now (a redone
+      request k-1, or a redrawn schedule, makes it stale: it is run again)."""
+      if not os.path.exists(metadata):
+        return False
+      meta = io_utils.read_json(metadata)
+      upstream = None if start_dir is None else io_utils.sha256_file(
+          os.path.join(start_dir, runner.METADATA_FILE))
+      return (meta["request"]["entries"] == _as_json([self.request_entries(k)])[0]
+              and "from_unlearn_sha256" in meta and meta["from_unlearn_sha256"] == upstream)
+
     def write_result(result, unlearned):
       result["meta"] |= {"training_seed": seed, "unlearn": unlearned, "request": k + 1}
       io_utils.write_json_atomic(out, result)
+      self._release_checkpoints(seed, method, budget, k)
 
     def score(**kwargs):
       clean, compromised = self.request_references(seed, k)
@@ -400,8 +454,13 @@ class Benchmark:
                   requested=self.requested_so_far(k), show_progress=self.progress) | kwargs
 
     def run_unlearn():
-      if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
+      if os.path.exists(run_dir):  # Killed before unlearn.json, or stale: start afresh.
         shutil.rmtree(run_dir)
+      if start_dir is not None and not os.path.isdir(
+          os.path.join(start_dir, checkpointing.CHECKPOINTS_DIRNAME)):
+        raise ConfigError(f"{run_dir} must be run again from {start_dir}, whose checkpoint "
+                          f"was removed (benchmark.keep_request_checkpoints=False); remove "
+                          f"{start_dir} to redo the chain from there")
       unlearned, result = self.unlearner(seed).run(
           method, budget, run_dir, show_progress=self.progress,
           forget_request=self.request_entries(k), start_dir=start_dir,
@@ -414,12 +473,26 @@ class Benchmark:
       write_result(self.evaluator.score_checkpoint(run_dir, **score()),
                    io_utils.read_json(metadata))
 
-    return [Stage(f"{label} unlearn", lambda: os.path.exists(metadata), run_unlearn),
-            Stage(eval_stage, lambda: self.scored(out, attacks=()), run_eval)]
+    return [Stage(f"{label} unlearn", unlearned, run_unlearn),
+            # Scored with the per-pair ranks the mode's intervals read (not by older code).
+            Stage(eval_stage, lambda: self.scored(out, attacks=()) and "retfail_ranks" in
+                  io_utils.read_json(out).get("request", {}), run_eval)]
+
+  def _release_checkpoints(self, seed: int, method: str, budget: float, k: int) -> None:
+    """Once request k is scored, the checkpoints nothing reads any more (unless
+    benchmark.keep_request_checkpoints): request k's own at scale (or the last request's),
+    request k-1's over time (request k has run from it)."""
+    if self.config.benchmark.keep_request_checkpoints:
+      return
+    last = k == self.request_count - 1
+    released = [k] if self.mode == "scalability" or last else []
+    released += [k - 1] if self.mode == "sustainability" and k > 0 else []
+    for j in released:
+      shutil.rmtree(os.path.join(self.request_run_dir(seed, method, budget, j),
+                                 checkpointing.CHECKPOINTS_DIRNAME), ignore_errors=True)
 
   def _request_mode_stages(self) -> list:
-    stages = [Stage(f"{self.mode}: draw the requests",
-                    lambda: os.path.exists(os.path.join(self.mode_dir, REQUESTS_FILE)),
+    stages = [Stage(f"{self.mode}: draw the requests", self._schedule_current,
                     self._draw_requests)]
     stages += [self._reference_blocks_stage(seed) for seed in self.seeds]
     for seed in self.seeds:

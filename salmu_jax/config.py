@@ -42,7 +42,7 @@ MODEL_SIZES = {
 # may be reused, and its report rebuilt, under other values of these.
 DIAGNOSIS_THRESHOLDS = ("ineffective_below", "overgeneralized_below", "catastrophic_drop_fraction",
                         "collapse_spread_ratio", "superficial_recovery_above",
-                        "min_attack_gap_fraction")
+                        "min_attack_gap_fraction", "collateral_efficacy_above")
 
 
 def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
@@ -204,6 +204,9 @@ def base_config() -> ml_collections.ConfigDict:
   # An attack under which the references keep less than this share of their RetFail gap
   # cannot tell hidden knowledge from removed: its verdict is left unchecked.
   evaluation.min_attack_gap_fraction = 0.25
+  # A deletion request's run whose RetFail efficacy on the forget pairs not yet requested
+  # lies above this (its whole bootstrap interval) erased people who did not ask.
+  evaluation.collateral_efficacy_above = 0.25
 
   # salmu_jax.benchmark: what it runs, and the soundness criteria it checks (docs/protocol.md §5).
   benchmark = config.benchmark = ml_collections.ConfigDict()
@@ -230,6 +233,9 @@ def base_config() -> ml_collections.ConfigDict:
   benchmark.mode = "salmubench"
   benchmark.request_budgets = (1.0,)
   benchmark.request_seeds = 1
+  # A request's checkpoint is removed once it is scored and, over time, the next request
+  # has run from it (its unlearn.json and result stay): ~60 MB per run at tiny.
+  benchmark.keep_request_checkpoints = False
 
   tokenizer = config.tokenizer = ml_collections.ConfigDict()
   # "dataset_bpe": a BPE trained on the dataset's captions (vocab_size below);

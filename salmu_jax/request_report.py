@@ -14,13 +14,20 @@ import numpy as np
 from salmu_jax import report
 from salmu_jax.evaluation import diagnosis
 
-# What each request's row reports: (column, where in the per-seed numbers).
+# What each request's row reports: (column, where in the per-seed numbers). RetFail's
+# efficacies and their difference also carry a bootstrap interval (`retfail_intervals`).
 COLUMNS = (("RetFail efficacy, requested", "requested_retfail"),
            ("efficacy, requested (metrics the references separate)", "requested_efficacy"),
            ("RetFail efficacy, not yet requested", "not_requested_retfail"),
+           ("selectivity (requested - not yet requested)", "selectivity"),
            ("holdout_identity kept", "kept/retrieval/holdout_identity"),
            ("holdout_association kept", "kept/retrieval/holdout_association"),
-           ("GenKnow kept", "kept/2.1_GenKnow"))
+           ("GenKnow kept", "kept/2.1_GenKnow"),
+           ("samples / budget", "samples_per_budget"))
+INTERVALS = ("requested_retfail", "not_requested_retfail", "selectivity")
+# RetFail intervals: the request units (whole identities, single associations) of each
+# side resampled with replacement, the same resamples for every model (docs/protocol.md §4).
+RESAMPLES, CONFIDENCE = 2000, 0.95
 # The raw numbers the plots show, with the references' as bands.
 PLOTTED = (("requested_mrr", "RetFail MRR on the pairs requested so far"),
            ("not_requested_mrr", "RetFail MRR on the forget pairs not yet requested"),
@@ -43,12 +50,15 @@ def _numbers(result: dict, clean: dict, compromised: dict, thresholds) -> dict:
                                                          side(compromised), thresholds)
   split = diagnosis.request_normalized(result["request"], clean["request"], compromised["request"])
   requested = split["requested"]
+  unlearned = result["meta"]["unlearn"]
   out = {"requested_retfail": requested["1.1_RetFail"],
          # Clipped as the main leaderboard's efficacy, over the metrics the references
          # separate on these pairs (not IdZSC where both classify none of a small request).
          "requested_efficacy": float(np.nanmean(np.clip(list(requested.values()), 0, 1))),
          "not_requested_retfail": split.get("not_requested", {}).get("1.1_RetFail", float("nan")),
+         "samples_per_budget": unlearned["samples_processed"]["total"] / unlearned["budget_samples"],
          **_plotted(result, flat)}
+  out["selectivity"] = out["requested_retfail"] - out["not_requested_retfail"]
   out |= {f"kept/{key}": value for key, value in normalized["kept"].items()}
   return out | {"label": verdict["label"]}
 
@@ -59,6 +69,50 @@ def _plotted(result: dict, flat: dict) -> dict:
           "not_requested_mrr": _side_mrr(result["request"], "not_requested"),
           "retrieval/holdout_identity": flat["retrieval/holdout_identity"],
           "2.1_GenKnow": flat["2.1_GenKnow"]}
+
+
+def _unit_weights(units: np.ndarray, rng) -> np.ndarray:
+  """[RESAMPLES, pairs]: how often each pair enters a resample of its side's units."""
+  unique, inverse = np.unique(units, return_inverse=True)
+  drawn = rng.integers(0, len(unique), (RESAMPLES, len(unique)))
+  counts = np.zeros((RESAMPLES, len(unique)))
+  np.add.at(counts, (np.arange(RESAMPLES)[:, None], drawn), 1)
+  return counts[:, inverse]
+
+
+def retfail_intervals(schedule: dict, k: int, results: list, clean: list, compromised: list,
+                      thresholds) -> dict:
+  """Bootstrap intervals of RetFail's normalized efficacy on each side of request k
+  (seed means; every seed's model and references on the same resampled pairs) and of
+  their difference, and the collateral verdict: "yes" where the whole interval of the
+  not-yet-requested side lies above `collateral_efficacy_above` (people who did not ask
+  were erased), "no" where it lies below, "unresolved" where it spans it."""
+  rows = np.asarray(schedule["requested_rows"][k], int)
+  units = np.asarray(schedule["pair_units"])
+  sides = {"requested_retfail": rows,
+           "not_requested_retfail": np.setdiff1d(np.arange(len(units)), rows)}
+  reciprocal = lambda seeds: np.array([1.0 / np.asarray(r["request"]["retfail_ranks"], float)
+                                       for r in seeds])
+  model, low, high = reciprocal(results), reciprocal(clean), reciprocal(compromised)
+  resampled, tail = {}, (1 - CONFIDENCE) / 2
+  for i, (side, pairs) in enumerate(sides.items()):
+    if not len(pairs):
+      continue
+    weights = _unit_weights(units[pairs], np.random.default_rng([k, i]))
+    mrr = lambda rr: (weights @ rr[:, pairs].T) / weights.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      efficacy = (mrr(high) - mrr(model)) / (mrr(high) - mrr(low))  # [RESAMPLES, seeds]
+    resampled[side] = np.nanmean(efficacy, axis=1)
+  if len(resampled) == 2:
+    resampled["selectivity"] = resampled["requested_retfail"] - resampled["not_requested_retfail"]
+  out = {key: [float(v) for v in np.nanquantile(values, [tail, 1 - tail])]
+         for key, values in resampled.items()}
+  out["collateral"] = None
+  if "not_requested_retfail" in out:
+    lo, hi = out["not_requested_retfail"]
+    bound = thresholds.collateral_efficacy_above
+    out["collateral"] = "yes" if lo > bound else "no" if hi < bound else "unresolved"
+  return out
 
 
 def board(mode: str, schedule: dict, clean: list, compromised: list, runs: dict,
@@ -74,7 +128,9 @@ def board(mode: str, schedule: dict, clean: list, compromised: list, runs: dict,
       seeds = [_numbers(r, c, p, thresholds)
                for r, c, p in zip(per_request[k], clean[k], compromised[k])]
       after.append({key: report.spread([s[key] for s in seeds]) for key in seeds[0]
-                    if key != "label"} | {"labels": [s["label"] for s in seeds]})
+                    if key != "label"} | {"labels": [s["label"] for s in seeds]} | {
+          "intervals": retfail_intervals(schedule, k, per_request[k], clean[k],
+                                         compromised[k], thresholds)})
     rows.append({"method": method, "budget": budget, "after_request": after})
   def reference_spreads(seeds):
     plotted = [_plotted(r, diagnosis.headlines(r)) for r in seeds]
@@ -90,15 +146,22 @@ def _cell(spread: dict) -> str:
   return "-" if np.isnan(spread["mean"]) else report.cell(spread)
 
 
+def _interval_cell(after: dict, key: str) -> str:
+  """The seed mean (± std) and, for RetFail's, its bootstrap interval."""
+  text = _cell(after[key])
+  interval = after["intervals"].get(key) if key in INTERVALS else None
+  return text if interval is None or text == "-" else f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
 def table_rows(board: dict) -> tuple:
   header = ["method", "budget", board["x_label"], "pairs requested so far"] + [
-      c for c, _ in COLUMNS] + ["failure modes (per seed)"]
+      c for c, _ in COLUMNS] + ["collateral erasure", "failure modes (per seed)"]
   rows = []
   for row in board["rows"]:
     for x, pairs, after in zip(board["x"], board["pairs"], row["after_request"]):
       rows.append([row["method"], f"{row['budget']:g}x", f"{x:g}", str(pairs)]
-                  + [_cell(after[key]) for _, key in COLUMNS]
-                  + ["; ".join(after["labels"])])
+                  + [_interval_cell(after, key) for _, key in COLUMNS]
+                  + [after["intervals"]["collateral"] or "-", "; ".join(after["labels"])])
   return header, rows
 
 
@@ -110,8 +173,12 @@ NOTE = {
 COMMON_NOTE = ("Efficacy normalized against the references scored on the same pairs (0 = "
                "Compromised's level, 1 = Clean's): on the pairs requested so far it should reach "
                "1; on the forget pairs not yet requested stay at 0 (unlearning one person must "
-               "not erase another who has not asked). Kept: 1 = Compromised's level "
-               "(docs/protocol.md §3-4).")
+               "not erase another who has not asked). RetFail's brackets: the "
+               f"{CONFIDENCE:.0%} interval of a bootstrap over the request units of each side. "
+               "Collateral erasure: yes where that interval on the pairs not yet requested lies "
+               "above eval.collateral_efficacy_above, no where below, unresolved where it spans "
+               "it. Kept: 1 = Compromised's level. Samples / budget above 1: the one step the "
+               "smallest batches allow costs more than the budget (docs/protocol.md §3-4).")
 
 
 def markdown(board: dict, meta: dict) -> str:

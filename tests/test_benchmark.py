@@ -340,6 +340,7 @@ def test_request_modes_run_end_to_end_and_a_chain_resumes_from_the_right_model(
     micro_config, micro_dataset_dir, tmp_path):
   from salmu_jax.data import requests
   first = tmp_path / "first"
+  micro_config.benchmark.keep_request_checkpoints = True  # For the kill below.
   sustained = micro_benchmark(micro_config, micro_dataset_dir, first, mode="sustainability")
   board = sustained.run()
   mode_dir = first / "sustainability"
@@ -357,6 +358,8 @@ def test_request_modes_run_end_to_end_and_a_chain_resumes_from_the_right_model(
       expected_from = (sustained.request_run_dir(0, method, 1.0, k - 1) if k else
                        str(first / "seed_0" / "compromised"))
       assert unlearned["from"] == expected_from
+      assert unlearned["from_unlearn_sha256"] == (io_utils.sha256_file(
+          os.path.join(expected_from, runner.METADATA_FILE)) if k else None)
       assert unlearned["forget_size"] == schedule["pairs"][k]
       result = io_utils.read_json(os.path.join(run_dir, "result.json"))
       # Not yet requested: exactly the forget pairs outside every request so far.
@@ -366,11 +369,20 @@ def test_request_modes_run_end_to_end_and_a_chain_resumes_from_the_right_model(
   assert len(board["rows"]) == len(METHODS)
   assert all(len(row["after_request"]) == requests.SUSTAINABILITY_REQUESTS for row in board["rows"])
   assert "| neg_grad | 1x | 4 |" in (mode_dir / "leaderboard.md").read_text()
+  for row in board["rows"]:  # RetFail's intervals bracket the seed's value, with a verdict.
+    for k, after in enumerate(row["after_request"]):
+      intervals = after["intervals"]
+      low, high = intervals["requested_retfail"]
+      assert low <= after["requested_retfail"]["mean"] <= high
+      last = k + 1 == requests.SUSTAINABILITY_REQUESTS
+      assert (intervals["collateral"] is None) == last == ("selectivity" not in intervals)
+      assert last or intervals["collateral"] in ("yes", "no", "unresolved")
 
   # Killed during request 3 of neg_grad (its directory half-written): the same command
   # redoes it from request 2's model and gets the uninterrupted chain's result.
   second = tmp_path / "second"
   shutil.copytree(first, second)
+  micro_config.benchmark.keep_request_checkpoints = False  # The default, from here on.
   resumed = micro_benchmark(micro_config, micro_dataset_dir, second, mode="sustainability")
   for k in (2, 3):
     shutil.rmtree(resumed.request_run_dir(0, "neg_grad", 1.0, k))
@@ -385,6 +397,16 @@ def test_request_modes_run_end_to_end_and_a_chain_resumes_from_the_right_model(
     before = io_utils.read_json(os.path.join(sustained.request_run_dir(0, "neg_grad", 1.0, k),
                                              "result.json"))
     assert again["request"] == before["request"] and again["efficacy"] == before["efficacy"]
+  # Each checkpoint goes once the next request has run from it and both are scored.
+  held = lambda k: os.path.isdir(os.path.join(resumed.request_run_dir(0, "neg_grad", 1.0, k),
+                                              "checkpoints"))
+  assert [held(k) for k in range(4)] == [True, False, False, False]
+  # A request whose upstream run changed is stale: run again, which needs that upstream's
+  # checkpoint (removed here), so it is refused by name instead of reusing a stale chain.
+  stale = os.path.join(resumed.request_run_dir(0, "neg_grad", 1.0, 2), runner.METADATA_FILE)
+  io_utils.write_json_atomic(stale, io_utils.read_json(stale) | {"from_unlearn_sha256": "0" * 64})
+  with pytest.raises(ConfigError, match="request_2, whose checkpoint was removed"):
+    micro_benchmark(micro_config, micro_dataset_dir, second, mode="sustainability").run()
 
   # Scalability in the same workdir: the references are reused, the requests nested.
   # Asked for other attacks, a request mode (which attacks none of its models) still takes
@@ -397,9 +419,40 @@ def test_request_modes_run_end_to_end_and_a_chain_resumes_from_the_right_model(
   pairs = io_utils.read_json(first / "scalability" / "requests.json")["pairs"]
   assert pairs == sorted(pairs) and pairs[-1] == forget
   for k, size in enumerate(pairs):
-    unlearned = io_utils.read_json(os.path.join(scaled.request_run_dir(0, "ssd", 1.0, k),
-                                                runner.METADATA_FILE))
+    run_dir = scaled.request_run_dir(0, "ssd", 1.0, k)
+    unlearned = io_utils.read_json(os.path.join(run_dir, runner.METADATA_FILE))
     assert unlearned["from"] == str(first / "seed_0" / "compromised") and \
         unlearned["forget_size"] == size
+    assert not os.path.exists(os.path.join(run_dir, "checkpoints"))  # Scored: released.
+    # The budget is counted against the request: no more than B x its pairs where the
+    # mesh allows batches that small, and flagged where it does not.
+    assert unlearned["over_budget"] == (unlearned["samples_processed"]["total"] > size)
   with pytest.raises(ConfigError, match="benchmark mode 'muse'"):
     micro_benchmark(micro_config, micro_dataset_dir, first, mode="muse")
+
+
+def test_the_collateral_verdict_reads_the_pairs_not_yet_requested():
+  from salmu_jax import request_report
+  import ml_collections
+  pairs = 40
+  schedule = {"requested_rows": [list(range(20))], "pair_units": [i // 2 for i in range(pairs)]}
+  rng = np.random.default_rng(0)
+  clean = 20 + rng.integers(0, 10, pairs)  # Ranks: Clean retrieves badly, Compromised well.
+  compromised = 1 + rng.integers(0, 2, pairs)
+  block = lambda ranks: {"request": {"retfail_ranks": [int(r) for r in ranks]}}
+  thresholds = ml_collections.ConfigDict({"collateral_efficacy_above": 0.25})
+  verdict = lambda model: request_report.retfail_intervals(
+      schedule, 0, [block(model)], [block(clean)], [block(compromised)], thresholds)
+  requested = np.arange(pairs) < 20
+  erased_all = verdict(clean)  # Everyone erased, asked or not.
+  assert erased_all["collateral"] == "yes" and erased_all["not_requested_retfail"] == [1.0, 1.0]
+  selective = verdict(np.where(requested, clean, compromised))  # Only who asked.
+  assert selective["collateral"] == "no" and selective["selectivity"] == [1.0, 1.0]
+  # Half the unasked pairs erased: an interval around 0.5 on 20 pairs in 10 units.
+  half = verdict(np.where(requested | (np.arange(pairs) % 4 < 2), clean, compromised))
+  low, high = half["not_requested_retfail"]
+  assert low < 0.5 < high and half["collateral"] in ("yes", "unresolved")
+  everything = {"requested_rows": [list(range(pairs))], "pair_units": schedule["pair_units"]}
+  last = request_report.retfail_intervals(everything, 0, [block(clean)], [block(clean)],
+                                          [block(compromised)], thresholds)
+  assert last["collateral"] is None and "selectivity" not in last

@@ -560,6 +560,8 @@ def test_request_schedules_are_nested_or_disjoint_and_cover_the_split(micro_data
   parts = [requests.resolve_request(dataset, r).tolist() for r in disjoint]
   assert len(parts) == requests.SUSTAINABILITY_REQUESTS
   assert sorted(sum(parts, [])) == list(range(len(records)))  # Disjoint and covering.
+  # Drawn independently of the nested schedule: its first request is not one of those.
+  assert all(set(parts[0]) != r for r in rows)
   assert requests.sustainability_requests(records, seed=0) == disjoint  # Seeded...
   assert requests.scalability_requests(records, seed=1) != nested  # ...and the seed matters.
   with pytest.raises(requests.RequestError, match="disjoint requests need at least"):
@@ -589,6 +591,12 @@ def test_a_request_splits_efficacy_into_its_pairs_and_the_others(trained_micro, 
   for side, rows in (("requested", requested), ("not_requested", rest)):
     assert block[side]["1.2_AssocStr"]["mean"] == pytest.approx(float(cos[rows].mean()), abs=1e-6)
     assert block[side]["1.2_AssocStr"]["count"] == len(rows)
+    # RetFail ranks each side's images in the whole split's one gallery, whatever the request.
+    assert block[side]["1.1_RetFail"]["gallery_size"] == result["efficacy"]["1.1_RetFail"]["gallery_size"]
+    side_ranks = np.array(block["retfail_ranks"])[rows]
+    assert block[side]["1.1_RetFail"]["MRR"] == pytest.approx(float((1 / side_ranks).mean()))
+  assert np.mean(1 / np.array(block["retfail_ranks"])) == pytest.approx(
+      result["efficacy"]["1.1_RetFail"]["MRR"])
   # The whole split as the request: its side is the official efficacy block itself.
   everything = score(request=requests.scalability_requests(records, seed=0)[-1])
   assert everything["request"]["requested"] == everything["efficacy"]

@@ -307,7 +307,7 @@ def test_every_method_moves_in_its_expected_direction(name, compromised_run, mic
   else:
     assert after[0] < before[0], (name, before, after)
   if metadata["steps"]:
-    per_step = sum(config.unlearn[f"{n}_batch"] for n in metadata["reads"])
+    per_step = sum(metadata[f"{n}_batch"] for n in metadata["reads"])
     spent = metadata["samples_processed"]["total"] - metadata.get("saliency_samples", 0)
     assert spent == metadata["steps"] * per_step <= budget * 64  # Within budget x 64 pairs.
 
@@ -316,6 +316,14 @@ def test_budget_arithmetic():
   assert runner.budget_steps(5, 1024, 128) == 40
   assert runner.budget_steps(1, 64, 16) == 4
   assert runner.budget_steps(0.01, 64, 16) == 1
+  # A budget worth a whole step keeps the configured batches...
+  assert runner.step_batches(1, 512, ("forget", "retain"), 64, 64, 1) == {"forget": 64, "retain": 64}
+  assert runner.step_batches(1, 512, ("retain",), 64, 32, 1) == {"retain": 32}
+  # ...a smaller request shrinks them in proportion, to the data-parallel multiple, so
+  # that its one step costs at most B x its pairs where the mesh allows it.
+  assert runner.step_batches(1, 50, ("forget", "retain"), 64, 64, 1) == {"forget": 25, "retain": 25}
+  assert runner.step_batches(1, 50, ("forget", "retain"), 64, 64, 8) == {"forget": 24, "retain": 24}
+  assert runner.step_batches(1, 4, ("forget", "retain"), 8, 8, 8) == {"forget": 8, "retain": 8}
 
 
 def test_bad_requests_are_refused(compromised_run, micro_dataset_dir, tmp_path):
@@ -523,3 +531,35 @@ def test_scoring_while_the_checkpoint_is_written_equals_scoring_it_read_back(
       {k: v for k, v in read_back["meta"].items() if k != "seconds"}
   plain = unlearner.run("grad_diff", 1.0, str(tmp_path / "plain"), show_progress=False)
   assert metadata["final_metrics"] == plain["final_metrics"]
+
+
+def test_a_run_continued_from_an_unlearned_model_uses_it_in_every_role(
+    compromised_run, micro_dataset_dir, tmp_path, monkeypatch):
+  """Sustainability's chain: NPO's frozen reference and task_vector's original are the
+  previous request's model, not Compromised."""
+  config = config_lib.load_config(config_path("micro"))
+  unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                               devices=jax.devices()[:1])
+  upstream = str(tmp_path / "upstream")
+  unlearner.run("neg_grad", 1.0, upstream, show_progress=False)
+  start = checkpointing.restore(upstream, unlearner.runtime.abstract_state(),
+                                signature=unlearner.runtime.signature, reference=None)[0].params
+  seen = {}
+  optimize = runner.optimize
+  monkeypatch.setattr(runner, "optimize", lambda runtime, config, compiled, state, reference,
+                      *args, **kwargs: (seen.setdefault("npo_reference", reference),
+                                        optimize(runtime, config, compiled, state, reference,
+                                                 *args, **kwargs))[1])
+  unlearner.run("npo", 1.0, str(tmp_path / "npo"), show_progress=False, start_dir=upstream)
+  task_vector = runner.methods.METHODS["task_vector"]
+  def finalize(hp, tools, original, params, kind):
+    seen["task_vector_original"] = original
+    return task_vector.finalize(hp, tools, original, params, kind)
+  monkeypatch.setitem(runner.methods.METHODS, "task_vector",
+                      dataclasses.replace(task_vector, finalize=finalize))
+  unlearner.run("task_vector", 1.0, str(tmp_path / "task_vector"), show_progress=False,
+                start_dir=upstream)
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  for role in ("npo_reference", "task_vector_original"):
+    assert same(seen[role], start), role
+    assert not same(seen[role], unlearner.original.params), role

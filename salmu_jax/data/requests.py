@@ -98,7 +98,10 @@ def resolve_request(dataset, entries: list, source: str = "the request") -> np.n
 # (sustainability), each a share of the forget split's identities and associations.
 SCALABILITY_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 SUSTAINABILITY_REQUESTS = 4
-REQUEST_STREAM = 211  # The seed's stream that orders the forget split's units.
+# The seed's streams that order the forget split's units, one per schedule: the two modes
+# draw independently (a shared order would make sustainability's first request one of
+# scalability's, the same runs twice).
+SCALABILITY_STREAM, SUSTAINABILITY_STREAM = 211, 212
 
 
 def request_units(records: list) -> tuple:
@@ -111,8 +114,8 @@ def request_units(records: list) -> tuple:
   return identities, associations
 
 
-def _shuffled_units(records: list, seed: int) -> tuple:
-  rng = np.random.default_rng([seed, REQUEST_STREAM])
+def _shuffled_units(records: list, seed: int, stream: int) -> tuple:
+  rng = np.random.default_rng([seed, stream])
   identities, associations = request_units(records)
   if not identities or not associations:
     raise RequestError(f"request schedules draw whole identities and associations in the "
@@ -128,7 +131,7 @@ def scalability_requests(records: list, seed: int, fractions=SCALABILITY_FRACTIO
   drawn in one order fixed by `seed`."""
   if list(fractions) != sorted(fractions) or not all(0 < f <= 1 for f in fractions):
     raise RequestError(f"scalability fractions {list(fractions)} must increase within (0, 1]")
-  identities, associations = _shuffled_units(records, seed)
+  identities, associations = _shuffled_units(records, seed, SCALABILITY_STREAM)
   take = lambda units, f: units[:max(1, round(f * len(units)))]
   return [take(identities, f) + take(associations, f) for f in fractions]
 
@@ -137,7 +140,7 @@ def sustainability_requests(records: list, seed: int, count: int = SUSTAINABILIT
   """`count` disjoint requests that together cover the forget split, each with an equal
   share (to one unit) of its identities and of its associations, in an order fixed by
   `seed`."""
-  identities, associations = _shuffled_units(records, seed)
+  identities, associations = _shuffled_units(records, seed, SUSTAINABILITY_STREAM)
   if count < 1 or count > min(len(identities), len(associations)):
     raise RequestError(f"{count} disjoint requests need at least {count} forget identities "
                        f"and associations; the forget split has {len(identities)} and "

@@ -180,6 +180,7 @@ class Relearner:
     start = time.perf_counter()
     runtime, kind = self.evaluator.runtime, self.config.train.loss
     batches = runner.Batches(runtime, self.config, seed=self.config.eval.seed,
+                             batch_sizes={"forget": self.config.unlearn.forget_batch},
                              forget_indices=self.first)
     state = TrainState(jnp.zeros((), jnp.int32), params, None,
                        jax.random.PRNGKey(self.config.eval.seed))

@@ -240,15 +240,21 @@ def request_block(ctx, requested) -> dict:
   records = ctx.split("forget").records
   requested = np.unique(np.asarray(requested, int))
   sides = {"requested": requested, "not_requested": np.setdiff1d(np.arange(len(records)), requested)}
+  # RetFail ranks every forget image among the one gallery of the whole split's RetFail,
+  # whatever the side: a side's score then changes with its pairs, never with its gallery.
+  ranks, gallery_size = own_caption_ranks(ctx, "forget", 11)
   out = {"pairs": {side: int(len(rows)) for side, rows in sides.items()},
-         "requested_sha256": requested_digest(records, requested)}
+         "requested_sha256": requested_digest(records, requested),
+         "retfail_ranks": [int(r) for r in ranks]}  # Per forget pair: the report's bootstrap.
   for side, rows in sides.items():
     if not len(rows):
       continue
     sub = ctx.restricted("forget", rows)
     whole = any(records[i]["subset"] == "forget_identity" for i in rows)
-    out[side] = {key: EVALUATORS[f"efficacy/{key}"](sub) for key in diagnosis.OFFICIAL["efficacy"]
-                 if whole or key != "1.4_IdZSC"}
+    out[side] = {"1.1_RetFail": metrics.recall_and_mrr(ranks[rows]) | {
+        "gallery_size": int(gallery_size)}} | {
+        key: EVALUATORS[f"efficacy/{key}"](sub) for key in diagnosis.OFFICIAL["efficacy"][1:]
+        if whole or key != "1.4_IdZSC"}
     if not whole:
       out.setdefault("omitted", {})[side] = ["1.4_IdZSC"]
   return out

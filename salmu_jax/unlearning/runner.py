@@ -31,6 +31,22 @@ PREFETCH_BATCHES = 2  # Per source: enough to overlap loading with the step.
 MAX_BUDGET = 1000.0  # Forget passes.
 
 
+def step_batches(budget: float, num_forget: int, names, forget_batch: int, retain_batch: int,
+                 multiple: int) -> dict:
+  """{source: pairs per step} of a run reading `names`. A budget worth less than one step
+  at the configured batches (a small deletion request) shrinks every batch in proportion,
+  to multiples of `multiple` (the data-parallel size), so that the step it buys costs at
+  most B x |forget| samples where the mesh allows."""
+  batches = {"forget": forget_batch, "retain": retain_batch}
+  batches = {name: batches[name] for name in names}
+  allowed = budget * num_forget
+  if sum(batches.values()) <= allowed:
+    return batches
+  scale = allowed / sum(batches.values())
+  return {name: max(multiple, int(size * scale) // multiple * multiple)
+          for name, size in batches.items()}
+
+
 def budget_steps(budget: float, num_forget: int, samples_per_step: int) -> int:
   """Steps a method may take: B x |forget| samples, at samples_per_step each (at least 1)."""
   return max(int(budget * num_forget // samples_per_step), 1)
@@ -60,8 +76,8 @@ class Batches:
   Each source starts on its first draw: a run that reads only forget pairs never decodes
   or renders retain images."""
 
-  def __init__(self, runtime, config, seed: int, forget_indices=None):
-    u, dataset = config.unlearn, runtime.dataset
+  def __init__(self, runtime, config, seed: int, batch_sizes: dict, forget_indices=None):
+    dataset = runtime.dataset
     count, index = jax.process_count(), jax.process_index()
     self.sharding = sharding.batch_sharding(runtime.mesh)
     pipeline.require_unlearning_splits(pipeline.SOURCE_SPLITS["retain_synth"])
@@ -69,11 +85,13 @@ class Batches:
     # that are never used, on the cores the step needs.
     self._sources = {
         "forget": lambda: pipeline.forget_batches(
-            config, dataset, runtime.tokenizer, u.forget_batch, seed=seed, shard_index=index,
+            config, dataset, runtime.tokenizer, batch_sizes.get("forget", config.unlearn.forget_batch),
+            seed=seed, shard_index=index,
             shard_count=count, indices=forget_indices),
         "retain": lambda: pipeline.training_batches(  # The retain mixture only.
             config, dataset, runtime.tokenizer, sources.retain_base_source(config.data),
-            batch_size=u.retain_batch, seed=seed, shard_index=index, shard_count=count),
+            batch_size=batch_sizes.get("retain", config.unlearn.retain_batch), seed=seed,
+            shard_index=index, shard_count=count),
     }
     self._config, self._iterators = config, {}
     self.samples = {"forget": 0, "retain": 0}
@@ -236,7 +254,7 @@ class Unlearner:
     before anything runs. `start_dir`, a finished unlearning run,
     replaces Compromised as the model unlearned from, in every role: the first parameters,
     the frozen reference objectives read, and the original of one-shot methods; the run
-    records it as where it came from. `while_saving(params, checkpoint metadata, step)` runs while the
+    records it as where it came from (`from`, and the sha256 of its unlearn.json). `while_saving(params, checkpoint metadata, step)` runs while the
     checkpoint is written (the benchmark scores the model then, instead of reading it
     back); with it, `run` returns (unlearn.json's content, its return value).
     """
@@ -246,12 +264,16 @@ class Unlearner:
         else contextlib.nullcontext()
     with lock:
       self._check_output_dir(workdir)  # Again, now that no other process can write there.
-      original = self.original if start_dir is None else self._restore_unlearned(start_dir)
+      original, upstream = self.original, None
+      if start_dir is not None:
+        original = self._restore_unlearned(start_dir)
+        upstream = io_utils.sha256_file(os.path.join(start_dir, METADATA_FILE))
       return self._run(method, method_name, budget, workdir, show_progress, forget_request,
-                       original, os.path.abspath(start_dir or self.from_dir), while_saving)
+                       original, os.path.abspath(start_dir or self.from_dir), upstream,
+                       while_saving)
 
   def _run(self, method, method_name, budget, workdir, show_progress, forget_request, original,
-           from_dir, while_saving):
+           from_dir, upstream, while_saving):
     start = time.perf_counter()
     config, runtime, state = self.config, self.runtime, original
     u, hp, kind = config.unlearn, config.unlearn[method_name], config.train.loss
@@ -259,10 +281,12 @@ class Unlearner:
     if forget_request is not None:
       indices = requests.resolve_request(runtime.dataset, forget_request, "--forget")
     num_forget = len(indices) if indices is not None else len(runtime.dataset.splits["forget"])
-    batches = Batches(runtime, config, seed=config.seed, forget_indices=indices)
     names = tuple(method.uses(hp))
-    per_step = sum(u.forget_batch if n == "forget" else u.retain_batch for n in names)
-    steps = budget_steps(budget, num_forget, per_step)
+    batch_sizes = step_batches(budget, num_forget, names, u.forget_batch, u.retain_batch,
+                               sharding.data_parallel_size(runtime.mesh))
+    batches = Batches(runtime, config, seed=config.seed, batch_sizes=batch_sizes,
+                      forget_indices=indices)
+    steps = budget_steps(budget, num_forget, sum(batch_sizes.values()))
     tools = _Tools(self, state.params, batches, steps)
     details, metrics, mask = {}, {}, None
 
@@ -305,13 +329,21 @@ class Unlearner:
     metadata = {
         "method": method_name, "paper": method.paper, "budget": budget,
         "hyperparameters": hp.to_dict(), "learning_rate": u.learning_rate, "loss": kind,
-        "forget_batch": u.forget_batch, "retain_batch": u.retain_batch, "reads": list(names),
+        "forget_batch": batch_sizes.get("forget", u.forget_batch),
+        "retain_batch": batch_sizes.get("retain", u.retain_batch), "reads": list(names),
         "steps": steps, "forget_size": num_forget,
         "samples_processed": dict(batches.samples) | {"total": sum(batches.samples.values())},
-        "budget_samples": int(budget * num_forget), "final_metrics": metrics, **details,
+        "budget_samples": int(budget * num_forget),
+        # The floor of one step (at the smallest batches the mesh allows) or a hook's
+        # estimate can cost more than the budget: said, not hidden (docs/protocol.md §4).
+        "over_budget": sum(batches.samples.values()) > int(budget * num_forget),
+        "final_metrics": metrics, **details,
         "wall_seconds": round(time.perf_counter() - start - scoring_seconds, 2),
         "seed": config.seed,
         **runtime.device_meta(), "from": from_dir,
+        # A run continued from an unlearned model names that run exactly: what a chain of
+        # requests checks before it reuses this one (benchmark --mode=sustainability).
+        "from_unlearn_sha256": upstream,
         "dataset": runtime.dataset_identity, "allow_other_dataset": self.allow_other_dataset,
         "request": None if forget_request is None else {
             "entries": [list(e) if isinstance(e, tuple) else e for e in forget_request],
