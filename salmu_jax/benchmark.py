@@ -362,7 +362,7 @@ class Benchmark:
     if not os.path.exists(path):
       return False
     saved = io_utils.read_json(path)
-    return "pair_units" in saved and saved["requests"] == _as_json(self._drawn_requests()[0])
+    return "pair_strata" in saved and saved["requests"] == _as_json(self._drawn_requests()[0])
 
   def _draw_requests(self) -> None:
     drawn, x, x_label = self._drawn_requests()
@@ -371,18 +371,16 @@ class Benchmark:
     so_far = rows if self.mode == "scalability" else [
         np.unique(np.concatenate(rows[:j + 1])) for j in range(len(rows))]
     records = self.evaluator.inputs.records("forget")
-    units = [json.dumps(int(r["identity"]) if r["subset"] == "forget_identity"
-                        else [int(r["identity"]), r["field"]]) for r in records]
-    unit_ids = {unit: i for i, unit in enumerate(dict.fromkeys(units))}
     self._requested = None
     io_utils.write_json_atomic(os.path.join(self.mode_dir, REQUESTS_FILE), {
         "mode": self.mode, "seed": self.config.seed, "x": x, "x_label": x_label,
         "requests": _as_json(drawn), "pairs": [len(r) for r in rows],
         "pairs_so_far": [len(r) for r in so_far],
         # The report's bootstrap: the forget rows requested so far, and each forget pair's
-        # request unit (a whole identity, or one association), resampled as one.
+        # persona and stratum (0: a whole identity's, 1: an association's).
         "requested_rows": [[int(i) for i in r] for r in so_far],
-        "pair_units": [unit_ids[unit] for unit in units]})
+        "pair_personas": [int(r["identity"]) for r in records],
+        "pair_strata": [int(r["subset"] != "forget_identity") for r in records]})
 
   def _reference_blocks_stage(self, seed: int) -> Stage:
     out = os.path.join(self.mode_dir, f"seed_{seed}", REFERENCE_BLOCKS_FILE)
@@ -393,9 +391,10 @@ class Benchmark:
       digests = [registry.requested_digest(self.evaluator.inputs.records("forget"),
                                            self.requested_so_far(k))
                  for k in range(self.request_count)]
-      return all([b["requested_sha256"] for b in blocks] == digests and
-                 all("retfail_ranks" in b for b in blocks)
-                 for blocks in io_utils.read_json(out).values())
+      saved = io_utils.read_json(out)
+      return saved.get("references_sha256") == self._reference_digests(seed) and all(
+          [b["requested_sha256"] for b in saved[r]] == digests and
+          all("retfail_ranks" in b for b in saved[r]) for r in ("clean", "compromised"))
 
     def run():
       blocks = {}
@@ -405,10 +404,15 @@ class Benchmark:
             signature=self.evaluator.runtime.signature, reference=reference)
         blocks[reference] = self.evaluator.request_blocks(
             state.params, [self.requested_so_far(k) for k in range(self.request_count)])
-      io_utils.write_json_atomic(out, blocks)
+      # Tied to the references' results as they stand (retrained references: scored again).
+      io_utils.write_json_atomic(out, blocks | {"references_sha256": self._reference_digests(seed)})
       self._reference_results.pop(seed, None)
 
     return Stage(f"seed {seed}: {self.mode} references", done, run)
+
+  def _reference_digests(self, seed: int) -> dict:
+    return {r: io_utils.sha256_file(os.path.join(self.seed_dir(seed), f"{r}.json"))
+            for r in ("clean", "compromised")}
 
   def request_references(self, seed: int, k: int) -> tuple:
     """(Clean, Compromised): the seed's reference results, each with its block of request k
@@ -434,8 +438,11 @@ class Benchmark:
 
     def unlearned():
       """A finished run of this request, from the upstream run as it stands now (a redone
-      request k-1, or a redrawn schedule, makes it stale: it is run again)."""
+      request k-1, or a redrawn schedule, makes it stale: it is run again), that can still
+      be scored (a released checkpoint whose result is missing is run again too)."""
       if not os.path.exists(metadata):
+        return False
+      if not scored() and not os.path.isdir(os.path.join(run_dir, checkpointing.CHECKPOINTS_DIRNAME)):
         return False
       meta = io_utils.read_json(metadata)
       upstream = None if start_dir is None else io_utils.sha256_file(
@@ -454,13 +461,13 @@ class Benchmark:
                   requested=self.requested_so_far(k), show_progress=self.progress) | kwargs
 
     def run_unlearn():
-      if os.path.exists(run_dir):  # Killed before unlearn.json, or stale: start afresh.
-        shutil.rmtree(run_dir)
       if start_dir is not None and not os.path.isdir(
-          os.path.join(start_dir, checkpointing.CHECKPOINTS_DIRNAME)):
+          os.path.join(start_dir, checkpointing.CHECKPOINTS_DIRNAME)):  # Before removing anything.
         raise ConfigError(f"{run_dir} must be run again from {start_dir}, whose checkpoint "
                           f"was removed (benchmark.keep_request_checkpoints=False); remove "
-                          f"{start_dir} to redo the chain from there")
+                          f"{os.path.dirname(run_dir)} to run {method}'s chain again")
+      if os.path.exists(run_dir):  # Killed before unlearn.json, or stale: start afresh.
+        shutil.rmtree(run_dir)
       unlearned, result = self.unlearner(seed).run(
           method, budget, run_dir, show_progress=self.progress,
           forget_request=self.request_entries(k), start_dir=start_dir,
@@ -473,10 +480,11 @@ class Benchmark:
       write_result(self.evaluator.score_checkpoint(run_dir, **score()),
                    io_utils.read_json(metadata))
 
-    return [Stage(f"{label} unlearn", unlearned, run_unlearn),
-            # Scored with the per-pair ranks the mode's intervals read (not by older code).
-            Stage(eval_stage, lambda: self.scored(out, attacks=()) and "retfail_ranks" in
-                  io_utils.read_json(out).get("request", {}), run_eval)]
+    def scored():  # With the per-pair ranks the mode's intervals read (not by older code).
+      return self.scored(out, attacks=()) and "retfail_ranks" in io_utils.read_json(out).get(
+          "request", {})
+
+    return [Stage(f"{label} unlearn", unlearned, run_unlearn), Stage(eval_stage, scored, run_eval)]
 
   def _release_checkpoints(self, seed: int, method: str, budget: float, k: int) -> None:
     """Once request k is scored, the checkpoints nothing reads any more (unless
@@ -602,6 +610,11 @@ class Benchmark:
     """MODE/leaderboard.json / .md and report.html of a request mode, from its result
     files and the references' blocks."""
     steps = range(self.request_count)
+    for seed in self.seeds:  # Again: a kill between a result and its release leaks none.
+      for method in self.methods:
+        for budget in self.budgets:
+          for k in steps:
+            self._release_checkpoints(seed, method, budget, k)
     references = {seed: [self.request_references(seed, k) for k in steps] for seed in self.seeds}
     clean = [[references[seed][k][0] for seed in self.seeds] for k in steps]
     compromised = [[references[seed][k][1] for seed in self.seeds] for k in steps]

@@ -234,7 +234,7 @@ def base_config() -> ml_collections.ConfigDict:
   benchmark.request_budgets = (1.0,)
   benchmark.request_seeds = 1
   # A request's checkpoint is removed once it is scored and, over time, the next request
-  # has run from it (its unlearn.json and result stay): ~60 MB per run at tiny.
+  # has run from it (its unlearn.json and result stay): ~15 MB per run at tiny.
   benchmark.keep_request_checkpoints = False
 
   tokenizer = config.tokenizer = ml_collections.ConfigDict()

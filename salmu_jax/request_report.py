@@ -25,9 +25,11 @@ COLUMNS = (("RetFail efficacy, requested", "requested_retfail"),
            ("GenKnow kept", "kept/2.1_GenKnow"),
            ("samples / budget", "samples_per_budget"))
 INTERVALS = ("requested_retfail", "not_requested_retfail", "selectivity")
-# RetFail intervals: the request units (whole identities, single associations) of each
-# side resampled with replacement, the same resamples for every model (docs/protocol.md §4).
-RESAMPLES, CONFIDENCE = 2000, 0.95
+# RetFail intervals: each side's personas resampled with replacement within its whole
+# identities and within its associations, the same resamples for every model
+# (docs/protocol.md §4); a side with more than MAX_DEGENERATE of resamples where the
+# references tie gets none.
+RESAMPLES, CONFIDENCE, MAX_DEGENERATE = 2000, 0.95, 0.05
 # The raw numbers the plots show, with the references' as bands.
 PLOTTED = (("requested_mrr", "RetFail MRR on the pairs requested so far"),
            ("not_requested_mrr", "RetFail MRR on the forget pairs not yet requested"),
@@ -56,7 +58,8 @@ def _numbers(result: dict, clean: dict, compromised: dict, thresholds) -> dict:
          # separate on these pairs (not IdZSC where both classify none of a small request).
          "requested_efficacy": float(np.nanmean(np.clip(list(requested.values()), 0, 1))),
          "not_requested_retfail": split.get("not_requested", {}).get("1.1_RetFail", float("nan")),
-         "samples_per_budget": unlearned["samples_processed"]["total"] / unlearned["budget_samples"],
+         "samples_per_budget": unlearned["samples_processed"]["total"] / (
+             unlearned["budget"] * unlearned["forget_size"]),
          **_plotted(result, flat)}
   out["selectivity"] = out["requested_retfail"] - out["not_requested_retfail"]
   out |= {f"kept/{key}": value for key, value in normalized["kept"].items()}
@@ -71,43 +74,62 @@ def _plotted(result: dict, flat: dict) -> dict:
           "2.1_GenKnow": flat["2.1_GenKnow"]}
 
 
-def _unit_weights(units: np.ndarray, rng) -> np.ndarray:
-  """[RESAMPLES, pairs]: how often each pair enters a resample of its side's units."""
-  unique, inverse = np.unique(units, return_inverse=True)
-  drawn = rng.integers(0, len(unique), (RESAMPLES, len(unique)))
-  counts = np.zeros((RESAMPLES, len(unique)))
-  np.add.at(counts, (np.arange(RESAMPLES)[:, None], drawn), 1)
-  return counts[:, inverse]
+def _cluster_weights(clusters: np.ndarray, strata: np.ndarray, rng) -> np.ndarray:
+  """[RESAMPLES, pairs]: how often each pair enters a resample of its side. Each stratum
+  (whole identities; associations) keeps its size, as every request does; within it the
+  personas are drawn with replacement, all of a persona's pairs (one face) together."""
+  weights = np.zeros((RESAMPLES, len(clusters)))
+  for stratum in np.unique(strata):
+    members = np.flatnonzero(strata == stratum)
+    unique, inverse = np.unique(clusters[members], return_inverse=True)
+    drawn = rng.integers(0, len(unique), (RESAMPLES, len(unique)))
+    counts = np.zeros((RESAMPLES, len(unique)))
+    np.add.at(counts, (np.arange(RESAMPLES)[:, None], drawn), 1)
+    weights[:, members] = counts[:, inverse]
+  return weights
 
 
 def retfail_intervals(schedule: dict, k: int, results: list, clean: list, compromised: list,
                       thresholds) -> dict:
-  """Bootstrap intervals of RetFail's normalized efficacy on each side of request k
-  (seed means; every seed's model and references on the same resampled pairs) and of
-  their difference, and the collateral verdict: "yes" where the whole interval of the
-  not-yet-requested side lies above `collateral_efficacy_above` (people who did not ask
-  were erased), "no" where it lies below, "unresolved" where it spans it."""
+  """Bootstrap intervals of RetFail's normalized efficacy on each side of request k and
+  of their difference (selectivity), and the collateral verdict: "yes" where the whole
+  interval of the not-yet-requested side lies above `collateral_efficacy_above` (people
+  who did not ask were erased), "no" where it lies below, "unresolved" where it spans it,
+  "unmeasurable" where the side has no interval, None where no pair is left unrequested.
+
+  What the interval covers: which personas a side happens to hold, for these trained
+  models and the one RetFail gallery; each resample takes every seed's model and
+  references on the same resampled pairs and averages the seeds (their spread is the
+  ± std beside it, not part of the interval). A resample where the references do not
+  differ has no efficacy; where more than MAX_DEGENERATE of them are such, the side gets
+  no interval (and no verdict)."""
   rows = np.asarray(schedule["requested_rows"][k], int)
-  units = np.asarray(schedule["pair_units"])
+  clusters, strata = np.asarray(schedule["pair_personas"]), np.asarray(schedule["pair_strata"])
   sides = {"requested_retfail": rows,
-           "not_requested_retfail": np.setdiff1d(np.arange(len(units)), rows)}
+           "not_requested_retfail": np.setdiff1d(np.arange(len(clusters)), rows)}
   reciprocal = lambda seeds: np.array([1.0 / np.asarray(r["request"]["retfail_ranks"], float)
                                        for r in seeds])
   model, low, high = reciprocal(results), reciprocal(clean), reciprocal(compromised)
-  resampled, tail = {}, (1 - CONFIDENCE) / 2
+  resampled, out, tail = {}, {"degenerate": {}}, (1 - CONFIDENCE) / 2
   for i, (side, pairs) in enumerate(sides.items()):
     if not len(pairs):
       continue
-    weights = _unit_weights(units[pairs], np.random.default_rng([k, i]))
+    weights = _cluster_weights(clusters[pairs], strata[pairs], np.random.default_rng([k, i]))
     mrr = lambda rr: (weights @ rr[:, pairs].T) / weights.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
       efficacy = (mrr(high) - mrr(model)) / (mrr(high) - mrr(low))  # [RESAMPLES, seeds]
-    resampled[side] = np.nanmean(efficacy, axis=1)
+    efficacy[~np.isfinite(efficacy)] = np.nan  # References tied on this resample.
+    degenerate = float(np.isnan(efficacy).any(axis=1).mean())
+    out["degenerate"][side] = degenerate
+    if degenerate <= MAX_DEGENERATE:
+      resampled[side] = np.nanmean(efficacy, axis=1)
   if len(resampled) == 2:
     resampled["selectivity"] = resampled["requested_retfail"] - resampled["not_requested_retfail"]
-  out = {key: [float(v) for v in np.nanquantile(values, [tail, 1 - tail])]
-         for key, values in resampled.items()}
-  out["collateral"] = None
+  for key, values in resampled.items():
+    kept = values[np.isfinite(values)]
+    out[key] = [float(v) for v in np.quantile(kept, [tail, 1 - tail])]
+  # None: nobody is left unrequested; "unmeasurable": the references tie there.
+  out["collateral"] = "unmeasurable" if "not_requested_retfail" in out["degenerate"] else None
   if "not_requested_retfail" in out:
     lo, hi = out["not_requested_retfail"]
     bound = thresholds.collateral_efficacy_above

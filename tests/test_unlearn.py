@@ -324,6 +324,8 @@ def test_budget_arithmetic():
   assert runner.step_batches(1, 50, ("forget", "retain"), 64, 64, 1) == {"forget": 25, "retain": 25}
   assert runner.step_batches(1, 50, ("forget", "retain"), 64, 64, 8) == {"forget": 24, "retain": 24}
   assert runner.step_batches(1, 4, ("forget", "retain"), 8, 8, 8) == {"forget": 8, "retain": 8}
+  assert runner.step_batches(1, 3, ("forget", "retain"), 8, 8, 1) == {"forget": 2, "retain": 2}
+  assert runner.step_batches(1, 3, ("forget",), 1, 8, 1) == {"forget": 1}  # As configured.
 
 
 def test_bad_requests_are_refused(compromised_run, micro_dataset_dir, tmp_path):
@@ -338,6 +340,8 @@ def test_bad_requests_are_refused(compromised_run, micro_dataset_dir, tmp_path):
       run("neg_grad", budget, compromised_run)
   with pytest.raises(ConfigError, match="--budget=1e\\+09 passes exceeds the bound of 1000"):
     run("neg_grad", 1e9, compromised_run)  # 4e9 steps: years, almost surely a typo.
+  with pytest.raises(ConfigError, match="--budget=0.001 x .* forget pairs buys less than one"):
+    run("neg_grad", 0.001, compromised_run)
   clean = config_lib.load_config(config_path("micro") + ":clean")
   loop.train(clean, str(tmp_path / "clean"), dataset_dir=micro_dataset_dir,
               devices=jax.devices()[:1], stop_after=1, show_progress=False)

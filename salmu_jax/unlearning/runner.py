@@ -36,14 +36,15 @@ def step_batches(budget: float, num_forget: int, names, forget_batch: int, retai
   """{source: pairs per step} of a run reading `names`. A budget worth less than one step
   at the configured batches (a small deletion request) shrinks every batch in proportion,
   to multiples of `multiple` (the data-parallel size), so that the step it buys costs at
-  most B x |forget| samples where the mesh allows."""
+  most B x |forget| samples where the mesh allows; never under two pairs (a contrastive
+  batch needs a negative), nor above the configured size."""
   batches = {"forget": forget_batch, "retain": retain_batch}
   batches = {name: batches[name] for name in names}
   allowed = budget * num_forget
   if sum(batches.values()) <= allowed:
     return batches
-  scale = allowed / sum(batches.values())
-  return {name: max(multiple, int(size * scale) // multiple * multiple)
+  scale, smallest = allowed / sum(batches.values()), multiple * math.ceil(2 / multiple)
+  return {name: min(size, max(smallest, int(size * scale) // multiple * multiple))
           for name, size in batches.items()}
 
 
@@ -281,6 +282,9 @@ class Unlearner:
     if forget_request is not None:
       indices = requests.resolve_request(runtime.dataset, forget_request, "--forget")
     num_forget = len(indices) if indices is not None else len(runtime.dataset.splits["forget"])
+    if budget * num_forget < 1:
+      raise ConfigError(f"--budget={budget:g} x {num_forget} forget pairs buys less than one "
+                        f"sample; raise the budget")
     names = tuple(method.uses(hp))
     batch_sizes = step_batches(budget, num_forget, names, u.forget_batch, u.retain_batch,
                                sharding.data_parallel_size(runtime.mesh))
@@ -329,14 +333,15 @@ class Unlearner:
     metadata = {
         "method": method_name, "paper": method.paper, "budget": budget,
         "hyperparameters": hp.to_dict(), "learning_rate": u.learning_rate, "loss": kind,
-        "forget_batch": batch_sizes.get("forget", u.forget_batch),
-        "retain_batch": batch_sizes.get("retain", u.retain_batch), "reads": list(names),
+        # Per step, of the sources the method reads (None: not read).
+        "forget_batch": batch_sizes.get("forget"), "retain_batch": batch_sizes.get("retain"),
+        "reads": list(names),
         "steps": steps, "forget_size": num_forget,
         "samples_processed": dict(batches.samples) | {"total": sum(batches.samples.values())},
         "budget_samples": int(budget * num_forget),
         # The floor of one step (at the smallest batches the mesh allows) or a hook's
         # estimate can cost more than the budget: said, not hidden (docs/protocol.md §4).
-        "over_budget": sum(batches.samples.values()) > int(budget * num_forget),
+        "over_budget": sum(batches.samples.values()) > budget * num_forget,
         "final_metrics": metrics, **details,
         "wall_seconds": round(time.perf_counter() - start - scoring_seconds, 2),
         "seed": config.seed,
