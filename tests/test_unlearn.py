@@ -122,8 +122,8 @@ class ToyTools:
     self._params, self._batch = params, batch
 
   def squared_gradients(self, names, count):
-    drawn = [self._batch[name] for _ in range(count) for name in names]
-    return T.mean_squared_gradients(self._grad, self._params, drawn)
+    return {name: T.mean_squared_gradients(self._grad, self._params, [self._batch[name]] * count)
+            for name in names}
 
 
 def run_method(name, kind):
@@ -567,3 +567,25 @@ def test_a_run_continued_from_an_unlearned_model_uses_it_in_every_role(
   for role in ("npo_reference", "task_vector_original"):
     assert same(seen[role], start), role
     assert not same(seen[role], unlearner.original.params), role
+
+
+def test_every_sample_a_run_draws_counts_against_its_budget(compromised_run, micro_dataset_dir,
+                                                              tmp_path):
+  """SalUn's saliency batch and SSD's importance batches come out of the budget; a request
+  too small for the smallest batches is run at them and flagged."""
+  by_role, partial, forgotten, _ = request_cases(micro_dataset_dir)
+  entries = [by_role["forget_identity"]["identity"], (partial, forgotten)]
+  config = config_lib.load_config(config_path("micro"))
+  unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                               devices=jax.devices()[:1])
+  run = lambda method, budget, request=None: unlearner.run(
+      method, budget, str(tmp_path / f"{method}_{budget}"), show_progress=False,
+      forget_request=request)
+  for method in ("salun", "ssd"):
+    for budget in (1.0, 3.0):
+      metadata = run(method, budget)
+      assert metadata["samples_processed"]["total"] <= metadata["budget_samples"], metadata
+      assert not metadata["over_budget"]
+  pairs = len(requests.resolve_request(unlearner.runtime.dataset, entries))
+  tight = run("grad_diff", 3 / pairs, entries)  # 3 samples: less than 2 + 2.
+  assert tight["forget_batch"] == tight["retain_batch"] == 2 and tight["over_budget"]

@@ -9,9 +9,10 @@ was pretrained with (`config.train.loss`), so a SigLIP-style model is unlearned 
 its own loss. The runner (runner.py) calls the hooks and never names a method.
 
 Hooks receive `tools`, what the runner lends them:
-  tools.steps                       the budget's optimizer steps
-  tools.squared_gradients(names, n) mean squared gradients of the pretraining loss over
-                                    n draws of each named batch (forget, retain)
+  tools.steps                       the budget's optimizer steps (what `prepare` draws is
+                                    taken from them afterwards)
+  tools.squared_gradients(names, n) {name: mean squared gradients of the pretraining loss
+                                    over n draws of that batch} (forget, retain)
   tools.samples                     samples drawn so far, by batch name
 """
 import dataclasses
@@ -52,17 +53,20 @@ def _always(*names):
 
 def _saliency_mask(hp, tools, params):
   """SalUn: the `sparsity` share of weights with the largest forget gradient."""
-  mask = T.saliency_mask(tools.squared_gradients(("forget",), 1), hp.sparsity)
+  mask = T.saliency_mask(tools.squared_gradients(("forget",), 1)["forget"], hp.sparsity)
   return mask, {"salient_weights": T.count_true(mask),
                 "saliency_samples": tools.samples["forget"]}  # The mask's forget batch.
 
 
 def _dampen(hp, tools, original, trained, kind):
-  """SSD: importances over the budget's batches (at most importance_batches of each)."""
+  """SSD: importances over the budget's batches (at most importance_batches of each).
+  The retain data stands in for the training data D (the forget pairs are a small share
+  of what Compromised trained on). An I_D averaging forget and retain batches alike bounds
+  I_f / I_D by 2, so alpha = 10 would select only weights where two forget draws
+  disagree: noise (docs/protocol.md §4)."""
   count = max(min(hp.importance_batches, tools.steps), 1)
-  importance_all = tools.squared_gradients(("forget", "retain"), count)
-  importance_forget = tools.squared_gradients(("forget",), count)
-  params = T.selective_synaptic_dampening(trained, importance_all, importance_forget,
+  importance = tools.squared_gradients(("forget", "retain"), count)
+  params = T.selective_synaptic_dampening(trained, importance["retain"], importance["forget"],
                                           hp.alpha, hp.lam)
   return params, {"weights_changed": T.count_changed(trained, params)}
 

@@ -3,8 +3,8 @@
 Compute budget (docs/protocol.md §4): budget B allows B passes' worth of forget
 samples, i.e. B x |forget| samples processed in total, forget and retain samples
 counted alike. A method reading forget_batch forget and retain_batch retain pairs per
-step runs floor(B x |forget| / (forget_batch + retain_batch)) steps; its hooks spend
-the same budget on what they need (importance estimation) and report it. A method
+step runs floor(B x |forget| / (forget_batch + retain_batch)) steps; what its hooks
+draw (SalUn's saliency batch, SSD's importances) comes out of the same budget. A method
 sees only the forget split and retain data. A deletion request restricts the forget
 data to its pairs, and |forget| to their number (data/requests.py).
 """
@@ -171,15 +171,15 @@ class _Tools:
   def samples(self) -> dict:
     return dict(self._batches.samples)
 
-  def squared_gradients(self, names, count: int):
-    """Mean squared gradients of the pretraining loss over `count` draws of each of
-    `names` (in turn), at the original parameters."""
-    drawn = []
+  def squared_gradients(self, names, count: int) -> dict:
+    """{name: mean squared gradients of the pretraining loss over `count` draws of that
+    batch}, at the original parameters; every batch is drawn (and paid for) once."""
+    drawn = {name: [] for name in names}
     for _ in range(count):
       for name in names:
-        drawn.append(self._batches.next([name])[name])
-    return parameter_transforms.mean_squared_gradients(self._unlearner.loss_grad, self._params,
-                                                       drawn)
+        drawn[name].append(self._batches.next([name])[name])
+    return {name: parameter_transforms.mean_squared_gradients(
+        self._unlearner.loss_grad, self._params, batches) for name, batches in drawn.items()}
 
 
 class Unlearner:
@@ -297,6 +297,9 @@ class Unlearner:
     if method.prepare is not None:
       mask, prepared = method.prepare(hp, tools, state.params)
       details |= prepared
+      # What the hook drew is spent: the steps get the rest of the budget (at least one).
+      steps = budget_steps(budget * num_forget - sum(batches.samples.values()), 1,
+                           sum(batch_sizes.values()))
     if method.objective is not None:
       state, metrics = optimize(
           self.runtime, config, self._compiled, state, original.params, method.objective(hp, kind),
