@@ -326,6 +326,9 @@ def test_budget_arithmetic():
   assert runner.step_batches(1, 4, ("forget", "retain"), 8, 8, 8) == {"forget": 8, "retain": 8}
   assert runner.step_batches(1, 3, ("forget", "retain"), 8, 8, 1) == {"forget": 2, "retain": 2}
   assert runner.step_batches(1, 3, ("forget",), 1, 8, 1) == {"forget": 1}  # As configured.
+  # A hook's draw before the steps is planned for: SalUn's saliency batch and one step.
+  assert runner.step_batches(1, 50, ("forget", "retain"), 64, 64, 1, ("forget",)) == {
+      "forget": 16, "retain": 16}
 
 
 def test_bad_requests_are_refused(compromised_run, micro_dataset_dir, tmp_path):
@@ -579,7 +582,7 @@ def test_every_sample_a_run_draws_counts_against_its_budget(compromised_run, mic
   unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
                                devices=jax.devices()[:1])
   run = lambda method, budget, request=None: unlearner.run(
-      method, budget, str(tmp_path / f"{method}_{budget}"), show_progress=False,
+      method, budget, str(tmp_path / f"{method}_{budget}_{request is None}"), show_progress=False,
       forget_request=request)
   for method in ("salun", "ssd"):
     for budget in (1.0, 3.0):
@@ -587,5 +590,7 @@ def test_every_sample_a_run_draws_counts_against_its_budget(compromised_run, mic
       assert metadata["samples_processed"]["total"] <= metadata["budget_samples"], metadata
       assert not metadata["over_budget"]
   pairs = len(requests.resolve_request(unlearner.runtime.dataset, entries))
+  small = run("salun", 1.0, entries)  # Saliency batch and one step, shrunk to fit.
+  assert small["samples_processed"]["total"] <= pairs and not small["over_budget"], small
   tight = run("grad_diff", 3 / pairs, entries)  # 3 samples: less than 2 + 2.
   assert tight["forget_batch"] == tight["retain_batch"] == 2 and tight["over_budget"]

@@ -33,6 +33,7 @@ class Method:
   # (hp, tools, original_params, trained_params, loss_kind) -> (params, details).
   finalize: Callable | None = None
   paper: str = ""
+  prepare_draws: tuple = ()  # The batches `prepare` draws once (the budget plans for them).
 
 
 def _with_retain(forget_loss, hp, kind):
@@ -121,6 +122,7 @@ register(Method("scrub", _always("forget", "retain"), lambda hp, kind: O.alterna
 register(Method("salun", _always("forget", "retain"), lambda hp, kind: O.weighted(
     forget=(1.0, O.permute_captions(O.contrastive("forget", kind), on="forget")),
     retain=(hp.retain_weight, O.contrastive("retain", kind))), prepare=_saliency_mask,
+    prepare_draws=("forget",),
     paper="SalUn, Fan et al. 2024: random relabeling (shuffled captions) on salient weights"))
 register(Method("ssd", _always("forget", "retain"), finalize=_dampen,
                 paper="Selective Synaptic Dampening, Foster et al. 2024"))

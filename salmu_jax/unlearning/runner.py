@@ -32,8 +32,9 @@ MAX_BUDGET = 1000.0  # Forget passes.
 
 
 def step_batches(budget: float, num_forget: int, names, forget_batch: int, retain_batch: int,
-                 multiple: int) -> dict:
-  """{source: pairs per step} of a run reading `names`. A budget worth less than one step
+                 multiple: int, prepare_draws=()) -> dict:
+  """{source: pairs per step} of a run reading `names`, whose `prepare` hook first draws
+  one batch of each of `prepare_draws`. A budget worth less than those draws and one step
   at the configured batches (a small deletion request) shrinks every batch in proportion,
   to multiples of `multiple` (the data-parallel size), so that the step it buys costs at
   most B x |forget| samples where the mesh allows; never under two pairs (a contrastive
@@ -41,9 +42,10 @@ def step_batches(budget: float, num_forget: int, names, forget_batch: int, retai
   batches = {"forget": forget_batch, "retain": retain_batch}
   batches = {name: batches[name] for name in names}
   allowed = budget * num_forget
-  if sum(batches.values()) <= allowed:
+  first = sum(batches.values()) + sum(batches[name] for name in prepare_draws)
+  if first <= allowed:
     return batches
-  scale, smallest = allowed / sum(batches.values()), multiple * math.ceil(2 / multiple)
+  scale, smallest = allowed / first, multiple * math.ceil(2 / multiple)
   return {name: min(size, max(smallest, int(size * scale) // multiple * multiple))
           for name, size in batches.items()}
 
@@ -287,7 +289,7 @@ class Unlearner:
                         f"sample; raise the budget")
     names = tuple(method.uses(hp))
     batch_sizes = step_batches(budget, num_forget, names, u.forget_batch, u.retain_batch,
-                               sharding.data_parallel_size(runtime.mesh))
+                               sharding.data_parallel_size(runtime.mesh), method.prepare_draws)
     batches = Batches(runtime, config, seed=config.seed, batch_sizes=batch_sizes,
                       forget_indices=indices)
     steps = budget_steps(budget, num_forget, sum(batch_sizes.values()))
