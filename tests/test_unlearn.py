@@ -461,9 +461,9 @@ def test_a_run_that_ends_non_finite_writes_nothing(compromised_run, micro_datase
   blow_up_every_update(monkeypatch)
   config = config_lib.load_config(config_path("micro"))
   out = tmp_path / "nan_run"
-  with pytest.raises(NonFiniteModel, match="the finetune model at budget 0.01 has non-finite "
+  with pytest.raises(NonFiniteModel, match="the finetune model at budget 0.1 has non-finite "
                                            "parameters.*nothing was written"):
-    runner.unlearn(config, "finetune", 0.01, compromised_run, str(out),
+    runner.unlearn(config, "finetune", 0.1, compromised_run, str(out),
                     dataset_dir=micro_dataset_dir, devices=jax.devices()[:1], show_progress=False)
   assert not out.exists() or not any(out.iterdir())
 
