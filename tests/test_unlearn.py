@@ -6,6 +6,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -308,8 +309,21 @@ def test_every_method_moves_in_its_expected_direction(name, compromised_run, mic
     assert after[0] < before[0], (name, before, after)
   if metadata["steps"]:
     per_step = sum(metadata[f"{n}_batch"] for n in metadata["reads"])
-    spent = metadata["samples_processed"]["total"] - metadata.get("saliency_samples", 0)
-    assert spent == metadata["steps"] * per_step <= budget * 64  # Within budget x 64 pairs.
+    total = metadata["samples_processed"]["total"]  # The saliency batch included.
+    assert total == metadata.get("saliency_samples", 0) + metadata["steps"] * per_step
+    assert total <= budget * 64  # Within budget x 64 pairs.
+
+
+def test_ssd_dampens_what_the_forget_data_uses_beyond_the_retain_data():
+  """I_f from the forget batches, I_D from the retain batches (not the other way round)."""
+  importances = {"forget": {"a": jnp.array([9.0]), "b": jnp.array([1.0])},
+                 "retain": {"a": jnp.array([0.1]), "b": jnp.array([1.0])}}
+  tools = types.SimpleNamespace(steps=1, squared_gradients=lambda names, count: importances)
+  trained = {"a": jnp.array([2.0]), "b": jnp.array([2.0])}
+  hp = config_lib.base_config().unlearn.ssd
+  params, details = methods.METHODS["ssd"].finalize(hp, tools, trained, trained, "softmax")
+  assert float(params["a"][0]) == pytest.approx(2.0 * hp.lam * 0.1 / 9.0)  # Dampened.
+  assert float(params["b"][0]) == 2.0 and details["weights_changed"] == 1  # Kept.
 
 
 def test_budget_arithmetic():

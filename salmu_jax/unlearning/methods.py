@@ -61,10 +61,11 @@ def _saliency_mask(hp, tools, params):
 
 def _dampen(hp, tools, original, trained, kind):
   """SSD: importances over the budget's batches (at most importance_batches of each).
-  The retain data stands in for the training data D (the forget pairs are a small share
-  of what Compromised trained on). An I_D averaging forget and retain batches alike bounds
-  I_f / I_D by 2, so alpha = 10 would select only weights where two forget draws
-  disagree: noise (docs/protocol.md §4)."""
+  The retain data stands in for the training data D, a departure from the paper (D holds
+  the forget pairs, about 13% of Compromised's samples at tiny, and the holdout personas,
+  which no method may read). An I_D averaging forget and retain batches alike bounds
+  I_f / I_D by 2 in expectation, so alpha = 10 would select only weights where two forget
+  draws disagree by over 5x (docs/protocol.md §4)."""
   count = max(min(hp.importance_batches, tools.steps), 1)
   importance = tools.squared_gradients(("forget", "retain"), count)
   params = T.selective_synaptic_dampening(trained, importance["retain"], importance["forget"],

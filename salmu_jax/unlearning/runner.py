@@ -300,8 +300,8 @@ class Unlearner:
       mask, prepared = method.prepare(hp, tools, state.params)
       details |= prepared
       # What the hook drew is spent: the steps get the rest of the budget (at least one).
-      steps = budget_steps(budget * num_forget - sum(batches.samples.values()), 1,
-                           sum(batch_sizes.values()))
+      steps = tools.steps = budget_steps(budget * num_forget - sum(batches.samples.values()), 1,
+                                         sum(batch_sizes.values()))
     if method.objective is not None:
       state, metrics = optimize(
           self.runtime, config, self._compiled, state, original.params, method.objective(hp, kind),
