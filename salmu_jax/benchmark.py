@@ -131,11 +131,6 @@ def resolve_budgets(budgets) -> list:
   return values
 
 
-def _as_json(drawn: list) -> list:
-  """Request schedules as JSON holds them: (identity, field) tuples as lists."""
-  return [[list(e) if isinstance(e, tuple) else e for e in entries] for entries in drawn]
-
-
 def run_dir_name(method: str, budget: float) -> str:
   return f"{method}_{budget:g}x"
 
@@ -362,7 +357,8 @@ class Benchmark:
     if not os.path.exists(path):
       return False
     saved = io_utils.read_json(path)
-    return "pair_strata" in saved and saved["requests"] == _as_json(self._drawn_requests()[0])
+    return "pair_strata" in saved and saved["requests"] == [
+        requests.as_json(entries) for entries in self._drawn_requests()[0]]
 
   def _draw_requests(self) -> None:
     drawn, x, x_label = self._drawn_requests()
@@ -374,7 +370,8 @@ class Benchmark:
     self._requested = None
     io_utils.write_json_atomic(os.path.join(self.mode_dir, REQUESTS_FILE), {
         "mode": self.mode, "seed": self.config.seed, "x": x, "x_label": x_label,
-        "requests": _as_json(drawn), "pairs": [len(r) for r in rows],
+        "requests": [requests.as_json(entries) for entries in drawn],
+        "pairs": [len(r) for r in rows],
         "pairs_so_far": [len(r) for r in so_far],
         # The report's bootstrap: the forget rows requested so far, and each forget pair's
         # persona and stratum (0: a whole identity's, 1: an association's).
@@ -447,7 +444,7 @@ class Benchmark:
       meta = io_utils.read_json(metadata)
       upstream = None if start_dir is None else io_utils.sha256_file(
           os.path.join(start_dir, runner.METADATA_FILE))
-      return (meta["request"]["entries"] == _as_json([self.request_entries(k)])[0]
+      return (meta["request"]["entries"] == requests.as_json(self.request_entries(k))
               and "from_unlearn_sha256" in meta and meta["from_unlearn_sha256"] == upstream)
 
     def write_result(result, unlearned):

@@ -46,10 +46,11 @@ def _numbers(result: dict, clean: dict, compromised: dict, thresholds) -> dict:
   (their main results, with their blocks of the same request), and raw."""
   # The verdict reads RetFail on the pairs requested so far, not on the whole forget split
   # (a method that forgets exactly a 10% request would read ineffective there).
-  side = lambda r: diagnosis.headlines(r) | {"1.1_RetFail": _side_mrr(r["request"], "requested")}
+  side = lambda r, flat: flat | {"1.1_RetFail": _side_mrr(r["request"], "requested")}
   flat = diagnosis.headlines(result)
-  normalized, verdict = diagnosis.normalize_and_diagnose(side(result), side(clean),
-                                                         side(compromised), thresholds)
+  normalized, verdict = diagnosis.normalize_and_diagnose(
+      side(result, flat), side(clean, diagnosis.headlines(clean)),
+      side(compromised, diagnosis.headlines(compromised)), thresholds)
   split = diagnosis.request_normalized(result["request"], clean["request"], compromised["request"])
   requested = split["requested"]
   unlearned = result["meta"]["unlearn"]

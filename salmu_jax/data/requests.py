@@ -57,6 +57,11 @@ def _entry(item, path):
   return identity(item)
 
 
+def as_json(entries: list) -> list:
+  """A request's entries as JSON holds them: (identity, field) pairs as lists."""
+  return [list(e) if isinstance(e, tuple) else e for e in entries]
+
+
 def resolve_request(dataset, entries: list, source: str = "the request") -> np.ndarray:
   """Indices into the forget split of the pairs `entries` names (sorted, unique)."""
   if not entries:

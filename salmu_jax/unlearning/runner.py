@@ -88,13 +88,11 @@ class Batches:
     # that are never used, on the cores the step needs.
     self._sources = {
         "forget": lambda: pipeline.forget_batches(
-            config, dataset, runtime.tokenizer, batch_sizes.get("forget", config.unlearn.forget_batch),
-            seed=seed, shard_index=index,
-            shard_count=count, indices=forget_indices),
+            config, dataset, runtime.tokenizer, batch_sizes["forget"], seed=seed,
+            shard_index=index, shard_count=count, indices=forget_indices),
         "retain": lambda: pipeline.training_batches(  # The retain mixture only.
             config, dataset, runtime.tokenizer, sources.retain_base_source(config.data),
-            batch_size=batch_sizes.get("retain", config.unlearn.retain_batch), seed=seed,
-            shard_index=index, shard_count=count),
+            batch_size=batch_sizes["retain"], seed=seed, shard_index=index, shard_count=count),
     }
     self._config, self._iterators = config, {}
     self.samples = {"forget": 0, "retain": 0}
@@ -257,9 +255,10 @@ class Unlearner:
     before anything runs. `start_dir`, a finished unlearning run,
     replaces Compromised as the model unlearned from, in every role: the first parameters,
     the frozen reference objectives read, and the original of one-shot methods; the run
-    records it as where it came from (`from`, and the sha256 of its unlearn.json). `while_saving(params, checkpoint metadata, step)` runs while the
-    checkpoint is written (the benchmark scores the model then, instead of reading it
-    back); with it, `run` returns (unlearn.json's content, its return value).
+    records it as where it came from (`from`, and the sha256 of its unlearn.json).
+    `while_saving(params, checkpoint metadata, step)` runs while the checkpoint is written
+    (the benchmark scores the model then, instead of reading it back); with it, `run`
+    returns (unlearn.json's content, its return value).
     """
     method = check_request(method_name, budget)
     self._check_output_dir(workdir)
@@ -356,7 +355,7 @@ class Unlearner:
         "from_unlearn_sha256": upstream,
         "dataset": runtime.dataset_identity, "allow_other_dataset": self.allow_other_dataset,
         "request": None if forget_request is None else {
-            "entries": [list(e) if isinstance(e, tuple) else e for e in forget_request],
+            "entries": requests.as_json(forget_request),
             "forget_pairs": num_forget},
     }
     if jax.process_index() == 0:
