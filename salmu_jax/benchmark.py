@@ -58,10 +58,16 @@ from salmu_jax.data import builder, layout, requests  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
 from salmu_jax.evaluation import attacks as attacks_lib, evaluator as evaluator_lib  # noqa: E402
 from salmu_jax.evaluation import registry  # noqa: E402
-from salmu_jax.training import loop, runtime as runtime_lib  # noqa: E402
+from salmu_jax.training import loop, memory as memory_lib, runtime as runtime_lib  # noqa: E402
 from salmu_jax.unlearning import methods as methods_lib, runner  # noqa: E402
 
 REFERENCES = ("compromised", "clean")  # Compromised first: its evaluation fixes the fragile set.
+# Unlearning by design (docs/protocol.md §7): key_deletion runs from a memory model trained
+# as Compromised is, and is judged against Clean and Compromised and against the memory
+# models' own references; MEMORY_REMOVED is Compromised-memory with every key deleted.
+BY_DESIGN = "key_deletion"
+MEMORY_REFERENCES = ("compromised_memory", "clean_memory")
+MEMORY_REMOVED = "memory_removed"
 RESULT_FILE = "result.json"
 CHECK_FAILED_EXIT_CODE = 3  # A soundness check failed: the references cannot be trusted.
 CONFIG_FILE = "config.json"  # The config the stages were run with.
@@ -157,6 +163,12 @@ class Benchmark:
     # A request mode runs every method once per request: its own, smaller defaults.
     main = self.mode == "salmubench"
     self.methods = resolve_methods(methods if methods is not None else bench.methods)
+    if not main and BY_DESIGN in self.methods:
+      if (methods if methods is not None else bench.methods).strip() != "all":
+        raise ConfigError(f"{BY_DESIGN} runs in --mode=salmubench only: the request modes "
+                          f"have no memory references yet")
+      self.methods.remove(BY_DESIGN)
+    self.by_design = BY_DESIGN in self.methods
     self.budgets = resolve_budgets(budgets if budgets is not None else
                                    bench.budgets if main else bench.request_budgets)
     seeds = seeds if seeds is not None else bench.seeds if main else bench.request_seeds
@@ -165,7 +177,7 @@ class Benchmark:
     if not self.seeds:
       raise ConfigError(f"--seeds={seeds} must be at least 1")
     self.dataset_dir = os.path.join(self.workdir, layout.DATASET_DIRNAME)
-    self._evaluator, self._unlearner = None, None
+    self._evaluator, self._memory_evaluator, self._unlearner = None, None, None
     self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
     self._ran_inline = {}  # Stage name -> seconds: done inside the stage before it.
     self._requested = None  # A request mode's forget rows requested so far, per request.
@@ -176,9 +188,10 @@ class Benchmark:
   def seed_dir(self, seed: int) -> str:
     return os.path.join(self.workdir, f"seed_{seed}")
 
-  def seed_config(self, seed: int, reference: str = "compromised"):
+  def seed_config(self, seed: int, reference: str = "compromised", memory: bool = False):
     config = self.config.copy_and_resolve_references()
     config.seed, config.reference = seed, reference
+    config.model.memory.enabled = memory
     return config
 
   # Shared objects.
@@ -198,13 +211,34 @@ class Benchmark:
         self._evaluator.use_fragile_set(ids, self.fragile_source)
     return self._evaluator
 
-  def unlearner(self, seed: int) -> runner.Unlearner:
-    """The seed's Compromised, restored once (one seed held at a time)."""
-    if self._unlearner is None or self._unlearner[0] != seed:
-      self._unlearner = (seed, runner.Unlearner(
-          self.seed_config(seed), os.path.join(self.seed_dir(seed), "compromised"),
-          runtime=self.evaluator.runtime, compiled=self._compiled_steps))
+  @property
+  def memory_evaluator(self) -> evaluator_lib.Evaluator:
+    """The evaluator of the memory models (their own shapes), with the same fragile set."""
+    if self._memory_evaluator is None:
+      config = self.seed_config(self.config.seed, memory=True)
+      self._memory_evaluator = evaluator_lib.Evaluator(
+          runtime_lib.setup(config, self.workdir, self.dataset_dir, self.devices))
+      self._memory_evaluator.use_fragile_set(self.evaluator.fragile_ids,
+                                             self.evaluator.fragile_source)
+    return self._memory_evaluator
+
+  def evaluator_for(self, method_or_reference: str) -> evaluator_lib.Evaluator:
+    memory = method_or_reference in (BY_DESIGN, MEMORY_REMOVED) + MEMORY_REFERENCES
+    return self.memory_evaluator if memory else self.evaluator
+
+  def unlearner(self, seed: int, memory: bool = False) -> runner.Unlearner:
+    """The seed's Compromised (or Compromised-memory), restored once (one held at a time)."""
+    if self._unlearner is None or self._unlearner[0] != (seed, memory):
+      reference = "compromised_memory" if memory else "compromised"
+      runtime = (self.memory_evaluator if memory else self.evaluator).runtime
+      self._unlearner = ((seed, memory), runner.Unlearner(
+          self.seed_config(seed, memory=memory), os.path.join(self.seed_dir(seed), reference),
+          runtime=runtime, compiled=self._compiled_steps))
     return self._unlearner[1]
+
+  def method_budgets(self, method: str) -> list:
+    """Key deletion costs nothing at any budget: it runs once, at the smallest."""
+    return self.budgets[:1] if method == BY_DESIGN else self.budgets
 
   def scored(self, path: str, attacks=None) -> bool:
     """Does the result at `path` exist, scored as this benchmark scores (the membership
@@ -233,15 +267,23 @@ class Benchmark:
         stages.append(self._reference_eval_stage(seed, reference))
     if self.mode != "salmubench":
       return stages + self._request_mode_stages()
+    if self.by_design:
+      for seed in self.seeds:
+        for reference in MEMORY_REFERENCES:
+          stages.append(self._train_stage(seed, reference))
+        for reference in MEMORY_REFERENCES:
+          stages.append(self._reference_eval_stage(seed, reference))
+        stages.append(self._memory_removed_stage(seed))
     for seed in self.seeds:
       for method in self.methods:
-        for budget in self.budgets:
+        for budget in self.method_budgets(method):
           stages += self._method_stages(seed, method, budget)
     return stages
 
   def _train_stage(self, seed, reference) -> Stage:
     run_dir = os.path.join(self.seed_dir(seed), reference)
-    config = self.seed_config(seed, reference)
+    config = self.seed_config(seed, reference.removesuffix("_memory"),
+                              memory=reference in MEMORY_REFERENCES)
 
     def done():
       return os.path.exists(run_dir + ".json") or \
@@ -257,8 +299,8 @@ class Benchmark:
 
     def run():
       recompute = out == self.fragile_source
-      result = self.evaluator.score_checkpoint(run_dir, recompute_fragile=recompute,
-                                               attacks=self.attacks, show_progress=self.progress)
+      result = self.evaluator_for(reference).score_checkpoint(
+          run_dir, recompute_fragile=recompute, attacks=self.attacks, show_progress=self.progress)
       result["meta"]["training_seed"] = seed
       io_utils.write_json_atomic(out, result)
       if recompute:  # Named by the file that holds it, as a resumed run names it.
@@ -268,6 +310,24 @@ class Benchmark:
     # mode scored them (any attacks) instead of scoring them again with its own.
     attacks = None if self.mode == "salmubench" else "any"
     return Stage(f"seed {seed}: evaluate {reference}", lambda: self.scored(out, attacks), run)
+
+  def _memory_removed_stage(self, seed) -> Stage:
+    """Compromised-memory with every key deleted: what its weights alone still carry."""
+    out = os.path.join(self.seed_dir(seed), f"{MEMORY_REMOVED}.json")
+
+    def run():
+      unlearner = self.unlearner(seed, memory=True)
+      params = unlearner.original.params
+      removed = memory_lib.delete_rows(params, np.arange(len(params["memory"]["valid"][...])))
+      clean, compromised = (io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json"))
+                            for r in ("clean", "compromised"))
+      result = self.memory_evaluator.score(removed, clean=clean, compromised=compromised,
+                                           attacks=self.attacks, show_progress=self.progress)
+      result["meta"] = {"training_seed": seed, "model": MEMORY_REMOVED,
+                        "from": os.path.join(self.seed_dir(seed), "compromised_memory")}
+      io_utils.write_json_atomic(out, result)
+
+    return Stage(f"seed {seed}: evaluate {MEMORY_REMOVED}", lambda: self.scored(out), run)
 
   def _method_stages(self, seed, method, budget) -> list:
     run_dir = os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
@@ -291,9 +351,9 @@ class Benchmark:
       if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
         shutil.rmtree(run_dir)
       clean, compromised = references()
-      unlearned, result = self.unlearner(seed).run(
+      unlearned, result = self.unlearner(seed, memory=method == BY_DESIGN).run(
           method, budget, run_dir, show_progress=self.progress,
-          while_saving=lambda params, saved, step: self.evaluator.score_saved(
+          while_saving=lambda params, saved, step: self.evaluator_for(method).score_saved(
               run_dir, params, saved, step, clean=clean, compromised=compromised,
               attacks=self.attacks, show_progress=self.progress))
       write_result(result, unlearned)  # After unlearn.json: a finished model only.
@@ -301,10 +361,9 @@ class Benchmark:
 
     def run_eval():  # A resumed run whose model was saved but not yet scored.
       clean, compromised = references()
-      write_result(self.evaluator.score_checkpoint(run_dir, clean=clean, compromised=compromised,
-                                                   attacks=self.attacks,
-                                                   show_progress=self.progress),
-                   io_utils.read_json(metadata))
+      write_result(self.evaluator_for(method).score_checkpoint(
+          run_dir, clean=clean, compromised=compromised, attacks=self.attacks,
+          show_progress=self.progress), io_utils.read_json(metadata))
 
     return [Stage(f"{label} unlearn", lambda: os.path.exists(metadata), run_unlearn),
             Stage(eval_stage, lambda: self.scored(out), run_eval)]
@@ -583,10 +642,16 @@ class Benchmark:
     clean = [read(self.seed_dir(s), "clean.json") for s in self.seeds]
     compromised = [read(self.seed_dir(s), "compromised.json") for s in self.seeds]
     runs = {(m, b): [read(self.seed_dir(s), run_dir_name(m, b), RESULT_FILE) for s in self.seeds]
-            for m in self.methods for b in self.budgets}
+            for m in self.methods for b in self.method_budgets(m)}
     board = report.leaderboard(clean, compromised, runs, self.config.eval,
                                self.config.benchmark.rank_confidence)
     checks = report.soundness_checks(board, self.config.benchmark)
+    if self.by_design:
+      board["by_design"] = report.by_design(
+          clean, compromised, *([read(self.seed_dir(s), f"{r}.json") for s in self.seeds]
+                                for r in MEMORY_REFERENCES + (MEMORY_REMOVED,)),
+          runs[(BY_DESIGN, self.budgets[0])], self.budgets[0], self.config.eval,
+          self._training_seconds())
     for row in board["rows"]:
       unlearned = [r["meta"]["unlearn"] for r in runs[(row["method"], row["budget"])]]
       row["paper"] = methods_lib.METHODS[row["method"]].paper
@@ -602,6 +667,12 @@ class Benchmark:
     io_utils.write_bytes_atomic(os.path.join(self.workdir, "report.html"), report.report_html(
         board, checks, meta, sheet, self.stages_log).encode())
     return leaderboard
+
+  def _training_seconds(self) -> dict:
+    """{reference: [seconds per seed]} of the training stages (this run's or an earlier's)."""
+    log = {entry["stage"]: entry["ran_seconds"] for entry in self.stages_log}
+    return {reference: [log.get(f"seed {seed}: train {reference}") for seed in self.seeds]
+            for reference in REFERENCES + MEMORY_REFERENCES}
 
   def write_request_reports(self, wall_seconds: float) -> dict:
     """MODE/leaderboard.json / .md and report.html of a request mode, from its result

@@ -21,6 +21,7 @@ REFERENCE_MODELS = ("clean", "compromised")
 LOSS_KINDS = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16")
 ACTIVATIONS = ("gelu", "quick_gelu")
+MEMORY_TRAINS = ("memory", "shared")
 
 # OpenCLIP's shapes (model_configs/ViT-*.json), so released weights import exactly.
 MODEL_SIZES = {
@@ -52,6 +53,19 @@ def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
   model = ml_collections.ConfigDict(dict(
       size=preset, **MODEL_SIZES[preset], vision_mlp_ratio=4.0, text_mlp_ratio=4.0,
       activation="gelu", dtype="bfloat16", remat=False, init_logit_bias=-10.0))
+  # A key-value memory of the personal training pairs (unlearning by design, MUNKEY's
+  # idea; docs/protocol.md §7): one row per pair of the sensitive and retain_synth splits,
+  # keys written from the trained towers, values learned; forgetting = key deletion.
+  model.memory = ml_collections.ConfigDict(dict(
+      enabled=False,
+      # Retrieval: softmax over the valid keys whose cosine to the query's content address
+      # is at least min_similarity, at this temperature, beside a null row (value 0) there.
+      temperature=0.01, min_similarity=0.95,
+      # Values move this many times faster than the weights (model.clip.Memory).
+      value_scale=32.0,
+      # What the pairs held in memory train: "memory" (their values only: the weights
+      # learn from the rest, SILO's split) or "shared" (the weights too).
+      trains="memory"))
   model.update(overrides)
   return model
 
@@ -159,7 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
   unlearn.salun = ml_collections.ConfigDict(dict(sparsity=0.5, retain_weight=1.0))
   unlearn.ssd = ml_collections.ConfigDict(dict(alpha=10.0, lam=1.0, importance_batches=8))
   unlearn.task_vector = ml_collections.ConfigDict(dict(alpha=1.0))
-  for name in ("finetune", "shuffled_captions", "generic_captions", "direct_sim_min", "delete"):
+  for name in ("finetune", "shuffled_captions", "generic_captions", "direct_sim_min", "delete",
+               "key_deletion"):
     unlearn[name] = ml_collections.ConfigDict()  # No hyperparameters beyond the shared ones.
 
   evaluation = config.eval = ml_collections.ConfigDict()
@@ -353,6 +368,16 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name in ("embed_dim", "patch_size"):
     _require(isinstance(model[name], int) and model[name] >= 1,
              f"model.{name}={model[name]!r} must be a positive integer")
+  memory = model.memory
+  _require(isinstance(memory.enabled, bool), f"model.memory.enabled={memory.enabled!r} must be a bool")
+  _require(_finite(memory.temperature) and memory.temperature > 0,
+           f"model.memory.temperature={memory.temperature} must be a positive number")
+  _require(_finite(memory.min_similarity) and -1 < memory.min_similarity < 1,
+           f"model.memory.min_similarity={memory.min_similarity} must lie strictly between -1 and 1")
+  _require(_finite(memory.value_scale) and memory.value_scale > 0,
+           f"model.memory.value_scale={memory.value_scale} must be a positive number")
+  _require(memory.trains in MEMORY_TRAINS,
+           f"model.memory.trains={memory.trains!r} is not one of {MEMORY_TRAINS}")
   for name in ("vision_mlp_ratio", "text_mlp_ratio"):
     if name in model:
       _require(_finite(model[name]) and model[name] > 0,

@@ -24,14 +24,17 @@ class Encoders:
   mesh: jax.sharding.Mesh
 
 
-def make_encoders(graphdef, param_shardings, mesh) -> Encoders:
+def make_encoders(graphdef, param_shardings, mesh, image: str = "encode_image",
+                  text: str = "encode_text") -> Encoders:
+  """`image` / `text`: the model's methods to jit (a memory model's `image_query` /
+  `text_query` are its towers without the memory)."""
   batch = sharding.batch_sharding(mesh)
 
   def encode_image(params, images):
-    return nnx.merge(graphdef, params).encode_image(images)
+    return getattr(nnx.merge(graphdef, params), image)(images)
 
   def encode_text(params, tokens):
-    return nnx.merge(graphdef, params).encode_text(tokens)
+    return getattr(nnx.merge(graphdef, params), text)(tokens)
 
   jit = lambda f: jax.jit(f, in_shardings=(param_shardings, batch), out_shardings=batch)
   return Encoders(jit(encode_image), jit(encode_text), mesh)

@@ -414,6 +414,8 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
   lines += ["", "## Privacy leakage and attacks on forgetting", "", PRIVACY_NOTE, ""]
   lines += markdown_table(*privacy_rows(board))
   lines += [attack_cost_line(board, meta), ""]
+  if "by_design" in board:
+    lines += by_design_markdown(board["by_design"])
   lines += ["", "## Soundness checks", "",
             f"Reference checks hold on every seed separately ({seeds} seed{'s' * (seeds > 1)}).",
             "", "| check | value | passed |", "|---|---|---|"]
@@ -645,3 +647,94 @@ def _seconds(value) -> str:
 def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
+
+
+# Unlearning by design (docs/protocol.md §7): the numbers its section shows for each model.
+BY_DESIGN_COLUMNS = {"1.1_RetFail": "RetFail MRR", "retrieval/holdout_identity": "holdout_identity MRR",
+                     "retrieval/holdout_association": "holdout_association MRR",
+                     "2.1_GenKnow": "GenKnow", "privacy/pair": "pair AUC",
+                     "relearn/after/retfail_mrr": "RetFail after relearn"}
+BY_DESIGN_KEPT = ("retrieval/holdout_identity", "retrieval/holdout_association", "2.1_GenKnow")
+BY_DESIGN_EFFICACY_AT_LEAST, BY_DESIGN_KEPT_AT_LEAST = 0.9, 0.95
+
+
+def by_design(clean: list, compromised: list, compromised_memory: list, clean_memory: list,
+              memory_removed: list, key_deletion: list, budget: float, thresholds,
+              training_seconds: dict) -> dict:
+  """Key deletion judged against Clean and Compromised, and against the memory models' own
+  references; the memory removed altogether (what the weights still carry); the design's
+  cost (Compromised-memory against Compromised); and issue 22's targets as checks."""
+  runs = {(name, budget): results for name, results in (("key_deletion", key_deletion),
+                                                        ("memory_removed", memory_removed))}
+  standard = leaderboard(clean, compromised, runs, thresholds)
+  own = leaderboard(clean_memory, compromised_memory, runs, thresholds)
+  models = {name: standard["references"][name] for name in ("clean", "compromised")}
+  models |= {f"{name}_memory": own["references"][name] for name in ("clean", "compromised")}
+  by_row = lambda board: {row["method"]: row for row in board["rows"]}
+  rows, own_rows = by_row(standard), by_row(own)
+  models |= {name: rows[name]["metrics"] for name in ("key_deletion", "memory_removed")}
+  mean = lambda name, key: models[name][key]["mean"] if key in models[name] else float("nan")
+  deleted = rows["key_deletion"]
+  ratio = lambda a, b: a / b if b else float("nan")  # NaN fails its check, as it should.
+  kept = {key: ratio(mean("key_deletion", key), mean("compromised_memory", key))
+          for key in BY_DESIGN_KEPT}
+  privleak = deleted["normalized"]["privleak"].get("pair", float("nan"))
+  efficacy = deleted["normalized"]["efficacy"]["1.1_RetFail"]
+  checks = [
+      {"name": "key deletion's RetFail efficacy (0 = Compromised, 1 = Clean)",
+       "value": round(efficacy, 3), "target": f">= {BY_DESIGN_EFFICACY_AT_LEAST}",
+       "passed": bool(efficacy >= BY_DESIGN_EFFICACY_AT_LEAST)},
+      *({"name": f"{key} kept, of Compromised-memory's", "value": round(kept[key], 3),
+         "target": f">= {BY_DESIGN_KEPT_AT_LEAST}", "passed": bool(kept[key] >= BY_DESIGN_KEPT_AT_LEAST)}
+        for key in BY_DESIGN_KEPT),
+      {"name": "pair PrivLeak against Clean (%)", "value": round(privleak, 1),
+       "target": f"within ±{privacy.PRIVLEAK_BAND:g}",
+       "passed": bool(abs(privleak) <= privacy.PRIVLEAK_BAND)}]
+  seconds = {name: spread([s for s in values if s is not None]) if any(
+      s is not None for s in values) else None for name, values in training_seconds.items()}
+  return {"budget": budget, "models": models, "checks": checks,
+          "against_clean": {name: {k: rows[name][k] for k in ("normalized", "scores", "label")}
+                            for name in rows},
+          "against_memory_references": {name: {k: own_rows[name][k] for k in
+                                               ("normalized", "scores", "label")}
+                                        for name in own_rows},
+          "cost": {key: ratio(mean("compromised_memory", key), mean("compromised", key))
+                   for key in BY_DESIGN_KEPT},
+          "training_seconds": seconds}
+
+
+BY_DESIGN_MODELS = (("compromised", "Compromised"), ("clean", "Clean"),
+                    ("compromised_memory", "Compromised-memory"), ("clean_memory", "Clean-memory"),
+                    ("key_deletion", "key deletion"),
+                    ("memory_removed", "Compromised-memory, memory removed"))
+
+
+def by_design_markdown(section: dict) -> list:
+  header = ["model"] + list(BY_DESIGN_COLUMNS.values()) + [
+      "RetFail efficacy vs Clean", "vs Clean-memory", "label vs Clean", "label vs memory refs"]
+  rows = []
+  for name, label in BY_DESIGN_MODELS:
+    metrics = section["models"][name]
+    verdict = section["against_clean"].get(name)
+    own = section["against_memory_references"].get(name)
+    rows.append([label] + [cell(metrics[k]) if k in metrics else "n/a" for k in BY_DESIGN_COLUMNS]
+                + ([f"{verdict['normalized']['efficacy']['1.1_RetFail']:.2f}",
+                    f"{own['normalized']['efficacy']['1.1_RetFail']:.2f}",
+                    verdict["label"], own["label"]] if verdict else ["", "", "", ""]))
+  cost = ", ".join(f"{BY_DESIGN_COLUMNS[k]} {v:.3f}" for k, v in section["cost"].items())
+  seconds = section["training_seconds"]
+  timing = "; ".join(f"{name} {s['mean']:.0f} s" for name, s in seconds.items() if s)
+  lines = ["", "## Unlearning by design: key deletion in a memory CLIP", "",
+           "Key deletion deletes the forget pairs' rows of a key-value memory (no weight "
+           "changes, no data read; docs/protocol.md §7). Compromised-memory and Clean-memory "
+           "are trained like Compromised and Clean with the memory; *memory removed* is "
+           "Compromised-memory with every key deleted: what its weights alone still carry. "
+           "Efficacy: 0 = the upper reference, 1 = the lower one (Compromised and Clean, or "
+           "the memory references).", ""]
+  lines += markdown_table(header, rows)
+  lines += ["", f"The design's cost, Compromised-memory over Compromised: {cost}. "
+                f"Training time per seed: {timing or 'not measured'}.", "",
+            "| target | value | passed |", "|---|---|---|"]
+  lines += [f"| {c['name']} {c['target']} | {c['value']} | {'yes' if c['passed'] else 'NO'} |"
+            for c in section["checks"]]
+  return lines

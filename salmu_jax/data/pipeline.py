@@ -19,6 +19,19 @@ from salmu_jax.errors import ConfigError, DatasetError
 SOURCE_IDS = {"retain_base": 0, "retain_synth": 1, "sensitive": 2}
 SOURCE_SPLITS = {"retain_synth": splits.RETAIN_SYNTH_SPLITS,
                  "sensitive": splits.TRAINED_SENSITIVE_SPLITS}
+# A memory model's rows (model.clip.Memory): the personal training pairs, in this order, so
+# that a forget pair's row is its index in the forget split.
+MEMORY_SPLITS = splits.TRAINED_SENSITIVE_SPLITS + splits.RETAIN_SYNTH_SPLITS
+
+
+def memory_offsets(dataset) -> dict:
+  """{split: its first memory row} for the splits a memory holds."""
+  sizes = np.cumsum([0] + [len(dataset.splits[s]) for s in MEMORY_SPLITS])
+  return {split: int(offset) for split, offset in zip(MEMORY_SPLITS, sizes)}
+
+
+def memory_rows(dataset) -> int:
+  return sum(len(dataset.splits[s]) for s in MEMORY_SPLITS)
 
 
 class ConcatSource:
@@ -60,10 +73,25 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, crop_scale_min: f
   return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _example(image, caption, tokenizer, size, source_id, record_id=-1, identity=-1):
+def _example(image, caption, tokenizer, size, source_id, record_id=-1, identity=-1,
+             memory_row=-1):
   return {"image": fit_image(image, size), "tokens": tokenizer.encode([caption])[0],
           "source": np.int32(source_id), "record_id": np.int64(record_id),
-          "identity": np.int32(identity)}
+          "identity": np.int32(identity), "memory_row": np.int32(memory_row)}
+
+
+class _WithMemoryRow:
+  """A split's records with their memory row (-1: a split no memory holds)."""
+
+  def __init__(self, source, first_row):
+    self._source, self._first_row = source, first_row
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int):
+    row = -1 if self._first_row is None else self._first_row + index
+    return self._source[index], row
 
 
 class SubsetSource:
@@ -84,14 +112,16 @@ def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_ke
   """Stored SALMU-synth records of `split_names` as model examples, in record order;
   `with_generic` adds each record's generic caption as `generic_tokens`; `indices`
   keeps only those records (of the concatenated splits)."""
-  def to_example(raw):
+  def to_example(item):
+    raw, row = item
     record = layout.decode_record(raw)
     example = _example(record["image"], record[caption_key], tokenizer, size, source_id,
-                       record["record_id"], record["identity"])
+                       record["record_id"], record["identity"], row)
     if with_generic:
       example["generic_tokens"] = tokenizer.encode([record["generic_caption"]])[0]
     return example
-  source = ConcatSource(dataset.splits[s] for s in split_names)
+  offsets = memory_offsets(dataset)
+  source = ConcatSource(_WithMemoryRow(dataset.splits[s], offsets.get(s)) for s in split_names)
   if indices is not None:
     source = SubsetSource(source, indices)
   return grain.MapDataset.source(source).map(to_example)

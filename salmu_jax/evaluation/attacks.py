@@ -62,7 +62,11 @@ def parse_attacks(spec) -> tuple:
 SCALE_SHARED_OVER = {
     "qkv_kernel": (0,), "out_kernel": (0, 1), "fc_kernel": (0,), "proj_kernel": (0,),
     "patch_kernel": (0, 1, 2), "proj": (0,), "text_projection": (0,),
-    "token_embedding": (1,), "positional_embedding": (1,)}
+    "token_embedding": (1,), "positional_embedding": (1,),
+    "values": (1,)}  # A memory model's values (model.clip.Memory): one scale per row.
+# A memory's keys are its index (the towers' embeddings of the stored pairs), not weights
+# a deployment quantizes: kept in float32 like the norms.
+KEPT_FLOAT32 = ("image_keys", "text_keys")
 
 
 def quantize_array(weight: jax.Array, bits: int, shared_over: tuple) -> jax.Array:
@@ -92,7 +96,7 @@ def quantization_axes(params) -> list:
                           f"{jnp.shape(leaf)} does not have the axes {shared} that "
                           f"quantization shares a scale over")
       axes.append(shared)
-    elif jnp.ndim(leaf) >= 2 and not name.endswith("bias"):
+    elif jnp.ndim(leaf) >= 2 and not name.endswith("bias") and name not in KEPT_FLOAT32:
       raise ConfigError(f"parameter {jax.tree_util.keystr(path)} of shape {jnp.shape(leaf)} "
                         f"has no quantization rule in attacks.SCALE_SHARED_OVER")
     else:

@@ -6,6 +6,9 @@ pooling, projection. Text: token and position embeddings, causal pre-norm blocks
 ln_final, pooling at the end-of-text token (the largest id, as in OpenCLIP),
 projection. A learnable logit scale, and a logit bias for the sigmoid loss.
 
+With `cfg.memory.enabled`, a key-value memory of the personal training pairs sits after
+both towers (`Memory`): forgetting a pair is deleting its key (docs/protocol.md §7).
+
 Every parameter carries logical axis names (`salmu_jax/model/sharding.py` maps
 them to mesh axes); nothing here knows about devices. Parameters are float32;
 `dtype` is the compute dtype (bf16 on accelerators), applied at use.
@@ -197,23 +200,134 @@ def normalize(x):
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
 
 
+ADDRESS_POOL = 16  # Images are addressed by their 16 x 16 average-pooled pixels (or 8 x 8).
+
+
+def _address_vectors(seed: int, ids, dim: int):
+  """A fixed random Gaussian vector per integer id (token id, pixel index), [.., dim]."""
+  key = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (dim,)))(
+      ids.reshape(-1)).reshape(*ids.shape, dim)
+
+
+def image_address(images, dim: int):
+  """Content address of images [B, H, W, 3]: a fixed random projection of their pooled,
+  centred pixels, normalized. Depends on no weight: an exact copy of a stored image has
+  cosine 1 with its key; other images, photos of the same person included, less."""
+  x = images.astype(jnp.float32) / 255.0
+  b, h, w, c = x.shape
+  side = ADDRESS_POOL if h % ADDRESS_POOL == 0 and w % ADDRESS_POOL == 0 else 8  # 8 | size.
+  x = x.reshape(b, side, h // side, side, w // side, c).mean(axis=(2, 4)).reshape(b, -1)
+  x = x - x.mean(axis=1, keepdims=True)
+  projection = _address_vectors(1, jnp.arange(x.shape[1]), dim)
+  return normalize(x @ projection)
+
+
+def text_address(tokens, dim: int):
+  """Content address of token rows [B, L]: the sum of a fixed random vector per token id
+  (padding, id 0, excluded), normalized; the same caption at any padding length gives the
+  same address."""
+  vectors = _address_vectors(2, tokens, dim) * (tokens > 0)[..., None]
+  return normalize(vectors.sum(axis=1))
+
+
+class Memory(nnx.Module):
+  """One row per personal training pair: an image key and a text key (the pair's content
+  addresses, `image_address` / `text_address`, written after training), a learned value in
+  the joint space shared by both towers, and `valid` (1.0 / 0.0; deletion sets 0).
+
+  A query reads softmax(q K^T / tau + log valid) over the keys within `min_similarity`
+  of it, beside a null row of value 0 at `min_similarity`: a query far from every key
+  reads nothing, and deleting a key changes only the queries that key was within
+  `min_similarity` of (the others' weights are bit-identical). Keys and `valid` are
+  read through stop_gradient: only values learn. Rows shard over the `memory` axis.
+  """
+
+  def __init__(self, rows: int, dim: int, temperature: float, min_similarity: float,
+               value_scale: float):
+    zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+    self.image_keys = _param(zeros(rows, dim), ("memory", "joint"))
+    self.text_keys = _param(zeros(rows, dim), ("memory", "joint"))
+    # Stored divided by value_scale: a row's gradient is non-zero only on the steps its pair
+    # is in the batch (a few tens in a run), the weights' on every step, and Adam moves
+    # each parameter about one learning rate per step, so values move value_scale x faster.
+    self.values = _param(zeros(rows, dim), ("memory", "joint"))
+    self.valid = _param(zeros(rows), ("memory",))
+    self.temperature, self.min_similarity = temperature, min_similarity
+    self.value_scale = value_scale
+
+  def _values(self):
+    return self.value_scale * self.values[...]
+
+  def weights(self, query, keys):
+    """[B, rows] read weights of normalized queries [B, D] (rows beyond reach: exactly 0)."""
+    similarity = query @ jax.lax.stop_gradient(keys).T
+    reach = (jax.lax.stop_gradient(self.valid[...]) > 0.5) & (similarity >= self.min_similarity)
+    logits = jnp.where(reach, similarity / self.temperature, -jnp.inf)
+    null = jnp.full((query.shape[0], 1), self.min_similarity / self.temperature, logits.dtype)
+    return jax.nn.softmax(jnp.concatenate([null, logits], axis=1), axis=1)[:, 1:]
+
+  def read(self, query, keys):
+    return self.weights(query, keys) @ self._values()
+
+  def lookup(self, rows):
+    """Training's read: each pair's own value (rows -1, pairs not held, read 0)."""
+    held = (rows >= 0)[:, None]
+    return jnp.where(held, jnp.take(self._values(), jnp.maximum(rows, 0), axis=0), 0.0)
+
+
 class CLIP(nnx.Module):
   """encode_image / encode_text return L2-normalized float32 embeddings."""
 
   def __init__(self, cfg, *, image_size: int, vocab_size: int, context_length: int,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, memory_rows: int = 0):
     self.visual = VisionTower(cfg, image_size, rngs)
     self.text = TextTower(cfg, vocab_size, context_length, rngs)
     self.logit_scale = _param(jnp.asarray(math.log(1 / 0.07), jnp.float32), ())
     self.logit_bias = _param(jnp.asarray(cfg.init_logit_bias, jnp.float32), ())
     self.dtype = jnp.dtype(cfg.dtype)
+    memory = cfg.get("memory")
+    if memory is not None and memory.enabled:
+      if memory_rows < 1:
+        raise ValueError(f"model.memory is enabled but memory_rows={memory_rows}: the "
+                         f"memory needs the number of personal training pairs")
+      self.memory = Memory(memory_rows, cfg.embed_dim, memory.temperature,
+                           memory.min_similarity, memory.value_scale)
+      self.memory_trains = memory.trains
+    else:
+      self.memory = None
 
-  def encode_image(self, images):
-    return normalize(self.visual(images, self.dtype))
+  def image_address(self, images):
+    """What the memory is keyed and queried by (`image_address`); no weight involved."""
+    return image_address(images, self.memory.values.shape[1])
 
-  def encode_text(self, tokens):
-    return normalize(self.text(tokens, self.dtype))
+  def text_address(self, tokens):
+    return text_address(tokens, self.memory.values.shape[1])
 
-  def __call__(self, images, tokens):
-    return (self.encode_image(images), self.encode_text(tokens), self.logit_scale[...],
-            self.logit_bias[...])
+  def _with_memory(self, tower, address, keys, memory_rows):
+    tower = normalize(tower)
+    if self.memory is None:
+      return tower
+    if memory_rows is None:
+      return normalize(tower + self.memory.read(address(), keys[...]))
+    # Training: held pairs read their own value; with trains="memory" their loss reaches
+    # the values only, so the weights learn from the pairs not held.
+    if self.memory_trains == "memory":
+      tower = jnp.where((memory_rows >= 0)[:, None], jax.lax.stop_gradient(tower), tower)
+    return normalize(tower + self.memory.lookup(memory_rows))
+
+  def encode_image(self, images, memory_rows=None):
+    keys = None if self.memory is None else self.memory.image_keys
+    return self._with_memory(self.visual(images, self.dtype), lambda: self.image_address(images),
+                             keys, memory_rows)
+
+  def encode_text(self, tokens, memory_rows=None):
+    keys = None if self.memory is None else self.memory.text_keys
+    return self._with_memory(self.text(tokens, self.dtype), lambda: self.text_address(tokens),
+                             keys, memory_rows)
+
+  def __call__(self, images, tokens, memory_rows=None):
+    """`memory_rows` [B] (training only): each pair's memory row, -1 for pairs not held;
+    None: the memory is read by similarity, as at evaluation."""
+    return (self.encode_image(images, memory_rows), self.encode_text(tokens, memory_rows),
+            self.logit_scale[...], self.logit_bias[...])

@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES = {
     "length": None,
     "patch": None,
     "channels": None,
+    "memory": "fsdp",  # Memory rows (one per personal training pair) shard like weights.
 }
 
 

@@ -18,8 +18,8 @@ import jax
 from salmu_jax import checkpointing, embed, io_utils, progress
 from salmu_jax.data import layout, pipeline, scenes, sources, splits
 from salmu_jax.errors import NonFiniteLoss, Preempted, non_finite_leaves
-from salmu_jax.model import sharding
-from salmu_jax.training import runtime as runtime_lib
+from salmu_jax.model import factory, sharding
+from salmu_jax.training import memory as memory_lib, runtime as runtime_lib
 from salmu_jax.training.step import check_loss, pretraining_step
 
 
@@ -76,6 +76,9 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> 
                                       mixture=mixture, shard_index=process_index,
                                       shard_count=process_count)
   iterator = pipeline.iterate(batches, config)
+  # A memory model's pairs read their own memory row while training (model.clip.Memory).
+  memory = factory.has_memory(config)
+  batch_keys = ("image", "tokens") + (("memory_row",) if memory else ())
 
   # State: restored from the latest checkpoint, else initialized from the seed.
   state, meta, _ = checkpointing.restore(workdir, runtime.abstract_state(),
@@ -134,11 +137,13 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> 
       for step in range(start, end):
         local = next(iterator)
         global_batch = {k: jax.make_array_from_process_local_data(batch_sharding, local[k])
-                        for k in ("image", "tokens")}
+                        for k in batch_keys}
         state, metrics = step_fn(state, None, {"train": global_batch})
         pending.append((step + 1, metrics))
         window_steps += 1
         done = step + 1
+        if done == train_cfg.steps and memory:  # Before the last evaluation and checkpoint.
+          state = memory_lib.write_keys(state, runtime, mixture, config.eval.batch_size)
         stopping = preempted()  # Then log, checkpoint and leave after this step.
         if done % train_cfg.log_every == 0 or done == end or stopping:
           jax.block_until_ready(metrics)  # Dispatch is asynchronous: time finished steps.

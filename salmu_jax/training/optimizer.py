@@ -32,10 +32,37 @@ def masked_updates(mask) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def _in_memory(path) -> bool:
+  return any(getattr(k, "key", None) == "memory" for k in path)
+
+
+def clip_by_global_norm_apart_from_memory(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm, with a memory model's memory (model.clip.Memory) clipped on
+  its own: its rows' gradients, scaled up by value_scale, would otherwise shrink every
+  weight's step. Without a memory it is exactly clip_by_global_norm (same empty state)."""
+  def clip(leaves):
+    norm = optax.tree.norm(leaves)
+    factor = jnp.where(norm > max_norm, max_norm / jnp.maximum(norm, 1e-30), 1.0)
+    return [g * factor.astype(g.dtype) for g in leaves]
+
+  def update(updates, state, params=None):
+    del params
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    groups = [[i for i, (path, _) in enumerate(paths_leaves) if _in_memory(path) == memory]
+              for memory in (False, True)]
+    out = [leaf for _, leaf in paths_leaves]
+    for group in groups:
+      if group:
+        for i, leaf in zip(group, clip([out[i] for i in group])):
+          out[i] = leaf
+    return jax.tree.unflatten(treedef, out), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def adamw(learning_rate, train, *, weight_decay: float, grad_clip_norm: float):
   """Clipping then AdamW (train.b1, b2, eps) at `learning_rate` (a number or schedule)."""
   return optax.chain(
-      optax.clip_by_global_norm(grad_clip_norm),
+      clip_by_global_norm_apart_from_memory(grad_clip_norm),
       optax.adamw(learning_rate, b1=train.b1, b2=train.b2, eps=train.eps,
                   weight_decay=weight_decay, mask=decay_mask))
 

@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from salmu_jax import config as config_lib
-from salmu_jax.data import builder, layout
+from salmu_jax.data import builder, layout, pipeline
 from salmu_jax.data.tokenizer import load_tokenizer
 from salmu_jax.errors import ConfigError
 from salmu_jax.model import factory, sharding
@@ -37,11 +37,12 @@ class Runtime:
     return {"device": jax.devices()[0].device_kind, "num_devices": len(self.mesh.devices.flat)}
 
 
-def model_definition(config, vocab_size: int):
-  """(graphdef, pretraining optimizer, init_state) of the model `config` describes."""
+def model_definition(config, vocab_size: int, memory_rows: int = 0):
+  """(graphdef, pretraining optimizer, init_state) of the model `config` describes;
+  `memory_rows`: its memory's size, if it has one (pipeline.memory_rows of the dataset)."""
   tx, _ = optimizer.pretraining(config.train)
-  graphdef = nnx.graphdef(factory.abstract(config, vocab_size))
-  return graphdef, tx, state_lib.initializer(config, vocab_size, tx)
+  graphdef = nnx.graphdef(factory.abstract(config, vocab_size, memory_rows))
+  return graphdef, tx, state_lib.initializer(config, vocab_size, tx, memory_rows)
 
 
 def setup(config, workdir: str, dataset_dir: str | None = None, devices=None) -> Runtime:
@@ -65,7 +66,8 @@ def setup(config, workdir: str, dataset_dir: str | None = None, devices=None) ->
 def for_dataset(config, mesh, dataset: layout.SalmuDataset, tokenizer,
                 dataset_identity: dict) -> Runtime:
   """The runtime of `config` on an opened (or in-memory) dataset and its tokenizer."""
-  graphdef, tx, init_state = model_definition(config, tokenizer.vocab_size)
+  memory_rows = pipeline.memory_rows(dataset) if factory.has_memory(config) else 0
+  graphdef, tx, init_state = model_definition(config, tokenizer.vocab_size, memory_rows)
   shardings = sharding.state_shardings(jax.eval_shape(init_state, jax.random.PRNGKey(0)), mesh)
   return Runtime(config, mesh, graphdef, init_state, shardings, tx, dataset, tokenizer,
-                 factory.signature(config, tokenizer.vocab_size), dataset_identity)
+                 factory.signature(config, tokenizer.vocab_size, memory_rows), dataset_identity)

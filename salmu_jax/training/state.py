@@ -16,12 +16,12 @@ class TrainState:
   rng: jax.Array  # Split every step and handed to the loss (unlearning losses use it).
 
 
-def initializer(config, vocab_size: int, tx):
+def initializer(config, vocab_size: int, tx, memory_rows: int = 0):
   """(key, params=None) -> TrainState of the model `config` describes: random weights
   from `key`, or `params` (imported weights) in their place."""
   def init_state(key, params=None):
     if params is None:
-      params = nnx.state(factory.build(config, vocab_size, key))
+      params = nnx.state(factory.build(config, vocab_size, key, memory_rows))
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                       jax.random.fold_in(key, 1))
   return init_state

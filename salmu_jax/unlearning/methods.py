@@ -14,10 +14,14 @@ Hooks receive `tools`, what the runner lends them:
   tools.squared_gradients(names, n) {name: mean squared gradients of the pretraining loss
                                     over n draws of that batch} (forget, retain)
   tools.samples                     samples drawn so far, by batch name
+  tools.forget_rows                 the memory rows of the requested forget pairs (a
+                                    memory model's, model.clip.Memory)
 """
 import dataclasses
 from typing import Callable
 
+from salmu_jax.errors import ConfigError
+from salmu_jax.training import memory
 from salmu_jax.unlearning import objectives as O
 from salmu_jax.unlearning import parameter_transforms as T
 
@@ -77,6 +81,16 @@ def _negate_task_vector(hp, tools, original, trained, kind):
   return T.task_vector_negation(original, trained, hp.alpha), {}
 
 
+def _delete_keys(hp, tools, original, trained, kind):
+  """MUNKEY's forgetting by design: the requested pairs' memory rows are deleted; no
+  weight changes and no data is read (docs/protocol.md §7)."""
+  if "memory" not in trained:
+    raise ConfigError("key_deletion needs a memory model (model.memory.enabled, trained with "
+                      "it); this model has no memory to delete from")
+  return memory.delete_rows(trained, tools.forget_rows), {
+      "deleted_rows": len(tools.forget_rows)}
+
+
 METHODS = {}
 
 
@@ -127,6 +141,8 @@ register(Method("salun", _always("forget", "retain"), lambda hp, kind: O.weighte
     paper="SalUn, Fan et al. 2024: random relabeling (shuffled captions) on salient weights"))
 register(Method("ssd", _always("forget", "retain"), finalize=_dampen,
                 paper="Selective Synaptic Dampening, Foster et al. 2024"))
+register(Method("key_deletion", _always(), finalize=_delete_keys,
+                paper="Key deletion in a key-value memory CLIP (MUNKEY's idea, arXiv 2603.15033)"))
 register(Method("task_vector", _always("forget"), lambda hp, kind: O.contrastive("forget", kind),
                 finalize=_negate_task_vector,
                 paper="Task-vector negation, Ilharco et al. 2023"))

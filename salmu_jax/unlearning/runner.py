@@ -16,6 +16,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from salmu_jax import checkpointing, io_utils, losses, progress
 from salmu_jax.data import layout, pipeline, requests, sources
@@ -164,8 +165,9 @@ class _Tools:
   """What a method's hooks may use (methods.py): the budget's steps, importances of the
   pretraining loss over the run's own batches, and the samples drawn so far."""
 
-  def __init__(self, unlearner, params, batches, steps: int):
+  def __init__(self, unlearner, params, batches, steps: int, forget_rows):
     self._unlearner, self._params, self._batches, self.steps = unlearner, params, batches, steps
+    self.forget_rows = forget_rows
 
   @property
   def samples(self) -> dict:
@@ -291,8 +293,11 @@ class Unlearner:
                                sharding.data_parallel_size(runtime.mesh), method.prepare_draws)
     batches = Batches(runtime, config, seed=config.seed, batch_sizes=batch_sizes,
                       forget_indices=indices)
-    steps = budget_steps(budget, num_forget, sum(batch_sizes.values()))
-    tools = _Tools(self, state.params, batches, steps)
+    # A method that reads no data (key deletion) takes no step.
+    steps = budget_steps(budget, num_forget, sum(batch_sizes.values())) if names else 0
+    forget_positions = indices if indices is not None else np.arange(num_forget)
+    tools = _Tools(self, state.params, batches, steps,
+                   pipeline.memory_offsets(runtime.dataset)["forget"] + np.asarray(forget_positions))
     details, metrics, mask = {}, {}, None
 
     if method.prepare is not None:
