@@ -586,6 +586,12 @@ def report_html(board: dict, checks: list, meta: dict, contact_sheet_png: bytes 
 
   table, extended = html_table(*table_rows(board)), html_table(*extended_rows(board))
   private = html_table(*privacy_rows(board))
+  design = ""
+  if "by_design" in board:
+    header, rows, cost_line, targets = by_design_rows(board["by_design"])
+    design = (f"<h2>Unlearning by design: key deletion in a memory CLIP</h2><p>"
+              f"{esc(BY_DESIGN_NOTE)}</p>{html_table(header, rows)}<p>{esc(cost_line)}</p>"
+              f"{html_table(['target', 'value', 'passed'], targets)}")
   image = lambda name, caption: (f"<p>{esc(caption)}</p><img src='data:image/png;base64,"
                                  f"{images[name]}' style='max-width:100%'>" if name in images
                                  else "")
@@ -631,6 +637,7 @@ between different items); utility, over-generalization and collapse read these.<
 {image("attacks", "RetFail efficacy before and after each attack; below the diagonal the "
        "attack brought knowledge back, below the dashed line more than "
        "eval.superficial_recovery_above of the gap (superficial forgetting).")}
+{design}
 {sheet}
 <h2>Stages</h2>
 <table><tr><th>stage</th><th>status</th><th>seconds</th><th>seconds when it ran</th></tr>{stage_rows}</table>
@@ -709,32 +716,44 @@ BY_DESIGN_MODELS = (("compromised", "Compromised"), ("clean", "Clean"),
                     ("memory_removed", "Compromised-memory, memory removed"))
 
 
-def by_design_markdown(section: dict) -> list:
+BY_DESIGN_NOTE = (
+    "Key deletion deletes the forget pairs' rows of a key-value memory (no weight changes, no "
+    "data read; docs/protocol.md §7). Compromised-memory and Clean-memory are trained like "
+    "Compromised and Clean with the memory; *memory removed* is Compromised-memory with every "
+    "key deleted: what its weights alone still carry. Efficacy: 0 = the upper reference, 1 = "
+    "the lower one (Compromised and Clean, or the memory references).")
+
+
+def by_design_rows(section: dict) -> tuple:
+  """(header, rows of strings, the cost line, the target rows) of the by-design section."""
   header = ["model"] + list(BY_DESIGN_COLUMNS.values()) + [
-      "RetFail efficacy vs Clean", "vs Clean-memory", "label vs Clean", "label vs memory refs"]
+      "RetFail efficacy vs Clean", "vs Clean-memory", "PrivLeak pair vs Clean",
+      "vs Clean-memory", "label vs Clean", "label vs memory refs"]
   rows = []
   for name, label in BY_DESIGN_MODELS:
     metrics = section["models"][name]
     verdict = section["against_clean"].get(name)
     own = section["against_memory_references"].get(name)
+    judged = []
+    if verdict:
+      leak = lambda v: _privacy_cell(v["normalized"]["privleak"].get("pair"), ("privleak",))
+      judged = [f"{verdict['normalized']['efficacy']['1.1_RetFail']:.2f}",
+                f"{own['normalized']['efficacy']['1.1_RetFail']:.2f}", leak(verdict), leak(own),
+                verdict["label"], own["label"]]
     rows.append([label] + [cell(metrics[k]) if k in metrics else "n/a" for k in BY_DESIGN_COLUMNS]
-                + ([f"{verdict['normalized']['efficacy']['1.1_RetFail']:.2f}",
-                    f"{own['normalized']['efficacy']['1.1_RetFail']:.2f}",
-                    verdict["label"], own["label"]] if verdict else ["", "", "", ""]))
+                + (judged or [""] * 6))
   cost = ", ".join(f"{BY_DESIGN_COLUMNS[k]} {v:.3f}" for k, v in section["cost"].items())
-  seconds = section["training_seconds"]
-  timing = "; ".join(f"{name} {s['mean']:.0f} s" for name, s in seconds.items() if s)
-  lines = ["", "## Unlearning by design: key deletion in a memory CLIP", "",
-           "Key deletion deletes the forget pairs' rows of a key-value memory (no weight "
-           "changes, no data read; docs/protocol.md §7). Compromised-memory and Clean-memory "
-           "are trained like Compromised and Clean with the memory; *memory removed* is "
-           "Compromised-memory with every key deleted: what its weights alone still carry. "
-           "Efficacy: 0 = the upper reference, 1 = the lower one (Compromised and Clean, or "
-           "the memory references).", ""]
-  lines += markdown_table(header, rows)
-  lines += ["", f"The design's cost, Compromised-memory over Compromised: {cost}. "
-                f"Training time per seed: {timing or 'not measured'}.", "",
-            "| target | value | passed |", "|---|---|---|"]
-  lines += [f"| {c['name']} {c['target']} | {c['value']} | {'yes' if c['passed'] else 'NO'} |"
-            for c in section["checks"]]
-  return lines
+  timing = "; ".join(f"{name} {s['mean']:.0f} s" for name, s in
+                     section["training_seconds"].items() if s)
+  cost_line = (f"The design's cost, Compromised-memory over Compromised: {cost}. Training time "
+               f"per seed: {timing or 'not measured'}.")
+  targets = [[f"{c['name']} {c['target']}", str(c["value"]), "yes" if c["passed"] else "NO"]
+             for c in section["checks"]]
+  return header, rows, cost_line, targets
+
+
+def by_design_markdown(section: dict) -> list:
+  header, rows, cost_line, targets = by_design_rows(section)
+  return (["", "## Unlearning by design: key deletion in a memory CLIP", "", BY_DESIGN_NOTE, ""]
+          + markdown_table(header, rows) + ["", cost_line, ""]
+          + markdown_table(["target", "value", "passed"], targets))

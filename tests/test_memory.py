@@ -206,6 +206,7 @@ def test_the_benchmark_scores_key_deletion_against_both_pairs_of_references(
   assert set(removed["attacks"]) == {"relearn"}
   table = (workdir / "leaderboard.md").read_text()
   assert "## Unlearning by design" in table and "| key_deletion | 1x |" in table
+  assert "Unlearning by design" in (workdir / "report.html").read_text()
   # Clean-memory holds no sensitive pair.
   runtime = bench.memory_evaluator.runtime
   state, _, _ = runner.checkpointing.restore(str(workdir / "seed_0" / "clean_memory"),
