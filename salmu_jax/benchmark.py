@@ -62,7 +62,7 @@ from salmu_jax.training import loop, memory as memory_lib, runtime as runtime_li
 from salmu_jax.unlearning import methods as methods_lib, runner  # noqa: E402
 
 REFERENCES = ("compromised", "clean")  # Compromised first: its evaluation fixes the fragile set.
-# Unlearning by design (docs/protocol.md §7): key_deletion runs from a memory model trained
+# Unlearning by design (docs/protocol.md §8): key_deletion runs from a memory model trained
 # as Compromised is, and is judged against Clean and Compromised and against the memory
 # models' own references; MEMORY_REMOVED is Compromised-memory with every key deleted.
 BY_DESIGN = "key_deletion"

@@ -656,7 +656,7 @@ def now() -> str:
 
 
 
-# Unlearning by design (docs/protocol.md §7): the numbers its section shows for each model.
+# Unlearning by design (docs/protocol.md §8): the numbers its section shows for each model.
 BY_DESIGN_COLUMNS = {"1.1_RetFail": "RetFail MRR", "retrieval/holdout_identity": "holdout_identity MRR",
                      "retrieval/holdout_association": "holdout_association MRR",
                      "2.1_GenKnow": "GenKnow", "privacy/pair": "pair AUC",
@@ -718,7 +718,7 @@ BY_DESIGN_MODELS = (("compromised", "Compromised"), ("clean", "Clean"),
 
 BY_DESIGN_NOTE = (
     "Key deletion deletes the forget pairs' rows of a key-value memory (no weight changes, no "
-    "data read; docs/protocol.md §7). Compromised-memory and Clean-memory are trained like "
+    "data read; docs/protocol.md §8). Compromised-memory and Clean-memory are trained like "
     "Compromised and Clean with the memory; *memory removed* is Compromised-memory with every "
     "key deleted: what its weights alone still carry. Efficacy: 0 = the upper reference, 1 = "
     "the lower one (Compromised and Clean, or the memory references).")

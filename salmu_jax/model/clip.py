@@ -7,7 +7,7 @@ ln_final, pooling at the end-of-text token (the largest id, as in OpenCLIP),
 projection. A learnable logit scale, and a logit bias for the sigmoid loss.
 
 With `cfg.memory.enabled`, a key-value memory of the personal training pairs sits after
-both towers (`Memory`): forgetting a pair is deleting its key (docs/protocol.md §7).
+both towers (`Memory`): forgetting a pair is deleting its key (docs/protocol.md §8).
 
 Every parameter carries logical axis names (`salmu_jax/model/sharding.py` maps
 them to mesh axes); nothing here knows about devices. Parameters are float32;

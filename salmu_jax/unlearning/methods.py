@@ -83,7 +83,7 @@ def _negate_task_vector(hp, tools, original, trained, kind):
 
 def _delete_keys(hp, tools, original, trained, kind):
   """MUNKEY's forgetting by design: the requested pairs' memory rows are deleted; no
-  weight changes and no data is read (docs/protocol.md §7)."""
+  weight changes and no data is read (docs/protocol.md §8)."""
   if "memory" not in trained:
     raise ConfigError("key_deletion needs a memory model (model.memory.enabled, trained with "
                       "it); this model has no memory to delete from")
