@@ -151,7 +151,7 @@ def test_a_memory_model_trains_writes_its_keys_and_forgets_by_key_deletion(
   assert len(valid) == pipeline.memory_rows(dataset) and valid.all()  # Compromised: every row.
   # The keys are the addresses of the stored pairs, as the evaluation decodes them.
   first = pipeline.eval_batches(dataset, ["holdout_identity"], runtime.tokenizer,
-                                config.data.image_size, 4)[0]
+                                config.data.image_size, 4, memory_rows=True)[0]
   model = nnx.merge(runtime.graphdef, params)
   row = offsets["holdout_identity"]
   np.testing.assert_allclose(model.image_address(first["image"]),

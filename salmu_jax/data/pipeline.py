@@ -30,6 +30,14 @@ def memory_offsets(dataset) -> dict:
   return {split: int(offset) for split, offset in zip(MEMORY_SPLITS, sizes)}
 
 
+def forget_memory_rows(forget_indices) -> np.ndarray:
+  """The memory rows of forget pairs (their indices in the forget split): the same numbers,
+  since the forget split comes first. Reads no other split (unlearning may not)."""
+  if MEMORY_SPLITS[0] != "forget":
+    raise AssertionError("MEMORY_SPLITS must start with the forget split")
+  return np.asarray(forget_indices, np.int64)
+
+
 def memory_rows(dataset) -> int:
   return sum(len(dataset.splits[s]) for s in MEMORY_SPLITS)
 
@@ -108,10 +116,11 @@ class SubsetSource:
 
 
 def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_key="caption",
-                    with_generic=False, indices=None) -> grain.MapDataset:
+                    with_generic=False, indices=None, memory_rows=False) -> grain.MapDataset:
   """Stored SALMU-synth records of `split_names` as model examples, in record order;
   `with_generic` adds each record's generic caption as `generic_tokens`; `indices`
-  keeps only those records (of the concatenated splits)."""
+  keeps only those records (of the concatenated splits); `memory_rows` numbers each record's
+  memory row (`memory_offsets`, which reads every memory split's size), else -1."""
   def to_example(item):
     raw, row = item
     record = layout.decode_record(raw)
@@ -120,7 +129,7 @@ def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_ke
     if with_generic:
       example["generic_tokens"] = tokenizer.encode([record["generic_caption"]])[0]
     return example
-  offsets = memory_offsets(dataset)
+  offsets = memory_offsets(dataset) if memory_rows else {}
   source = ConcatSource(_WithMemoryRow(dataset.splits[s], offsets.get(s)) for s in split_names)
   if indices is not None:
     source = SubsetSource(source, indices)
@@ -158,12 +167,14 @@ def reference_mixture(config, num_sensitive_pairs: int) -> dict:
 
 def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
                      batch_size: int | None = None, seed: int | None = None,
-                     shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+                     shard_index: int = 0, shard_count: int = 1,
+                     memory_rows: bool = False) -> grain.MapDataset:
   """Infinite MapDataset of this process's training batches.
 
   `mixture` (source -> weight, see `reference_mixture`) defaults to the retain
   sources of config.data.mixture; weight 0 drops a source from the graph. The global
-  `batch_size` and the shuffling `seed` default to the config's.
+  `batch_size` and the shuffling `seed` default to the config's. `memory_rows`: a memory
+  model's pretraining, whose pairs read their own row (model.clip.Memory).
   """
   data = config.data
   batch_size = config.batch_size if batch_size is None else batch_size
@@ -183,7 +194,7 @@ def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
       examples = _base_examples(retain_base, tokenizer, data.image_size)
     else:
       examples = _synth_examples(dataset, SOURCE_SPLITS[name], tokenizer, data.image_size,
-                                 SOURCE_IDS[name])
+                                 SOURCE_IDS[name], memory_rows=memory_rows)
     parts.append(examples.shuffle(seed=seed * 1000 + offset).repeat())
     part_weights.append(weight)
   if not parts:
@@ -225,10 +236,11 @@ def forget_batches(config, dataset, tokenizer, batch_size: int, *, seed: int,
 
 
 def eval_batches(dataset, split_names, tokenizer, image_size: int, batch_size: int,
-                 caption_key: str = "caption") -> grain.MapDataset:
+                 caption_key: str = "caption", memory_rows: bool = False) -> grain.MapDataset:
   """Finite, ordered, un-augmented batches of SALMU-synth splits with their metadata."""
   return _synth_examples(dataset, split_names, tokenizer, image_size, SOURCE_IDS["sensitive"],
-                         caption_key).batch(batch_size, drop_remainder=False)
+                         caption_key, memory_rows=memory_rows).batch(batch_size,
+                                                                     drop_remainder=False)
 
 
 def iterate(batches: grain.MapDataset, config, prefetch_batches: int | None = None):

@@ -72,12 +72,12 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> 
   num_sensitive = sum(len(runtime.dataset.splits[s]) for s in splits.TRAINED_SENSITIVE_SPLITS)
   mixture = pipeline.reference_mixture(config, num_sensitive)
   retain_base = sources.retain_base_source(config.data)
-  batches = pipeline.training_batches(config, runtime.dataset, runtime.tokenizer, retain_base,
-                                      mixture=mixture, shard_index=process_index,
-                                      shard_count=process_count)
-  iterator = pipeline.iterate(batches, config)
   # A memory model's pairs read their own memory row while training (model.clip.Memory).
   memory = factory.has_memory(config)
+  batches = pipeline.training_batches(config, runtime.dataset, runtime.tokenizer, retain_base,
+                                      mixture=mixture, shard_index=process_index,
+                                      shard_count=process_count, memory_rows=memory)
+  iterator = pipeline.iterate(batches, config)
   batch_keys = ("image", "tokens") + (("memory_row",) if memory else ())
 
   # State: restored from the latest checkpoint, else initialized from the seed.

@@ -297,7 +297,7 @@ class Unlearner:
     steps = budget_steps(budget, num_forget, sum(batch_sizes.values())) if names else 0
     forget_positions = indices if indices is not None else np.arange(num_forget)
     tools = _Tools(self, state.params, batches, steps,
-                   pipeline.memory_offsets(runtime.dataset)["forget"] + np.asarray(forget_positions))
+                   pipeline.forget_memory_rows(forget_positions))
     details, metrics, mask = {}, {}, None
 
     if method.prepare is not None:
