@@ -238,7 +238,7 @@ class Benchmark:
 
   def method_budgets(self, method: str) -> list:
     """Key deletion costs nothing at any budget: it runs once, at the smallest."""
-    return self.budgets[:1] if method == BY_DESIGN else self.budgets
+    return [min(self.budgets)] if method == BY_DESIGN else self.budgets
 
   def scored(self, path: str, attacks=None) -> bool:
     """Does the result at `path` exist, scored as this benchmark scores (the membership
@@ -318,7 +318,7 @@ class Benchmark:
     def run():
       unlearner = self.unlearner(seed, memory=True)
       params = unlearner.original.params
-      removed = memory_lib.delete_rows(params, np.arange(len(params["memory"]["valid"][...])))
+      removed, _ = memory_lib.delete_rows(params, np.arange(len(params["memory"]["valid"][...])))
       clean, compromised = (io_utils.read_json(os.path.join(self.seed_dir(seed), f"{r}.json"))
                             for r in ("clean", "compromised"))
       result = self.memory_evaluator.score(removed, clean=clean, compromised=compromised,
@@ -650,7 +650,7 @@ class Benchmark:
       board["by_design"] = report.by_design(
           clean, compromised, *([read(self.seed_dir(s), f"{r}.json") for s in self.seeds]
                                 for r in MEMORY_REFERENCES + (MEMORY_REMOVED,)),
-          runs[(BY_DESIGN, self.budgets[0])], self.budgets[0], self.config.eval,
+          runs[(BY_DESIGN, min(self.budgets))], min(self.budgets), self.config.eval,
           self._training_seconds())
     for row in board["rows"]:
       unlearned = [r["meta"]["unlearn"] for r in runs[(row["method"], row["budget"])]]

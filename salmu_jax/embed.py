@@ -26,8 +26,8 @@ class Encoders:
 
 def make_encoders(graphdef, param_shardings, mesh, image: str = "encode_image",
                   text: str = "encode_text") -> Encoders:
-  """`image` / `text`: the model's methods to jit (a memory model's `image_query` /
-  `text_query` are its towers without the memory)."""
+  """`image` / `text`: the model's methods to jit (a memory model's `image_address` /
+  `text_address` are what its memory is keyed by)."""
   batch = sharding.batch_sharding(mesh)
 
   def encode_image(params, images):

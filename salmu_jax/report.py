@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from salmu_jax.evaluation import diagnosis as diagnosis_lib, privacy
+from salmu_jax.evaluation import diagnosis as diagnosis_lib, metrics as metrics_lib, privacy
 
 METRICS = diagnosis_lib.official_metrics()  # [(group, key)] in the official order.
 SHORT = {key: key.split("_", 1)[1] for _, key in METRICS}  # "1.1_RetFail" -> "RetFail"
@@ -694,9 +694,19 @@ def by_design(clean: list, compromised: list, compromised_memory: list, clean_me
       *({"name": f"{key} kept, of Compromised-memory's", "value": round(kept[key], 3),
          "target": f">= {BY_DESIGN_KEPT_AT_LEAST}", "passed": bool(kept[key] >= BY_DESIGN_KEPT_AT_LEAST)}
         for key in BY_DESIGN_KEPT),
-      {"name": "pair PrivLeak against Clean (%)", "value": round(privleak, 1),
+      {"name": "pair PrivLeak against Clean (%), seed mean", "value": round(privleak, 1),
        "target": f"within ±{privacy.PRIVLEAK_BAND:g}",
        "passed": bool(abs(privleak) <= privacy.PRIVLEAK_BAND)}]
+  # And on every seed against its own Clean, as the soundness checks are held.
+  pair_auc = lambda result: diagnosis_lib.headlines(result).get("privacy/pair", float("nan"))
+  per_seed = {name: [metrics_lib.priv_leak(pair_auc(k), pair_auc(c)) for k, c in
+                     zip(key_deletion, references)]
+              for name, references in (("Clean", clean), ("Clean-memory", clean_memory))}
+  checks += [{"name": f"pair PrivLeak against {name} (%), each seed",
+              "value": ", ".join(f"{v:+.1f}" for v in values),
+              "target": f"within ±{privacy.PRIVLEAK_BAND:g}",
+              "passed": bool(all(abs(v) <= privacy.PRIVLEAK_BAND for v in values))}
+             for name, values in per_seed.items()]
   seconds = {name: spread([s for s in values if s is not None]) if any(
       s is not None for s in values) else None for name, values in training_seconds.items()}
   return {"budget": budget, "models": models, "checks": checks,

@@ -64,8 +64,8 @@ SCALE_SHARED_OVER = {
     "patch_kernel": (0, 1, 2), "proj": (0,), "text_projection": (0,),
     "token_embedding": (1,), "positional_embedding": (1,),
     "values": (1,)}  # A memory model's values (model.clip.Memory): one scale per row.
-# A memory's keys are its index (the towers' embeddings of the stored pairs), not weights
-# a deployment quantizes: kept in float32 like the norms.
+# A memory's keys are its index (content addresses of the stored pairs), not weights a
+# deployment quantizes: kept in float32 like the norms.
 KEPT_FLOAT32 = ("image_keys", "text_keys")
 
 

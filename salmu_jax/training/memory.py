@@ -41,18 +41,20 @@ def write_keys(state, runtime, mixture: dict, batch_size: int):
 
 
 def delete_rows(params, rows):
-  """`params` with the memory rows `rows` deleted (valid = 0): forgetting by design."""
+  """`params` with the memory rows `rows` deleted: `valid` 0, and their keys and values
+  zeroed, so that the released checkpoint holds nothing of the deleted pairs (a key is an
+  address of its pair's content; flipping `valid` back restores nothing). Also returns how
+  many of them were valid before."""
   rows = np.asarray(rows, np.int64)
-  valid = np.asarray(params["memory"]["valid"][...]).copy()
-  if rows.size and (rows.min() < 0 or rows.max() >= len(valid)):
+  memory = params["memory"]
+  size = len(memory["valid"][...])
+  if rows.size and (rows.min() < 0 or rows.max() >= size):
     raise ValueError(f"memory rows {rows.min()}..{rows.max()} fall outside the memory's "
-                     f"{len(valid)} rows")
-  valid[rows] = 0.0
-  sharding = params["memory"]["valid"][...].sharding
-  return _replace_valid(params, jax.device_put(valid, sharding))
-
-
-def _replace_valid(params, valid):
+                     f"{size} rows")
   out = jax.tree.map(lambda x: x, params)  # A new State; the caller's is not mutated.
-  out["memory"]["valid"][...] = valid
-  return out
+  was_valid = int(np.asarray(memory["valid"][...])[rows].sum()) if rows.size else 0
+  for name in ("valid", "image_keys", "text_keys", "values"):
+    array = np.asarray(memory[name][...]).copy()
+    array[rows] = 0.0
+    out["memory"][name][...] = jax.device_put(array, memory[name][...].sharding)
+  return out, was_valid

@@ -82,13 +82,13 @@ def _negate_task_vector(hp, tools, original, trained, kind):
 
 
 def _delete_keys(hp, tools, original, trained, kind):
-  """MUNKEY's forgetting by design: the requested pairs' memory rows are deleted; no
-  weight changes and no data is read (docs/protocol.md §8)."""
+  """MUNKEY's forgetting by design: the requested pairs' memory rows are deleted (keys and
+  values zeroed, `valid` 0); no weight changes and no data is read (docs/protocol.md §8)."""
   if "memory" not in trained:
     raise ConfigError("key_deletion needs a memory model (model.memory.enabled, trained with "
                       "it); this model has no memory to delete from")
-  return memory.delete_rows(trained, tools.forget_rows), {
-      "deleted_rows": len(tools.forget_rows)}
+  params, deleted = memory.delete_rows(trained, tools.forget_rows)
+  return params, {"deleted_rows": deleted, "requested_rows": len(tools.forget_rows)}
 
 
 METHODS = {}
