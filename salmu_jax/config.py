@@ -55,7 +55,7 @@ def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
       activation="gelu", dtype="bfloat16", remat=False, init_logit_bias=-10.0))
   # A key-value memory of the personal training pairs (unlearning by design, MUNKEY's
   # idea; docs/protocol.md §8): one row per pair of the sensitive and retain_synth splits,
-  # keys written from the trained towers, values learned; forgetting = key deletion.
+  # keys = the pairs' content addresses, values learned; forgetting = key deletion.
   model.memory = ml_collections.ConfigDict(dict(
       enabled=False,
       # Retrieval: softmax over the valid keys whose cosine to the query's content address
