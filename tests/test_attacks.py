@@ -207,17 +207,26 @@ def test_quantization_is_per_output_channel_of_every_weight_layout():
 
 
 def test_every_weight_of_the_model_has_a_quantization_rule():
+  """Every weight of a plain model and of a memory model (whose values quantize per row
+  and whose keys stay float32) has a rule, and the rules name no weight neither has."""
   from flax import nnx
 
   from salmu_jax import config as config_lib
   from salmu_jax.model import factory
   config = config_lib.load_config("configs/tiny.py")
-  _, params = nnx.split(factory.abstract(config, vocab_size=64), nnx.Param)
-  rules = {jax.tree_util.keystr(path): shared for (path, _), shared in zip(
-      jax.tree_util.tree_leaves_with_path(params), attacks.quantization_axes(params))}
-  quantized = {key.split("'")[-2] for key, shared in rules.items() if shared is not None}
-  assert quantized == set(attacks.SCALE_SHARED_OVER)
-  assert not any(shared for key, shared in rules.items() if "bias" in key or "ln_" in key)
+  quantized = {}
+  for memory in (False, True):
+    config.model.memory.enabled = memory
+    _, params = nnx.split(factory.abstract(config, vocab_size=64, memory_rows=8 * memory),
+                          nnx.Param)
+    rules = {jax.tree_util.keystr(path): shared for (path, _), shared in zip(
+        jax.tree_util.tree_leaves_with_path(params), attacks.quantization_axes(params))}
+    quantized[memory] = {key.split("'")[-2] for key, shared in rules.items()
+                         if shared is not None}
+    assert not any(shared for key, shared in rules.items() if "bias" in key or "ln_" in key)
+    assert not any(rules[key] for key in rules if key.split("'")[-2] in attacks.KEPT_FLOAT32)
+  assert quantized[True] - quantized[False] == {"values"}
+  assert quantized[True] == set(attacks.SCALE_SHARED_OVER)
 
 
 def test_forget_halves_split_identities_disjointly_and_cover_the_split():
