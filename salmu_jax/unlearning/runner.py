@@ -154,6 +154,13 @@ def optimize(runtime, config, compiled: dict, state, reference_params, objective
   return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
 
 
+def program_scope(runtime) -> tuple:
+  """What every jitted function of a runtime's model depends on beyond its own key: the
+  model's shapes (factory.signature) and the mesh's axes and devices."""
+  return ("model", json.dumps(runtime.signature, sort_keys=True),
+          tuple(runtime.mesh.shape.items()), tuple(d.id for d in runtime.mesh.devices.flat))
+
+
 def _cached(compiled: dict, key: tuple, make):
   """`compiled[key]`, made on first use (jitted functions shared across runs)."""
   if key not in compiled:
@@ -195,13 +202,16 @@ class Unlearner:
 
   def __init__(self, config, from_dir: str, *, dataset_dir: str | None = None, devices=None,
                runtime=None, compiled: dict | None = None, allow_other_dataset: bool = False):
-    self._compiled = {} if compiled is None else compiled
     config = config.copy_and_resolve_references()
     config.reference = "compromised"  # What --from must hold; the result is "unlearned".
     self.config, self.from_dir = config, from_dir
     self.runtime = runtime or runtime_lib.setup(
         config, from_dir, dataset_dir or os.path.join(from_dir, "data", layout.DATASET_DIRNAME),
         devices)
+    # Jitted functions close over the model definition and the mesh: Unlearners of another
+    # model (a memory model beside a plain one) share the dict, never a program.
+    self._compiled = _cached({} if compiled is None else compiled,
+                             program_scope(self.runtime), dict)
     # The frozen reference is stored once and never donated: `_optimize` trains a copy
     # (donating buffers the reference shares would invalidate it on the first step).
     self.original, meta, _ = checkpointing.restore(
