@@ -366,3 +366,18 @@ def test_kill_9_then_the_same_command_continues_like_an_uninterrupted_run(
                               devices=one_device, stop_after=first + 1, show_progress=False)
   for step, loss in resumed["losses"].items():
     assert loss == pytest.approx(uninterrupted["losses"][step], rel=1e-5, abs=1e-6)
+
+
+def test_a_model_without_memory_is_clipped_exactly_as_by_optax():
+  """Clipping is the one training link the memory changed: a plain model must still get
+  optax's arithmetic bit for bit, or every result trained before the memory moves."""
+  import optax
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  grads = {"image": {"kernel": 3 * jax.random.normal(keys[0], (64, 32))},
+           "text": [jax.random.normal(keys[1], (1000,)), jax.random.normal(keys[2], (7, 5))]}
+  clip = lambda tx: jax.jit(lambda g: tx.update(g, tx.init(g))[0])
+  ours = clip(optimizer.clip_by_global_norm_apart_from_memory(1.0))(grads)
+  theirs = clip(optax.clip_by_global_norm(1.0))(grads)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_array_equal(a, b)
+  assert float(optax.tree.norm(ours)) == pytest.approx(1.0, rel=1e-5)  # It did clip.

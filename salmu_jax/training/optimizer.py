@@ -39,7 +39,11 @@ def _in_memory(path) -> bool:
 def clip_by_global_norm_apart_from_memory(max_norm: float) -> optax.GradientTransformation:
   """optax.clip_by_global_norm, with a memory model's memory (model.clip.Memory) clipped on
   its own: its rows' gradients, scaled up by value_scale, would otherwise shrink every
-  weight's step. Without a memory it is exactly clip_by_global_norm (same empty state)."""
+  weight's step. A model without a memory goes through optax.clip_by_global_norm itself, so
+  it trains bit for bit as before the memory existed (its factor form below rounds
+  differently, and 300 steps make that a different model)."""
+  plain = optax.clip_by_global_norm(max_norm).update
+
   def clip(leaves):
     norm = optax.tree.norm(leaves)
     factor = jnp.where(norm > max_norm, max_norm / jnp.maximum(norm, 1e-30), 1.0)
@@ -50,11 +54,12 @@ def clip_by_global_norm_apart_from_memory(max_norm: float) -> optax.GradientTran
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
     groups = [[i for i, (path, _) in enumerate(paths_leaves) if _in_memory(path) == memory]
               for memory in (False, True)]
+    if not groups[1]:
+      return plain(updates, state)
     out = [leaf for _, leaf in paths_leaves]
     for group in groups:
-      if group:
-        for i, leaf in zip(group, clip([out[i] for i in group])):
-          out[i] = leaf
+      for i, leaf in zip(group, clip([out[i] for i in group])):
+        out[i] = leaf
     return jax.tree.unflatten(treedef, out), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
