@@ -38,6 +38,7 @@ from salmu_jax import host_memory
 if __name__ == "__main__":  # Our own long-running process, before NumPy starts threads.
   host_memory.retain_freed_memory()
 
+import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -48,13 +49,13 @@ from typing import Callable  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from salmu_jax import checkpointing, cli, distributed, io_utils, progress, report  # noqa: E402
 from salmu_jax import request_report  # noqa: E402
 from salmu_jax import config as config_lib  # noqa: E402
-from salmu_jax.data import builder, layout, requests  # noqa: E402
+from salmu_jax.data import builder, layout, pipeline, requests  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
 from salmu_jax.evaluation import attacks as attacks_lib, evaluator as evaluator_lib  # noqa: E402
 from salmu_jax.evaluation import registry  # noqa: E402
@@ -85,8 +86,10 @@ COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
 
 
 class CompileClock:
-  """Seconds spent tracing, lowering and compiling while it is registered: the part of a
-  stage's wall time that is not model arithmetic (stages.json's compile_seconds)."""
+  """Seconds spent tracing, lowering and compiling while it is registered, in any thread
+  (stages.json's compile_seconds): the part of a stage's wall time that is not model
+  arithmetic, plus what the background compiles of later methods' steps did meanwhile
+  (`benchmark.compile_ahead`), which can exceed the stage's own time."""
 
   def __init__(self):
     self.seconds = 0.0
@@ -177,8 +180,10 @@ class Benchmark:
     if not self.seeds:
       raise ConfigError(f"--seeds={seeds} must be at least 1")
     self.dataset_dir = os.path.join(self.workdir, layout.DATASET_DIRNAME)
-    self._evaluator, self._memory_evaluator, self._unlearner = None, None, None
+    self._evaluator, self._memory_evaluator = None, None
+    self._unlearners, self._streams = {}, None  # One seed's at a time.
     self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
+    self._warming = None  # Method -> the future of its step, compiled in the background.
     self._ran_inline = {}  # Stage name -> seconds: done inside the stage before it.
     self._requested = None  # A request mode's forget rows requested so far, per request.
     self._reference_results = {}  # Seed -> the references' results and request blocks.
@@ -213,11 +218,15 @@ class Benchmark:
 
   @property
   def memory_evaluator(self) -> evaluator_lib.Evaluator:
-    """The evaluator of the memory models (their own shapes), with the same fragile set."""
+    """The evaluator of the memory models (their own shapes), with the same fragile set,
+    dataset and inputs (decoded once per benchmark)."""
     if self._memory_evaluator is None:
       config = self.seed_config(self.config.seed, memory=True)
+      config_lib.check_config(config)
+      main = self.evaluator.runtime
       self._memory_evaluator = evaluator_lib.Evaluator(
-          runtime_lib.setup(config, self.workdir, self.dataset_dir, self.devices))
+          runtime_lib.for_dataset(config, main.mesh, main.dataset, main.tokenizer,
+                                  main.dataset_identity), inputs=self.evaluator.inputs)
       self._memory_evaluator.use_fragile_set(self.evaluator.fragile_ids,
                                              self.evaluator.fragile_source)
     return self._memory_evaluator
@@ -227,14 +236,48 @@ class Benchmark:
     return self.memory_evaluator if memory else self.evaluator
 
   def unlearner(self, seed: int, memory: bool = False) -> runner.Unlearner:
-    """The seed's Compromised (or Compromised-memory), restored once (one held at a time)."""
-    if self._unlearner is None or self._unlearner[0] != (seed, memory):
+    """The seed's Compromised (or Compromised-memory), restored once, with the batches its
+    runs draw replayed to the next runs of the seed (`benchmark.batch_cache_mb`); the
+    Unlearners and batches of one seed are held at a time."""
+    if self._streams is None or self._streams[0] != seed:
+      self._unlearners = {}
+      self._streams = (seed, pipeline.RecordedStreams(self.config.benchmark.batch_cache_mb))
+    if memory not in self._unlearners:
       reference = "compromised_memory" if memory else "compromised"
       runtime = (self.memory_evaluator if memory else self.evaluator).runtime
-      self._unlearner = ((seed, memory), runner.Unlearner(
+      self._unlearners[memory] = runner.Unlearner(
           self.seed_config(seed, memory=memory), os.path.join(self.seed_dir(seed), reference),
-          runtime=runtime, compiled=self._compiled_steps))
-    return self._unlearner[1]
+          runtime=runtime, compiled=self._compiled_steps, streams=self._streams[1])
+    return self._unlearners[memory]
+
+  def warmed(self, seed: int, method: str) -> None:
+    """Waits until `method`'s step is compiled. The first call starts compiling, in a
+    background thread and in run order, the step of every method that still has a run
+    (`Unlearner.warm`), so that the XLA compiles, mostly single-threaded, overlap the
+    runs and scorings of the methods before them instead of adding to them. The compiled
+    programs are the runs' own: results do not change."""
+    if self._warming is None:
+      pending = [m for m in self.methods if m != BY_DESIGN and any(
+          not os.path.exists(os.path.join(self.seed_dir(s), run_dir_name(m, b),
+                                          runner.METADATA_FILE))
+          for s in self.seeds for b in self.method_budgets(m))]
+      unlearner, budget = self.unlearner(seed), min(self.budgets)
+      pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm steps")
+      self._warming = {m: pool.submit(unlearner.warm, m, budget) for m in pending}
+      pool.shutdown(wait=False)
+    if method in self._warming:
+      try:
+        self._warming.pop(method).result()
+      except Exception as e:  # An optional head start: the run compiles its step itself.
+        logging.warning("compiling %s's step ahead failed (%s: %s); its run compiles it",
+                        method, type(e).__name__, e)
+
+  def stop_warming(self) -> None:
+    """Cancels the compiles not yet begun (a failed stage ends the run without them); a
+    later `run` starts its own."""
+    for future in (self._warming or {}).values():
+      future.cancel()
+    self._warming = None
 
   def method_budgets(self, method: str) -> list:
     """Key deletion costs nothing at any budget: it runs once, at the smallest."""
@@ -350,6 +393,8 @@ class Benchmark:
       evaluate stage then finds its result): no orbax round trip between the two."""
       if os.path.exists(run_dir):  # A run killed before unlearn.json: start it afresh.
         shutil.rmtree(run_dir)
+      if method != BY_DESIGN and self.config.benchmark.compile_ahead:
+        self.warmed(seed, method)
       clean, compromised = references()
       unlearned, result = self.unlearner(seed, memory=method == BY_DESIGN).run(
           method, budget, run_dir, show_progress=self.progress,
@@ -587,7 +632,10 @@ class Benchmark:
     """Runs what is not finished, then writes the leaderboard and report; returns the
     leaderboard dict."""
     with io_utils.exclusive(self.workdir, "benchmark"):
-      return self._run()
+      try:
+        return self._run()
+      finally:
+        self.stop_warming()
 
   def _run(self) -> dict:
     start = time.perf_counter()

@@ -181,7 +181,8 @@ def base_config() -> ml_collections.ConfigDict:
   evaluation.seed = 0  # Galleries, shuffles and probe splits.
   evaluation.batch_size = 256
   # Decoded evaluation inputs kept in memory, so that scoring many models (the benchmark)
-  # decodes and renders them once; what does not fit is streamed for every model.
+  # decodes and renders them once; what does not fit is streamed for every model. The
+  # relearning attack's batches are kept up to as much again (pipeline.RecordedStreams).
   evaluation.input_cache_mb = 2_048
   evaluation.gallery_forget = 1_000  # 1.1_RetFail distractors (capped at the split sizes).
   evaluation.gallery_retain = 1_000
@@ -251,6 +252,16 @@ def base_config() -> ml_collections.ConfigDict:
   # A request's checkpoint is removed once it is scored and, over time, the next request
   # has run from it (its unlearn.json and result stay): ~15 MB per run at tiny.
   benchmark.keep_request_checkpoints = False
+  # Every unlearning run of one seed draws the same forget and retain batches: they are
+  # decoded, rendered and augmented once and replayed to the other runs (bit for bit the
+  # same data), up to this many MB per seed (0: every run draws its own). ~60 MB at tiny.
+  benchmark.batch_cache_mb = 1_024
+  # Compile the next methods' unlearning steps in a background thread while the current
+  # ones run and are scored (one step on zeros each: a second training state is held
+  # meanwhile; turn off where accelerator memory is short; a mesh of several devices or
+  # processes never does it). Results do not change on CPU; on a GPU, kernels autotuned
+  # while another program runs may be other kernels, with other last bits.
+  benchmark.compile_ahead = True
 
   tokenizer = config.tokenizer = ml_collections.ConfigDict()
   # "dataset_bpe": a BPE trained on the dataset's captions (vocab_size below);
@@ -421,6 +432,11 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     _require(isinstance(config.eval[name], int) and config.eval[name] >= (name == "batch_size"),
              f"eval.{name}={config.eval[name]!r} must be a "
              f"{'positive' if name == 'batch_size' else 'non-negative'} integer")
+  _require(isinstance(config.benchmark.compile_ahead, bool), f"benchmark.compile_ahead="
+           f"{config.benchmark.compile_ahead!r} must be True or False")
+  _require(isinstance(config.benchmark.batch_cache_mb, int) and
+           config.benchmark.batch_cache_mb >= 0, f"benchmark.batch_cache_mb="
+           f"{config.benchmark.batch_cache_mb!r} must be a non-negative integer")
   for name in ("gallery_forget", "gallery_retain"):
     _require(isinstance(config.eval[name], int) and config.eval[name] >= 0,
              f"eval.{name}={config.eval[name]!r} must be a non-negative integer")

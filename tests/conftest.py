@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # Eight fake CPU devices for the sharding tests; set before anything imports JAX.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -7,6 +10,18 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 # slows by ~15%; its steady-state gain needs long runs. tests/test_host_memory.py sets
 # its own. Before anything imports salmu_jax; SALMU_JAX_SYSTEM_MALLOC=0 tests with it.
 os.environ.setdefault("SALMU_JAX_SYSTEM_MALLOC", "1")
+# Many tests compile the same micro programs (one step per method, the encoders) in new
+# closures, new Unlearners or subprocesses: one persistent compilation cache for the
+# session, every program in it, read by the subprocesses too (they inherit the
+# environment, so the benchmark CLI's WORKDIR/jax_cache is not used under tests). Fresh per
+# session and removed after, so no test depends on an earlier run (benchmarks/RESULTS.md,
+# "Test suite").
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="salmu_jax_test_cache_")
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 import pytest  # noqa: E402
 

@@ -496,9 +496,62 @@ def test_unlearners_of_other_seeds_share_one_step_and_get_the_same_result(
                                   devices=jax.devices()[:1], compiled=cache)
     final[seed, cache is None] = unlearner.run(
         "neg_grad", 1.0, str(tmp_path / f"{seed}_{cache is None}"), show_progress=False)["final_metrics"]
-  assert len([key for key in compiled if key[0] == "step"]) == 1  # Both seeds, one step.
+  (scoped,) = compiled.values()  # One model and mesh: one scope.
+  assert len([key for key in scoped if key[0] == "step"]) == 1  # Both seeds, one step.
   assert final[1, False] == final[1, True]  # Shared or not, the same arithmetic.
   assert final[0, False] != final[1, False]  # The seed still sets the data order.
+
+
+@pytest.mark.slow
+def test_a_warmed_step_is_the_one_the_run_takes_with_the_same_result(
+    compromised_run, micro_dataset_dir, tmp_path):
+  """The benchmark compiles the next methods' steps in the background (Unlearner.warm):
+  the run must then call that program, not compile another, and end where a cold run does."""
+  config = config_lib.load_config(config_path("micro"))
+  make = lambda: runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                                  devices=jax.devices()[:1])
+  unlearner = make()
+  assert not unlearner.warm("salun", 1.0)  # Its mask is part of its program.
+  assert not unlearner.warm("ssd", 1.0)  # One-shot: no step.
+  assert unlearner.warm("npo", 5.0)
+  (step,) = [fn for key, fn in unlearner._compiled.items() if key[0] == "step"]
+  assert step._cache_size() == 1
+  warmed = unlearner.run("npo", 5.0, str(tmp_path / "warmed"), show_progress=False)
+  assert step._cache_size() == 1  # The run called the warmed program.
+  cold = make().run("npo", 5.0, str(tmp_path / "cold"), show_progress=False)
+  assert warmed["final_metrics"] == cold["final_metrics"]
+  runtime = unlearner.runtime
+  checksums = [checkpointing.restore(str(tmp_path / name), runtime.abstract_state(),
+                                     signature=runtime.signature, reference=None)[1]["checksums"]
+               for name in ("warmed", "cold")]
+  assert checksums[0] == checksums[1]  # Bit-identical parameters.
+
+
+@pytest.mark.slow
+def test_runs_replaying_recorded_batches_equal_runs_that_draw_their_own(
+    compromised_run, micro_dataset_dir, tmp_path, monkeypatch):
+  """The benchmark's runs of one seed share pipeline.RecordedStreams: a run must get the
+  very batches it would have drawn, replayed or continued from where the recording ends."""
+  config = config_lib.load_config(config_path("micro"))
+  make = lambda streams=None: runner.Unlearner(
+      config, compromised_run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1],
+      streams=streams)
+  shared = make(pipeline.RecordedStreams(64))
+  runs = {"first": shared.run("grad_diff", 1.0, str(tmp_path / "first"), show_progress=False)}
+  started, iterate = [], pipeline.iterate
+  monkeypatch.setattr(pipeline, "iterate", lambda *a, **k: started.append(a) or iterate(*a, **k))
+  runs["replayed"] = shared.run("grad_diff", 1.0, str(tmp_path / "replayed"), show_progress=False)
+  assert not started  # Every batch of the second run was replayed.
+  runs["longer"] = shared.run("grad_diff", 5.0, str(tmp_path / "longer"), show_progress=False)
+  assert len(started) == 2  # Forget and retain, each continued where the recording ends.
+  runs["cold"] = make().run("grad_diff", 5.0, str(tmp_path / "cold"), show_progress=False)
+  runtime = shared.runtime
+  checksums = {name: checkpointing.restore(str(tmp_path / name), runtime.abstract_state(),
+                                           signature=runtime.signature,
+                                           reference=None)[1]["checksums"] for name in runs}
+  assert checksums["replayed"] == checksums["first"] and checksums["longer"] == checksums["cold"]
+  assert runs["longer"]["final_metrics"] == runs["cold"]["final_metrics"]
+  assert runs["longer"]["samples_processed"] == runs["cold"]["samples_processed"]
 
 
 def test_a_deletion_request_unlearns_only_its_pairs(compromised_run, micro_dataset_dir, tmp_path):

@@ -243,6 +243,29 @@ def eval_batches(dataset, split_names, tokenizer, image_size: int, batch_size: i
                                                                      drop_remainder=False)
 
 
+class RecordedStreams:
+  """Deterministic batch streams recorded on their first draw and replayed after, up to
+  `capacity_mb` in all: every unlearning run of one seed draws the same forget and retain
+  batches, and every relearning attack the same forget half. Replaying skips decoding,
+  rendering and augmenting; the batches are the stream's own, bit for bit."""
+
+  def __init__(self, capacity_mb: float):
+    self._left, self._recorded = capacity_mb * 2 ** 20, {}
+
+  def get(self, key, position: int):
+    """Batch `position` of stream `key`, or None if it was not recorded."""
+    recorded = self._recorded.get(key, ())
+    return recorded[position] if position < len(recorded) else None
+
+  def record(self, key, position: int, batch: dict) -> None:
+    """Keeps `batch` as batch `position` of stream `key`, if it is the next one and fits."""
+    recorded = self._recorded.setdefault(key, [])
+    size = sum(np.asarray(v).nbytes for v in batch.values())
+    if position == len(recorded) and size <= self._left:
+      recorded.append(batch)
+      self._left -= size
+
+
 def iterate(batches: grain.MapDataset, config, prefetch_batches: int | None = None):
   """A checkpointable iterator (`get_state` / `set_state`) with threaded prefetch of
   `prefetch_batches` (default: data.loader.prefetch_buffer_size) batches."""

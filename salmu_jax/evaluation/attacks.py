@@ -185,7 +185,7 @@ class Relearner:
     runtime, kind = self.evaluator.runtime, self.config.train.loss
     batches = runner.Batches(runtime, self.config, seed=self.config.eval.seed,
                              batch_sizes={"forget": self.config.unlearn.forget_batch},
-                             forget_indices=self.first)
+                             forget_indices=self.first, streams=self.evaluator.inputs.streams)
     state = TrainState(jnp.zeros((), jnp.int32), params, None,
                        jax.random.PRNGKey(self.config.eval.seed))
     out = {"before": _second_half(before_ctx, self.second), "steps": self.steps,

@@ -27,12 +27,19 @@ class Evaluator:
   model: an artifact of that run, never written into the dataset).
   """
 
-  def __init__(self, runtime):
+  def __init__(self, runtime, inputs: EvalInputs | None = None):
+    """`inputs`: another evaluator's, shared (decoded once) by models of another shape on
+    the same dataset and evaluation settings (the benchmark's memory models)."""
     self.runtime, self.config = runtime, runtime.config
     self.dataset, self.tokenizer = runtime.dataset, runtime.tokenizer
     self.encoders = embed.make_encoders(runtime.graphdef, runtime.state_shardings.params,
                                         runtime.mesh)
-    self.inputs = EvalInputs(self.config, self.dataset, self.tokenizer)
+    if inputs is None:
+      inputs = EvalInputs(self.config, self.dataset, self.tokenizer)
+    elif not inputs.serves(self.config, self.dataset, self.tokenizer):
+      raise ConfigError("evaluation inputs can be shared only by evaluators of one dataset, "
+                        "tokenizer and data/eval config")
+    self.inputs = inputs
     self.fragile_ids, self.fragile_source = list(self.dataset.fragile_ids), "dataset"
     self._relearner = None  # Built on the first relearning attack.
 

@@ -1,7 +1,8 @@
 """The evaluation inputs (decoded images, tokens, rendered GenKnow scenes), prepared once.
 
-Kept in memory up to `eval.input_cache_mb`, so that scoring many models (the benchmark)
-decodes and renders them once; what does not fit is streamed again for every model.
+Kept in memory up to `eval.input_cache_mb` (and the relearning attack's batches up to as
+much again), so that scoring many models (the benchmark) decodes and renders them once;
+what does not fit is streamed again for every model.
 """
 import grain
 import numpy as np
@@ -17,6 +18,14 @@ class EvalInputs:
     self.config, self.dataset, self.tokenizer = config, dataset, tokenizer
     self._inputs, self._records, self._genknow = {}, {}, None
     self._cache_left = config.eval.input_cache_mb * 2 ** 20
+    # The relearning attack's batches, the same for every model: drawn once.
+    self.streams = pipeline.RecordedStreams(config.eval.input_cache_mb)
+
+  def serves(self, config, dataset, tokenizer) -> bool:
+    """Are these the inputs an evaluator of `config` on `dataset` would prepare?"""
+    return (dataset is self.dataset and tokenizer is self.tokenizer and
+            config.data.to_dict() == self.config.data.to_dict() and
+            config.eval.to_dict() == self.config.eval.to_dict())
 
   def _cached(self, key, make, count: int):
     """`make()`'s batches, kept as a list when `count` images of this size still fit."""

@@ -75,12 +75,17 @@ def check_request(method_name: str, budget: float) -> methods.Method:
   return methods.METHODS[method_name]
 
 
+BATCH_KEYS = {"forget": ("image", "tokens", "generic_tokens"), "retain": ("image", "tokens")}
+
+
 class Batches:
   """This process's forget and retain batches as global arrays; counts samples drawn.
   Each source starts on its first draw: a run that reads only forget pairs never decodes
-  or renders retain images."""
+  or renders retain images. With `streams` (pipeline.RecordedStreams, shared by the runs of
+  one config, dataset and seed) a batch an earlier run drew is replayed, not made again."""
 
-  def __init__(self, runtime, config, seed: int, batch_sizes: dict, forget_indices=None):
+  def __init__(self, runtime, config, seed: int, batch_sizes: dict, forget_indices=None,
+               streams: pipeline.RecordedStreams | None = None):
     dataset = runtime.dataset
     count, index = jax.process_count(), jax.process_index()
     self.sharding = sharding.batch_sharding(runtime.mesh)
@@ -95,19 +100,47 @@ class Batches:
             config, dataset, runtime.tokenizer, sources.retain_base_source(config.data),
             batch_size=batch_sizes["retain"], seed=seed, shard_index=index, shard_count=count),
     }
-    self._config, self._iterators = config, {}
+    self._config, self._iterators = config, {}  # Source -> (iterator, its next position).
     self.samples = {"forget": 0, "retain": 0}
+    self._streams = streams or pipeline.RecordedStreams(0)
+    indices = None if forget_indices is None else tuple(np.asarray(forget_indices).tolist())
+    data = json.dumps(config.data.to_dict(), sort_keys=True)  # What a stream is made of.
+    self._keys = {name: (name, size, seed, indices if name == "forget" else None, index, count,
+                         data) for name, size in batch_sizes.items()}
+    self._drawn = {name: 0 for name in batch_sizes}
+    self.replayed = 0  # Batches an earlier run drew, replayed here.
+
+  def element_specs(self, names) -> dict:
+    """{name: {key: (local shape, dtype)}} of the batches `next(names)` returns, read from
+    each source's first batch (made for this, without starting the source's iterator)."""
+    return {name: {k: (np.shape(v), np.asarray(v).dtype)
+                   for k, v in self._sources[name]()[0].items() if k in BATCH_KEYS[name]}
+            for name in names}
+
+  def _local(self, name: str) -> dict:
+    """This process's next batch of `name`: replayed if recorded, else drawn (and recorded)
+    from the source, started at that position on first need."""
+    position, key = self._drawn[name], self._keys[name]
+    self._drawn[name] += 1
+    local = self._streams.get(key, position)
+    self.replayed += local is not None
+    if local is None:
+      iterator, at = self._iterators.get(name, (None, None))
+      if at != position:
+        source = self._sources[name]()
+        iterator = pipeline.iterate(source[position:] if position else source, self._config,
+                                    PREFETCH_BATCHES)
+      local = {k: v for k, v in next(iterator).items() if k in BATCH_KEYS[name]}
+      self._iterators[name] = (iterator, position + 1)
+      self._streams.record(key, position, local)
+    return local
 
   def next(self, names) -> dict:
     batch = {}
     for name in names:
-      if name not in self._iterators:
-        self._iterators[name] = pipeline.iterate(self._sources[name](), self._config,
-                                                 PREFETCH_BATCHES)
-      local = next(self._iterators[name])
-      keys = ("image", "tokens", "generic_tokens") if name == "forget" else ("image", "tokens")
+      local = self._local(name)
       batch[name] = {k: jax.make_array_from_process_local_data(self.sharding, local[k])
-                     for k in keys}
+                     for k in BATCH_KEYS[name]}
       self.samples[name] += len(local["tokens"]) * jax.process_count()
     return batch
 
@@ -121,25 +154,10 @@ def optimize(runtime, config, compiled: dict, state, reference_params, objective
   what `objective` computes (method, hyperparameters, loss kind): steps of equal keys share
   one jitted function in `compiled`. A saliency mask is baked into its program, so masked
   steps are not shared."""
-  tx = optimizer.unlearning(config.train, config.unlearn, update_mask)
+  fresh, step_fn = _step_functions(runtime, config, compiled, state, objective, key, names,
+                                   batches.sharding, update_mask)
   learning_rate = optimizer.learning_rate_schedule(config.unlearn, steps)
-  new_state = lambda params, rng: TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                                             rng)
-  # The unlearning chain's state: the pretraining structure plus its own links.
-  shardings = sharding.state_shardings(
-      jax.eval_shape(new_state, state.params, state.rng), runtime.mesh)
-  # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
-  # with the step's output shardings, so the second step does not see new input types and
-  # compile again.
-  fresh = _cached(compiled, ("fresh_state", update_mask is None), lambda: jax.jit(
-      new_state, out_shardings=shardings))
   state = fresh(state.params, state.rng)
-  make_step = lambda: jax.jit(
-      make_train_step(tx, objective, factory.apply_fn(runtime.graphdef)),
-      in_shardings=(shardings, shardings.params, {n: batches.sharding for n in names}, None),
-      out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,))
-  step_fn = make_step() if update_mask is not None else _cached(
-      compiled, ("step", *key, names), make_step)
   metrics, first_loss = {}, None
   with progress.bar(total=steps, desc=label, unit="step", enabled=show_progress) as bar:
     for step in range(steps):
@@ -152,6 +170,35 @@ def optimize(runtime, config, compiled: dict, state, reference_params, objective
         bar.set_postfix(loss=f"{loss:.4f}")
       bar.update(1)
   return state, {k: float(v) for k, v in metrics.items()} | {"first_loss": float(first_loss)}
+
+
+def _step_functions(runtime, config, compiled: dict, state, objective, key: tuple, names,
+                    batch_sharding, update_mask=None) -> tuple:
+  """(fresh, step) of `optimize`: the jitted copy of `state` into the unlearning chain's
+  state, and the jitted step of `objective` (shared in `compiled` by `key` and `names`)."""
+  tx = optimizer.unlearning(config.train, config.unlearn, update_mask)
+  new_state = lambda params, rng: TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                                             rng)
+  # The unlearning chain's state: the pretraining structure plus its own links.
+  shardings = sharding.state_shardings(
+      jax.eval_shape(new_state, state.params, state.rng), runtime.mesh)
+  # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
+  # with the step's output shardings, so the second step does not see new input types and
+  # compile again.
+  fresh = _cached(compiled, ("fresh_state", update_mask is None), lambda: jax.jit(
+      new_state, out_shardings=shardings))
+  make_step = lambda: jax.jit(
+      make_train_step(tx, objective, factory.apply_fn(runtime.graphdef)),
+      in_shardings=(shardings, shardings.params, {n: batch_sharding for n in names}, None),
+      out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,))
+  step_fn = make_step() if update_mask is not None else _cached(
+      compiled, ("step", *key, names), make_step)
+  return fresh, step_fn
+
+
+def _step_key(method_name: str, hp, kind: str) -> tuple:
+  """What a method's step computes: steps of equal keys share one jitted function."""
+  return (method_name, json.dumps(hp.to_dict(), sort_keys=True), kind)
 
 
 def program_scope(runtime) -> tuple:
@@ -197,11 +244,14 @@ class Unlearner:
 
   `runtime` (training.runtime.setup of the same model and dataset) may be shared with
   other stages; `compiled` (a dict, shared) holds jitted functions by what they compute,
-  so that Unlearners of other seeds of one config trace and compile each step once.
+  so that Unlearners of other seeds of one config trace and compile each step once;
+  `streams` (pipeline.RecordedStreams) replays to each run the batches an earlier run of
+  the same seed drew.
   """
 
   def __init__(self, config, from_dir: str, *, dataset_dir: str | None = None, devices=None,
-               runtime=None, compiled: dict | None = None, allow_other_dataset: bool = False):
+               runtime=None, compiled: dict | None = None, allow_other_dataset: bool = False,
+               streams: pipeline.RecordedStreams | None = None):
     config = config.copy_and_resolve_references()
     config.reference = "compromised"  # What --from must hold; the result is "unlearned".
     self.config, self.from_dir = config, from_dir
@@ -212,6 +262,7 @@ class Unlearner:
     # model (a memory model beside a plain one) share the dict, never a program.
     self._compiled = _cached({} if compiled is None else compiled,
                              program_scope(self.runtime), dict)
+    self._streams = streams  # The batches earlier runs drew, replayed (Batches).
     # The frozen reference is stored once and never donated: `_optimize` trains a copy
     # (donating buffers the reference shares would invalidate it on the first step).
     self.original, meta, _ = checkpointing.restore(
@@ -232,6 +283,38 @@ class Unlearner:
     self.loss_grad = _cached(self._compiled, ("loss_grad", config.train.loss), lambda: jax.jit(
         lambda p, b: jax.grad(lambda q: loss(q, {"batch": b}, losses.Context(
             None, jax.random.PRNGKey(0), 0, apply))[0])(p)))
+
+  def warm(self, method_name: str, budget: float) -> bool:
+    """Compiles the step that `run(method_name, budget)` on the whole forget split will
+    take, by one step on zeros from a copy of the original (so the jitted function's own
+    cache holds it: an ahead-of-time `lower().compile()` would leave the run to trace and
+    compile again); writes nothing and changes no result (the run then calls the same
+    compiled program). The benchmark warms the next methods in a background thread while
+    the current ones run and are scored. False, doing nothing, for a method without steps or
+    whose step depends on its data (SalUn's saliency mask), and on a mesh of several
+    devices or processes (a step with collectives is not launched from a second thread)."""
+    method = check_request(method_name, budget)
+    config, runtime = self.config, self.runtime
+    if method.objective is None or method.prepare is not None:
+      return False
+    if jax.process_count() > 1 or runtime.mesh.devices.size > 1:
+      return False  # A step with collectives is not launched beside another program.
+    u, hp, kind = config.unlearn, config.unlearn[method_name], config.train.loss
+    names = tuple(method.uses(hp))
+    batch_sizes = step_batches(budget, len(runtime.dataset.splits["forget"]), names,
+                               u.forget_batch, u.retain_batch,
+                               sharding.data_parallel_size(runtime.mesh), method.prepare_draws)
+    batches = Batches(runtime, config, seed=config.seed, batch_sizes=batch_sizes)
+    fresh, step_fn = _step_functions(runtime, config, self._compiled, self.original,
+                                     method.objective(hp, kind), _step_key(method_name, hp, kind),
+                                     names, batches.sharding)
+    zeros = {name: {k: jax.make_array_from_process_local_data(batches.sharding,
+                                                              np.zeros(shape, dtype))
+                    for k, (shape, dtype) in specs.items()}
+             for name, specs in batches.element_specs(names).items()}
+    jax.block_until_ready(step_fn(fresh(self.original.params, self.original.rng),
+                                  self.original.params, zeros, jnp.float32(0.0)))
+    return True
 
   def _check_output_dir(self, workdir: str) -> None:
     """Refuses, before any work, an output directory that holds a run: the Compromised
@@ -302,7 +385,7 @@ class Unlearner:
     batch_sizes = step_batches(budget, num_forget, names, u.forget_batch, u.retain_batch,
                                sharding.data_parallel_size(runtime.mesh), method.prepare_draws)
     batches = Batches(runtime, config, seed=config.seed, batch_sizes=batch_sizes,
-                      forget_indices=indices)
+                      forget_indices=indices, streams=self._streams)
     # A method that reads no data (key deletion) takes no step.
     steps = budget_steps(budget, num_forget, sum(batch_sizes.values())) if names else 0
     forget_positions = indices if indices is not None else np.arange(num_forget)
@@ -319,7 +402,7 @@ class Unlearner:
     if method.objective is not None:
       state, metrics = optimize(
           self.runtime, config, self._compiled, state, original.params, method.objective(hp, kind),
-          (method_name, json.dumps(hp.to_dict(), sort_keys=True), kind), names, steps, batches,
+          _step_key(method_name, hp, kind), names, steps, batches,
           update_mask=mask, show_progress=show_progress, label=f"unlearn {method_name}")
       # Checkpoints store the optimizer state with the pretraining structure.
       state = state.replace(opt_state=optimizer.base_state(state.opt_state))
@@ -357,6 +440,9 @@ class Unlearner:
         "reads": list(names),
         "steps": steps, "forget_size": num_forget,
         "samples_processed": dict(batches.samples) | {"total": sum(batches.samples.values())},
+        # Replayed from an earlier run of the seed (the benchmark's RecordedStreams): the
+        # same batches, not decoded again, so not in this run's wall time.
+        "batches_replayed": batches.replayed,
         "budget_samples": int(budget * num_forget),
         # The floor of one step (at the smallest batches the mesh allows) or a hook's
         # estimate can cost more than the budget: said, not hidden (docs/protocol.md §4).
