@@ -269,6 +269,34 @@ CRITERIA = ml_collections.ConfigDict(dict(min_retfail_ratio=5.0, min_assocstr_ga
                                           max_genknow_gap_fraction=0.1))
 
 
+def test_the_by_design_targets_pass_and_fail_where_their_numbers_say():
+  """Issue 22's targets (report.by_design) on hand-made results of two seeds."""
+  with_auc = lambda values, auc: fake_result(values) | {"privacy": {"pair": {"auc": auc}}}
+  memory = {**COMPROMISED, "1.1_RetFail": 1.0, "2.1_GenKnow": 0.8, **{k: 1.0 for k in HOLDOUTS}}
+  forgotten = {**memory, "1.1_RetFail": 0.001, "2.1_GenKnow": 0.7}  # GenKnow kept: 0.875.
+  section = report.by_design(
+      [with_auc(CLEAN, 0.50), with_auc(CLEAN, 0.48)], [with_auc(COMPROMISED, 0.99)] * 2,
+      [with_auc(memory, 1.0)] * 2, [with_auc({**CLEAN, "2.1_GenKnow": 0.8}, 0.50)] * 2,
+      [with_auc({**CLEAN, "2.1_GenKnow": 0.8}, 0.49)] * 2,
+      [with_auc(forgotten, auc) for auc in (0.51, 0.52)], 1.0, THRESHOLDS,
+      {"compromised": [10.0, 12.0], "clean": [None, None]})
+  checks = {c["name"]: c for c in section["checks"]}
+  efficacy = checks["key deletion's RetFail efficacy (0 = Compromised, 1 = Clean)"]
+  assert efficacy["value"] == 1.0 and efficacy["passed"]
+  assert checks["retrieval/holdout_identity kept, of Compromised-memory's"]["passed"]
+  genknow = checks["2.1_GenKnow kept, of Compromised-memory's"]
+  assert genknow["value"] == 0.875 and not genknow["passed"]
+  # Seed means 0.515 against 0.49: +5.1%, outside the band; per seed +2.0% and +8.3%.
+  mean_leak = checks["pair PrivLeak against Clean (%), seed mean"]
+  assert mean_leak["value"] > 5 and not mean_leak["passed"]
+  per_seed = [c for c in section["checks"] if c["name"].endswith("each seed")]
+  assert [c["value"] for c in per_seed] == ["+2.0, +8.3", "+2.0, +4.0"]
+  assert [c["passed"] for c in per_seed] == [False, True]
+  assert section["cost"]["2.1_GenKnow"] == pytest.approx(0.8 / 0.91)
+  assert section["training_seconds"]["compromised"]["mean"] == 11.0
+  assert section["training_seconds"]["clean"] is None
+
+
 def test_leaderboard_means_spreads_ranks_and_diagnoses():
   runs = {
       # Forgets, keeps the holdouts: no failure mode.
