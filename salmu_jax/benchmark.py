@@ -258,8 +258,7 @@ class Benchmark:
     programs are the runs' own: results do not change."""
     if self._warming is None:
       pending = [m for m in self.methods if m != BY_DESIGN and any(
-          not os.path.exists(os.path.join(self.seed_dir(s), run_dir_name(m, b),
-                                          runner.METADATA_FILE))
+          not os.path.exists(os.path.join(self.method_run_dir(s, m, b), runner.METADATA_FILE))
           for s in self.seeds for b in self.method_budgets(m))]
       unlearner, budget = self.unlearner(seed), min(self.budgets)
       pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm steps")
@@ -278,6 +277,9 @@ class Benchmark:
     for future in (self._warming or {}).values():
       future.cancel()
     self._warming = None
+
+  def method_run_dir(self, seed: int, method: str, budget: float) -> str:
+    return os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
 
   def method_budgets(self, method: str) -> list:
     """Key deletion costs nothing at any budget: it runs once, at the smallest."""
@@ -373,7 +375,7 @@ class Benchmark:
     return Stage(f"seed {seed}: evaluate {MEMORY_REMOVED}", lambda: self.scored(out), run)
 
   def _method_stages(self, seed, method, budget) -> list:
-    run_dir = os.path.join(self.seed_dir(seed), run_dir_name(method, budget))
+    run_dir = self.method_run_dir(seed, method, budget)
     metadata, out = os.path.join(run_dir, runner.METADATA_FILE), os.path.join(run_dir, RESULT_FILE)
 
     label = f"seed {seed}: {method} {budget:g}x"

@@ -299,11 +299,9 @@ class Unlearner:
       return False
     if jax.process_count() > 1 or runtime.mesh.devices.size > 1:
       return False  # A step with collectives is not launched beside another program.
-    u, hp, kind = config.unlearn, config.unlearn[method_name], config.train.loss
-    names = tuple(method.uses(hp))
-    batch_sizes = step_batches(budget, len(runtime.dataset.splits["forget"]), names,
-                               u.forget_batch, u.retain_batch,
-                               sharding.data_parallel_size(runtime.mesh), method.prepare_draws)
+    hp, kind = config.unlearn[method_name], config.train.loss
+    names, batch_sizes = self._batch_plan(method, hp, budget,
+                                          len(runtime.dataset.splits["forget"]))
     batches = Batches(runtime, config, seed=config.seed, batch_sizes=batch_sizes)
     fresh, step_fn = _step_functions(runtime, config, self._compiled, self.original,
                                      method.objective(hp, kind), _step_key(method_name, hp, kind),
@@ -315,6 +313,15 @@ class Unlearner:
     jax.block_until_ready(step_fn(fresh(self.original.params, self.original.rng),
                                   self.original.params, zeros, jnp.float32(0.0)))
     return True
+
+  def _batch_plan(self, method: methods.Method, hp, budget: float, num_forget: int) -> tuple:
+    """(the batches each step of a run reads, {batch: pairs per step}) for `num_forget`
+    forget pairs at `budget` (step_batches on this model's mesh)."""
+    names = tuple(method.uses(hp))
+    u = self.config.unlearn
+    return names, step_batches(budget, num_forget, names, u.forget_batch, u.retain_batch,
+                               sharding.data_parallel_size(self.runtime.mesh),
+                               method.prepare_draws)
 
   def _check_output_dir(self, workdir: str) -> None:
     """Refuses, before any work, an output directory that holds a run: the Compromised
@@ -381,9 +388,7 @@ class Unlearner:
     if budget * num_forget < 1:
       raise ConfigError(f"--budget={budget:g} x {num_forget} forget pairs buys less than one "
                         f"sample; raise the budget")
-    names = tuple(method.uses(hp))
-    batch_sizes = step_batches(budget, num_forget, names, u.forget_batch, u.retain_batch,
-                               sharding.data_parallel_size(runtime.mesh), method.prepare_draws)
+    names, batch_sizes = self._batch_plan(method, hp, budget, num_forget)
     batches = Batches(runtime, config, seed=config.seed, batch_sizes=batch_sizes,
                       forget_indices=indices, streams=self._streams)
     # A method that reads no data (key deletion) takes no step.
