@@ -73,6 +73,35 @@ def test_text_pools_at_end_of_text_and_is_causal(micro_config):
   np.testing.assert_allclose(model.encode_text(short), model.encode_text(trimmed), atol=1e-6)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_last_block_computed_at_the_pooled_rows_equals_the_full_block(micro_config, causal):
+  """Each tower reads one position of its last block (model/clip.py); `pooled` computes that
+  row only and must give what the full block gives there, in value and in gradient."""
+  block = micro_model(micro_config).text.transformer.blocks[-1]
+  x = jax.random.normal(jax.random.PRNGKey(1), (5, 12, 64))
+  positions = jnp.array([0, 11, 4, 7, 4])
+  graphdef, params = nnx.split(block)
+  rows = jnp.arange(5)
+
+  def full(params, x):
+    return nnx.merge(graphdef, params)(x, causal, jnp.float32)[rows, positions]
+
+  def pooled(params, x):
+    return nnx.merge(graphdef, params).pooled(x, positions, causal, jnp.float32)
+
+  np.testing.assert_allclose(pooled(params, x), full(params, x), rtol=1e-5, atol=1e-6)
+  weights = jax.random.normal(jax.random.PRNGKey(2), (5, 64))
+  grads = [jax.grad(lambda p, x: jnp.sum(fn(p, x) * weights), argnums=(0, 1))(params, x)
+           for fn in (full, pooled)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  if causal:  # The positions after a pooled one do not reach it (rows 0, 2-4 pool before 8).
+    later, before_8 = x.at[:, 8:].set(3.0), np.array([0, 2, 3, 4])
+    np.testing.assert_allclose(pooled(params, later)[before_8], pooled(params, x)[before_8],
+                               atol=1e-6)
+    assert not np.allclose(pooled(params, later)[1], pooled(params, x)[1], atol=1e-3)
+
+
 def test_bad_input_shapes_are_named(micro_config):
   model = micro_model(micro_config)
   images, tokens = random_pairs(2)

@@ -3,7 +3,10 @@
 Counts the matmuls only (2 FLOPs per multiply-add), as MFU conventionally does
 (PaLM, Chowdhery et al. 2022, appendix B): projections, attention scores and
 weighted sums over the full (not causally halved) square, the patch embedding, the
-output projections and the batch's similarity matrix. A training step costs three
+output projections and the batch's similarity matrix. The count is of what the model
+runs: each tower's last block computes keys and values for every position but the rest
+for its pooled row only (model/clip.py), where OpenCLIP computes every row; a
+samples/s comparison with it is of the same function. A training step costs three
 forward passes (the backward computes gradients for activations and for weights).
 Norms, activations, softmax and the optimizer are left out; XLA's cost analysis
 counts them too, which is how the tests cross-check this count.
@@ -12,10 +15,12 @@ counts them too, which is how the tests cross-check this count.
 
 def _tower(tokens: int, width: int, layers: int, mlp_ratio: float) -> int:
   hidden = int(width * mlp_ratio)
-  per_layer = (2 * tokens * width * 4 * width    # q, k, v and output projections
-               + 2 * tokens * width * hidden * 2  # the MLP's two matmuls
-               + 2 * 2 * tokens * tokens * width)  # q @ k^T and softmax @ v
-  return layers * per_layer
+  per_row = 2 * width * 2 * width + 2 * width * hidden * 2  # q and output projections, MLP
+  full_block = (tokens * per_row
+                + 2 * tokens * width * 2 * width    # k and v projections
+                + 2 * 2 * tokens * tokens * width)  # q @ k^T and softmax @ v
+  pooled_block = per_row + 2 * tokens * width * 2 * width + 2 * 2 * tokens * width
+  return (layers - 1) * full_block + pooled_block
 
 
 def forward_flops_per_example(model_cfg, image_size: int, text_length: int) -> dict:
