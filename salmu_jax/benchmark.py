@@ -55,7 +55,7 @@ from ml_collections import config_flags  # noqa: E402
 from salmu_jax import checkpointing, cli, distributed, io_utils, progress, report  # noqa: E402
 from salmu_jax import request_report  # noqa: E402
 from salmu_jax import config as config_lib  # noqa: E402
-from salmu_jax.data import builder, layout, pipeline, requests  # noqa: E402
+from salmu_jax.data import builder, layout, pipeline, requests, scenes  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
 from salmu_jax.evaluation import attacks as attacks_lib, evaluator as evaluator_lib  # noqa: E402
 from salmu_jax.evaluation import registry  # noqa: E402
@@ -183,6 +183,8 @@ class Benchmark:
     self._evaluator, self._memory_evaluator = None, None
     self._unlearners, self._streams = {}, None  # One seed's at a time.
     self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
+    # Retain-base scenes rendered by one training, kept for the next (benchmark.scene_cache_mb).
+    self.scene_cache = scenes.RenderCache(bench.scene_cache_mb)
     self._warming = None  # Method -> the future of its step, compiled in the background.
     self._ran_inline = {}  # Stage name -> seconds: done inside the stage before it.
     self._requested = None  # A request mode's forget rows requested so far, per request.
@@ -305,20 +307,17 @@ class Benchmark:
     stages = [Stage("build SALMU-synth", lambda: os.path.exists(manifest),
                     lambda: builder.build_dataset(self.config, self.workdir,
                                                   progress=self.progress))]
+    by_design = self.mode == "salmubench" and self.by_design
+    references = REFERENCES + (MEMORY_REFERENCES if by_design else ())
     for seed in self.seeds:
-      for reference in REFERENCES:
-        stages.append(self._train_stage(seed, reference))
-      for reference in REFERENCES:
-        stages.append(self._reference_eval_stage(seed, reference))
+      # A seed's trainings follow each other: they draw the same retain-base scenes, which
+      # the first renders for the others (benchmark.scene_cache_mb).
+      stages += [self._train_stage(seed, reference) for reference in references]
+      stages += [self._reference_eval_stage(seed, reference) for reference in references]
+      if by_design:
+        stages.append(self._memory_removed_stage(seed))
     if self.mode != "salmubench":
       return stages + self._request_mode_stages()
-    if self.by_design:
-      for seed in self.seeds:
-        for reference in MEMORY_REFERENCES:
-          stages.append(self._train_stage(seed, reference))
-        for reference in MEMORY_REFERENCES:
-          stages.append(self._reference_eval_stage(seed, reference))
-        stages.append(self._memory_removed_stage(seed))
     for seed in self.seeds:
       for method in self.methods:
         for budget in self.method_budgets(method):
@@ -336,7 +335,7 @@ class Benchmark:
 
     return Stage(f"seed {seed}: train {reference}", done, lambda: loop.train(
         config, run_dir, dataset_dir=self.dataset_dir, devices=self.devices,
-        show_progress=self.progress))
+        show_progress=self.progress, scene_cache=self.scene_cache))
 
   def _reference_eval_stage(self, seed, reference) -> Stage:
     run_dir = os.path.join(self.seed_dir(seed), reference)

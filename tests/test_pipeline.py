@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from salmu_jax.data import layout, pipeline, sources
+from salmu_jax.data import layout, pipeline, scenes, sources
 from salmu_jax.data.tokenizer import load_tokenizer
 from salmu_jax.errors import ConfigError
 
@@ -30,6 +30,37 @@ def test_training_batch_shapes_and_dtypes(micro):
   assert batch["tokens"].shape == (8, 48) and batch["tokens"].dtype == np.int32
   assert batch["source"].dtype == np.int32 and batch["record_id"].dtype == np.int64
   assert (batch["tokens"][:, 0] == tokenizer.sot_id).all()
+
+
+def test_render_cache_gives_the_same_batches_and_keeps_to_its_capacity(micro):
+  """Two trainings of one seed read the same scenes (benchmark.scene_cache_mb): the second
+  reads them from the cache, through grain's reader threads, and its batches are the
+  uncached ones bit for bit."""
+  config, dataset, tokenizer, _ = micro
+  plain = pipeline.training_batches(config, dataset, tokenizer, sources.retain_base_source(config.data))
+  expected = [plain[i] for i in range(4)]
+  scene_mb = 32 * 32 * 3 / 2 ** 20
+  cache = scenes.RenderCache(capacity_mb=100 * scene_mb)
+  for _ in range(2):  # The first run renders and keeps, the second reads.
+    cached = pipeline.training_batches(config, dataset, tokenizer,
+                                       sources.retain_base_source(config.data, cache))
+    iterator = pipeline.iterate(cached, config)
+    for want in expected:
+      got = next(iterator)
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+  # The 4 batches hold some 24 retain-base scenes (the prefetch reads on, so more are drawn).
+  assert cache.hits >= 20
+  small = scenes.RenderCache(capacity_mb=5 * scene_mb)
+  source = scenes.ProceduralScenes(0, 32, 100, cache=small)
+  for index in range(8):
+    source[index]
+  assert list(small._entries) == [(0, "train", i, 32) for i in range(3, 8)]  # LRU evicted.
+  with pytest.raises(ValueError):  # A consumer writing into a kept scene would corrupt it.
+    source[7]["image"][0, 0] = 0
+  nothing_kept = scenes.RenderCache(capacity_mb=0)
+  scenes.ProceduralScenes(0, 32, 100, cache=nothing_kept)[5]
+  assert not nothing_kept._entries
 
 
 def test_reference_mixtures(micro):

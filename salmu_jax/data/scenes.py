@@ -8,8 +8,12 @@ background it stands on (8 x 4 = 32 classes, chance 1/32). Colour and background
 are what a tiny CLIP demonstrably learns in the tiny budget (measured: both over
 0.99 when asked in isolation, while shape and texture stay near chance: an
 80-class colour-shape task scored 0.08-0.13 and could not tell damage from noise).
-Images are a pure function of (seed, split, index): nothing is stored.
+Images are a pure function of (seed, split, index): nothing is stored, but a process
+that trains several models may keep the scenes it rendered (`RenderCache`).
 """
+import collections
+import threading
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -186,13 +190,49 @@ def render_scene(seed: int, split: str, index: int, size: int) -> dict:
           "caption": scene["caption"], "label": scene["label"]}
 
 
-class ProceduralScenes:
-  """A grain random-access source of procedural scenes (`__len__`, `__getitem__`)."""
+class RenderCache:
+  """Rendered scenes by (seed, split, index, size), up to `capacity_mb`, the least recently
+  used evicted first. The scenes are the dataset seed's and a training seed only shuffles
+  them, so the reference trainings of one seed draw the same retain-base scenes, and
+  rendering is most of the loader's cost. Entries are read-only (a consumer that wrote
+  into one would change every later reader's data); safe for grain's reader threads."""
 
-  def __init__(self, seed: int, image_size: int, length: int, split: str = "train"):
+  def __init__(self, capacity_mb: float):
+    self._capacity = self._left = capacity_mb * 2 ** 20
+    self._entries, self._lock = collections.OrderedDict(), threading.Lock()
+    self.hits = self.misses = 0
+
+  def get_or_render(self, key: tuple, render) -> dict:
+    """The scene `render()` makes, rendered once while it stays in the cache."""
+    with self._lock:
+      if key in self._entries:
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return dict(self._entries[key])
+      self.misses += 1
+    scene = render()
+    scene["image"].flags.writeable = False
+    size = scene["image"].nbytes
+    with self._lock:
+      if key not in self._entries and size <= self._capacity:
+        while self._left < size:
+          _, evicted = self._entries.popitem(last=False)
+          self._left += evicted["image"].nbytes
+        self._entries[key] = scene
+        self._left -= size
+    return dict(scene)
+
+
+class ProceduralScenes:
+  """A grain random-access source of procedural scenes (`__len__`, `__getitem__`);
+  `cache` (a RenderCache) keeps what was rendered for later readers in the process."""
+
+  def __init__(self, seed: int, image_size: int, length: int, split: str = "train",
+               cache: RenderCache | None = None):
     if split not in _SPLIT_STREAMS:
       raise ValueError(f"unknown scene split {split!r}; known: {tuple(_SPLIT_STREAMS)}")
     self.seed, self.image_size, self.length, self.split = seed, image_size, length, split
+    self.cache = cache
 
   def __len__(self) -> int:
     return self.length
@@ -200,7 +240,10 @@ class ProceduralScenes:
   def __getitem__(self, index: int) -> dict:
     if not 0 <= index < self.length:
       raise IndexError(f"scene index {index} out of range [0, {self.length})")
-    return render_scene(self.seed, self.split, int(index), self.image_size)
+    render = lambda: render_scene(self.seed, self.split, int(index), self.image_size)
+    if self.cache is None:
+      return render()
+    return self.cache.get_or_render((self.seed, self.split, int(index), self.image_size), render)
 
   def __repr__(self) -> str:
     return f"ProceduralScenes(seed={self.seed}, image_size={self.image_size}, length={self.length}, split={self.split!r})"

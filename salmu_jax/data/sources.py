@@ -128,11 +128,13 @@ class WebDataset:
     return {"image": image, "caption": text.strip()}
 
 
-def retain_base_source(data_config):
-  """The retain base a config names: procedural scenes, a tfds dataset or shards."""
+def retain_base_source(data_config, scene_cache: scenes.RenderCache | None = None):
+  """The retain base a config names: procedural scenes (kept in `scene_cache` if given),
+  a tfds dataset or shards."""
   base = data_config.retain_base
   if base.kind == "procedural":
-    return scenes.ProceduralScenes(data_config.seed, data_config.image_size, base.size, "train")
+    return scenes.ProceduralScenes(data_config.seed, data_config.image_size, base.size, "train",
+                                   cache=scene_cache)
   if base.kind == "tfds":
     return TfdsImageText(base.name, base.data_dir, base.split, base.image_key, base.text_key)
   if base.kind == "webdataset":

@@ -23,10 +23,10 @@ from salmu_jax.training import memory as memory_lib, runtime as runtime_lib
 from salmu_jax.training.step import check_loss, pretraining_step
 
 
-def heldout_scene_batches(config, tokenizer):
+def heldout_scene_batches(config, tokenizer, scene_cache=None):
   """Held-out procedural pairs (the zero-shot stream) for a retrieval check while training."""
   source = scenes.ProceduralScenes(config.data.seed, config.data.image_size,
-                                   config.train.eval_examples, "zeroshot")
+                                   config.train.eval_examples, "zeroshot", cache=scene_cache)
   return grain.MapDataset.source(source).map(
       lambda item: {"image": item["image"], "tokens": tokenizer.encode([item["caption"]])[0]}
   ).batch(config.batch_size)
@@ -48,20 +48,22 @@ def sigterm_flag():
 
 
 def train(config, workdir: str, *, dataset_dir: str | None = None, devices=None,
-          stop_after: int | None = None, show_progress: bool = True) -> dict:
+          stop_after: int | None = None, show_progress: bool = True,
+          scene_cache: scenes.RenderCache | None = None) -> dict:
   """Trains (or resumes) to config.train.steps; returns {'losses': {step: loss}, ...}.
 
   `stop_after` ends the run early after that many steps of this call, with a
   checkpoint, as a preemption would (used to test exact resumption). One process at a
   time writes into `workdir` (process 0 of a multi-process run holds its lock).
+  `scene_cache` keeps the procedural scenes rendered, for the next trainings of the process.
   """
   lock = io_utils.exclusive(workdir, "train") if jax.process_index() == 0 else \
       contextlib.nullcontext()
   with lock:
-    return _train(config, workdir, dataset_dir, devices, stop_after, show_progress)
+    return _train(config, workdir, dataset_dir, devices, stop_after, show_progress, scene_cache)
 
 
-def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> dict:
+def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, scene_cache) -> dict:
   runtime = runtime_lib.setup(config, workdir, dataset_dir, devices)
   mesh, train_cfg = runtime.mesh, config.train
   init_state, state_shardings = runtime.init_state, runtime.state_shardings
@@ -71,7 +73,7 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> 
   # Data: this process's slice of the reference mixture.
   num_sensitive = sum(len(runtime.dataset.splits[s]) for s in splits.TRAINED_SENSITIVE_SPLITS)
   mixture = pipeline.reference_mixture(config, num_sensitive)
-  retain_base = sources.retain_base_source(config.data)
+  retain_base = sources.retain_base_source(config.data, scene_cache)
   # A memory model's pairs read their own memory row while training (model.clip.Memory).
   memory = factory.has_memory(config)
   batches = pipeline.training_batches(config, runtime.dataset, runtime.tokenizer, retain_base,
@@ -97,7 +99,8 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress) -> 
   encoders = embed.make_encoders(runtime.graphdef, state_shardings.params, mesh)
   # Held-out general knowledge, and the memorization that separates the references:
   # forget images against all forget association captions (chance: 1 / forget size).
-  eval_sets = {"heldout_retrieval_r1": heldout_scene_batches(config, runtime.tokenizer),
+  eval_sets = {"heldout_retrieval_r1": heldout_scene_batches(config, runtime.tokenizer,
+                                                                     scene_cache),
                "forget_association_r1": pipeline.eval_batches(
                    runtime.dataset, ["forget"], runtime.tokenizer, config.data.image_size,
                    config.batch_size)}
