@@ -183,8 +183,9 @@ class Benchmark:
     self._evaluator, self._memory_evaluator = None, None
     self._unlearners, self._streams = {}, None  # One seed's at a time.
     self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
-    # Retain-base scenes rendered by one training, kept for the next (benchmark.scene_cache_mb).
-    self.scene_cache = scenes.RenderCache(bench.scene_cache_mb)
+    # The retain-base scenes a seed's first training renders, kept for its next trainings
+    # (benchmark.scene_cache_mb); another seed draws other scenes, so one seed's at a time.
+    self._scene_cache = None  # (seed, scenes.RenderCache)
     self._warming = None  # Method -> the future of its step, compiled in the background.
     self._ran_inline = {}  # Stage name -> seconds: done inside the stage before it.
     self._requested = None  # A request mode's forget rows requested so far, per request.
@@ -335,13 +336,21 @@ class Benchmark:
 
     return Stage(f"seed {seed}: train {reference}", done, lambda: loop.train(
         config, run_dir, dataset_dir=self.dataset_dir, devices=self.devices,
-        show_progress=self.progress, scene_cache=self.scene_cache))
+        show_progress=self.progress, scene_cache=self.scene_cache(seed)))
+
+  def scene_cache(self, seed: int) -> scenes.RenderCache:
+    """The scenes `seed`'s trainings share (a new seed starts an empty cache; the seed's
+    scorings, after its trainings, drop it)."""
+    if self._scene_cache is None or self._scene_cache[0] != seed:
+      self._scene_cache = (seed, scenes.RenderCache(self.config.benchmark.scene_cache_mb))
+    return self._scene_cache[1]
 
   def _reference_eval_stage(self, seed, reference) -> Stage:
     run_dir = os.path.join(self.seed_dir(seed), reference)
     out = run_dir + ".json"
 
     def run():
+      self._scene_cache = None  # The seed's trainings are done.
       recompute = out == self.fragile_source
       result = self.evaluator_for(reference).score_checkpoint(
           run_dir, recompute_fragile=recompute, attacks=self.attacks, show_progress=self.progress)

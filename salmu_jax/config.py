@@ -258,8 +258,8 @@ def base_config() -> ml_collections.ConfigDict:
   benchmark.batch_cache_mb = 1_024
   # The reference trainings of one seed draw the same procedural retain-base scenes (the
   # training seed only shuffles the dataset seed's scenes): each is rendered once and kept
-  # for the next trainings, up to this many MB (0: each training renders its own). One
-  # seed's at tiny (64 px): ~350 MB.
+  # for the seed's next trainings, up to this many MB, the first ones kept (0: each training
+  # renders its own). One seed's at tiny (64 px): ~350 MB, released before its scoring.
   benchmark.scene_cache_mb = 1_024
   # Compile the next methods' unlearning steps in a background thread while the current
   # ones run and are scored (one step on zeros each: a second training state is held

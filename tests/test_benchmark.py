@@ -14,6 +14,7 @@ import pytest
 
 from salmu_jax import benchmark, io_utils, report
 from salmu_jax import config as config_lib
+from salmu_jax.data import scenes
 from salmu_jax.evaluation import diagnosis, registry
 from salmu_jax.unlearning import runner
 from salmu_jax.errors import ConfigError
@@ -56,8 +57,11 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
     return finish(self, method, budget, run_dir, **kwargs)
 
   monkeypatch.setattr(runner.Unlearner, "run", killed_during_ssd)
+  caches, make_cache = [], scenes.RenderCache
+  monkeypatch.setattr(scenes, "RenderCache", lambda mb: caches.append(make_cache(mb)) or caches[-1])
   with pytest.raises(KeyboardInterrupt):
     micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
+  assert len(caches) == 1 and caches[0].hits > 0  # Clean read scenes Compromised rendered.
   seed_dir = workdir / "seed_0"
   for done in ("clean.json", "compromised.json", "neg_grad_1x/result.json"):
     assert (seed_dir / done).exists()
@@ -200,6 +204,14 @@ def test_the_stage_plan_covers_every_seed_method_and_budget(micro_config, tmp_pa
   assert names == ["build SALMU-synth"] + references[:4] + references[4:] + runs
   assert plan.seed_config(4, "clean").seed == 4 and plan.seed_config(4, "clean").reference == "clean"
   assert not os.listdir(tmp_path)  # Planning writes nothing.
+  # With unlearning by design, a seed's four trainings follow each other (they share the
+  # retain-base scenes the first renders), then their scorings.
+  by_design = benchmark.Benchmark(micro_config, str(tmp_path), methods="key_deletion", seeds=1,
+                                  progress=False)
+  names = [stage.name for stage in by_design.stages()]
+  models = ("compromised", "clean", "compromised_memory", "clean_memory")
+  assert names[1:10] == ([f"seed 3: train {m}" for m in models]
+                         + [f"seed 3: evaluate {m}" for m in models + ("memory_removed",)])
 
 
 @pytest.mark.parametrize("kwargs, message", [

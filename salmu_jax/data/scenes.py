@@ -11,7 +11,6 @@ are what a tiny CLIP demonstrably learns in the tiny budget (measured: both over
 Images are a pure function of (seed, split, index): nothing is stored, but a process
 that trains several models may keep the scenes it rendered (`RenderCache`).
 """
-import collections
 import threading
 
 import numpy as np
@@ -191,35 +190,32 @@ def render_scene(seed: int, split: str, index: int, size: int) -> dict:
 
 
 class RenderCache:
-  """Rendered scenes by (seed, split, index, size), up to `capacity_mb`, the least recently
-  used evicted first. The scenes are the dataset seed's and a training seed only shuffles
-  them, so the reference trainings of one seed draw the same retain-base scenes, and
-  rendering is most of the loader's cost. Entries are read-only (a consumer that wrote
-  into one would change every later reader's data); safe for grain's reader threads."""
+  """Rendered scenes by (seed, split, index, size), up to `capacity_mb`. The scenes are the
+  dataset seed's and a training seed only shuffles them, so the reference trainings of one
+  seed read the same retain-base scenes in the same order, and rendering is most of the
+  loader's cost. The first scenes are kept and later ones not once it is full: for a
+  stream read twice in one order that serves the first `capacity_mb`, where evicting the
+  oldest would serve nothing. Entries are read-only (a consumer that wrote into one would
+  change every later reader's data); safe for grain's reader threads."""
 
   def __init__(self, capacity_mb: float):
-    self._capacity = self._left = capacity_mb * 2 ** 20
-    self._entries, self._lock = collections.OrderedDict(), threading.Lock()
+    self._left, self._entries = capacity_mb * 2 ** 20, {}
+    self._lock = threading.Lock()
     self.hits = self.misses = 0
 
   def get_or_render(self, key: tuple, render) -> dict:
-    """The scene `render()` makes, rendered once while it stays in the cache."""
+    """The scene `render()` makes, rendered once if it fits."""
     with self._lock:
       if key in self._entries:
-        self._entries.move_to_end(key)
         self.hits += 1
         return dict(self._entries[key])
       self.misses += 1
     scene = render()
     scene["image"].flags.writeable = False
-    size = scene["image"].nbytes
     with self._lock:
-      if key not in self._entries and size <= self._capacity:
-        while self._left < size:
-          _, evicted = self._entries.popitem(last=False)
-          self._left += evicted["image"].nbytes
+      if key not in self._entries and scene["image"].nbytes <= self._left:
         self._entries[key] = scene
-        self._left -= size
+        self._left -= scene["image"].nbytes
     return dict(scene)
 
 
