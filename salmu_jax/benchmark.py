@@ -1,7 +1,7 @@
 """SALMUBench end to end: from nothing to a leaderboard.
 
   python -m salmu_jax.benchmark --config=configs/tiny.py --workdir=runs/tiny \
-      [--methods=npo,ssd] [--budgets=1,5] [--seeds=3] [--attacks=quantize,relearn|none] \
+      [--methods=npo,ssd|post_hoc|all] [--budgets=1,5] [--seeds=3] [--attacks=quantize,relearn|none] \
       [--mode=salmubench|scalability|sustainability]
 
 Stages, in order: build SALMU-synth; per seed, train Compromised and Clean and
@@ -114,9 +114,13 @@ class Stage:
 
 
 def resolve_methods(spec: str) -> list:
-  """"all" or comma-separated registered names -> list of names (ConfigError on unknown)."""
+  """"post_hoc" (every method that unlearns the trained Compromised), "all" (and unlearning
+  by design, whose memory references are two more trainings per seed) or comma-separated
+  registered names -> list of names (ConfigError on unknown)."""
   if spec.strip() == "all":
     return list(methods_lib.METHODS)
+  if spec.strip() == "post_hoc":
+    return [name for name in methods_lib.METHODS if name != BY_DESIGN]
   names = [n.strip() for n in spec.split(",") if n.strip()]
   unknown = [n for n in names if n not in methods_lib.METHODS]
   if unknown or not names:
@@ -806,8 +810,9 @@ if __name__ == "__main__":
   distributed.define_flags()
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/NAME.py", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes; rerun to resume.")
-  _METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods, or all (default: "
-                                 "the config's benchmark.methods).")
+  _METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods, post_hoc (every "
+                                 "method but key_deletion) or all (default: the config's "
+                                 "benchmark.methods, post_hoc).")
   _BUDGETS = flags.DEFINE_list("budgets", None, "Budgets, e.g. 1,5 (default: benchmark.budgets).")
   _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds to average over (default: benchmark.seeds).")
   _ATTACKS = flags.DEFINE_string("attacks", None, "Attacks on forgetting scored for every model: "

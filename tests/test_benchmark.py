@@ -212,6 +212,16 @@ def test_the_stage_plan_covers_every_seed_method_and_budget(micro_config, tmp_pa
   models = ("compromised", "clean", "compromised_memory", "clean_memory")
   assert names[1:10] == ([f"seed 3: train {m}" for m in models]
                          + [f"seed 3: evaluate {m}" for m in models + ("memory_removed",)])
+  # The default ("post_hoc") is every method but key deletion, without the memory models'
+  # trainings; "all" adds both.
+  default, every = (benchmark.Benchmark(micro_config, str(tmp_path), methods=methods, seeds=1,
+                                        budgets=[1], progress=False) for methods in (None, "all"))
+  registered = list(benchmark.methods_lib.METHODS)
+  assert micro_config.benchmark.methods == "post_hoc"
+  assert default.methods == [m for m in registered if m != benchmark.BY_DESIGN]
+  assert not any("memory" in stage.name for stage in default.stages())
+  assert every.methods == registered and benchmark.BY_DESIGN in registered
+  assert sum("memory" in stage.name for stage in every.stages()) == 5
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -94,10 +94,15 @@ def one_device():
 
 @pytest.mark.slow
 def test_resumed_training_repeats_the_uninterrupted_losses(micro_config, micro_dataset_dir,
-                                                          tmp_path, one_device):
+                                                          tmp_path, one_device, monkeypatch):
+  from salmu_jax.data import pipeline
+  streams, iterate = [], pipeline.iterate
+  monkeypatch.setattr(pipeline, "iterate", lambda batches, config: streams.append(
+      len(batches)) or iterate(batches, config))
   full = loop.train(micro_config, str(tmp_path / "full"), dataset_dir=micro_dataset_dir,
                      devices=one_device, show_progress=False)
   assert sorted(full["losses"]) == list(range(1, 7))
+  assert streams == [6]  # The loader's prefetch stops at the run's last batch.
   first = loop.train(micro_config, str(tmp_path / "cut"), dataset_dir=micro_dataset_dir,
                       devices=one_device, stop_after=2, show_progress=False)
   assert first["steps_done"] == 2

@@ -79,7 +79,9 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, sce
   batches = pipeline.training_batches(config, runtime.dataset, runtime.tokenizer, retain_base,
                                       mixture=mixture, shard_index=process_index,
                                       shard_count=process_count, memory_rows=memory)
-  iterator = pipeline.iterate(batches, config)
+  # The run's batches only: a prefetch past the last step would decode, render and augment
+  # batches that no step takes, on the cores the steps need.
+  iterator = pipeline.iterate(batches[:train_cfg.steps], config)
   batch_keys = ("image", "tokens") + (("memory_row",) if memory else ())
 
   # State: restored from the latest checkpoint, else initialized from the seed.
