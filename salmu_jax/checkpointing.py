@@ -127,11 +127,13 @@ def check_meta(meta: dict, signature: dict, reference: str | None, run_dir: str)
 
 
 def restore(run_dir: str, abstract_state, *, signature: dict, reference: str | None,
-            iterator=None, set_aside_damaged: bool = False) -> tuple:
+            iterator=None, recipe=None, set_aside_damaged: bool = False) -> tuple:
   """(state, meta, step) of the latest checkpoint of `run_dir`, or (None, None, None).
 
   Refuses another model shape, another reference (None: any, e.g. an unlearned model),
-  and, when `iterator` is given (training resumes), a checkpoint no training run wrote.
+  and, when `iterator` is given (training resumes), a checkpoint no training run wrote and,
+  with `recipe` (the config resuming it), one begun with another recipe (`check_recipe`),
+  before the iterator's state is read: a run of fewer steps cannot take a later position.
   A step whose files cannot be read is damaged: a training run (`set_aside_damaged`)
   moves it to RUN/checkpoints.corrupt/ with a warning and uses the one before; a reader
   never moves files and stops, naming it.
@@ -146,6 +148,8 @@ def restore(run_dir: str, abstract_state, *, signature: dict, reference: str | N
         if meta["stage"] != "train":
           raise ConfigError(f"{run_dir} holds a checkpoint written by {meta['stage']}, not a "
                             f"training run to resume; train in another --workdir")
+        if recipe is not None:
+          check_recipe(meta, recipe, run_dir)
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)
       state = checkpoints.restore(step, args=ocp.args.Composite(**items))["state"]
       sums = checksums(state)

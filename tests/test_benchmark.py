@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import ml_collections
@@ -59,9 +60,19 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   monkeypatch.setattr(runner.Unlearner, "run", killed_during_ssd)
   caches, make_cache = [], scenes.RenderCache
   monkeypatch.setattr(scenes, "RenderCache", lambda mb: caches.append(make_cache(mb)) or caches[-1])
+  events, train, warm = [], benchmark.loop.train, runner.Unlearner.warm
+  monkeypatch.setattr(benchmark.loop, "train", lambda config, *args, **kwargs: events.append(
+      f"train {config.reference}") or train(config, *args, **kwargs))
+  monkeypatch.setattr(runner.Unlearner, "warm", lambda self, method, budget: events.append(
+      (method, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))) or warm(
+          self, method, budget))
   with pytest.raises(KeyboardInterrupt):
     micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
   assert len(caches) == 1 and caches[0].hits > 0  # Clean read scenes Compromised rendered.
+  # The methods' steps compile from Clean's training on, in run order, at the lowest priority.
+  # (They start just before Clean's training: the two threads' events interleave.)
+  assert events[0] == "train compromised" and "train clean" in events
+  assert [e for e in events if isinstance(e, tuple)] == [(method, 19) for method in METHODS]
   seed_dir = workdir / "seed_0"
   for done in ("clean.json", "compromised.json", "neg_grad_1x/result.json"):
     assert (seed_dir / done).exists()
@@ -227,6 +238,7 @@ def test_the_stage_plan_covers_every_seed_method_and_budget(micro_config, tmp_pa
 @pytest.mark.parametrize("kwargs, message", [
     (dict(methods="npo,forget_everything"), "unknown \\['forget_everything'\\]"),
     (dict(methods="npo,npo"), "name a method twice"),
+    (dict(methods="post_hoc,npo"), "unknown \\['post_hoc'\\].*\\(or post_hoc, all\\)"),
     (dict(budgets=["1", "x"]), "budget 'x' is not a number"),
     (dict(budgets=[0]), "budget 0.0 must be a positive"),
     (dict(budgets=[1e9]), "budget 1e\\+09 passes exceeds the bound of 1000"),

@@ -198,6 +198,14 @@ def test_resuming_with_another_recipe_or_while_another_process_writes_is_refused
   safe.train.log_every, safe.train.checkpoint_every = 2, 2
   assert loop.train(safe, run, dataset_dir=micro_dataset_dir, devices=one_device,
                     show_progress=False)["steps_done"] == safe.train.steps
+  # Fewer steps than the run took: refused by name, nothing set aside as damaged (the
+  # loader's stream ends at the last step, so its saved position would not fit).
+  shorter = micro_config.copy_and_resolve_references()
+  shorter.train.steps = safe.train.steps - 2
+  with pytest.raises(ConfigError, match="differs in: train.steps"):
+    loop.train(shorter, run, dataset_dir=micro_dataset_dir, devices=one_device,
+               show_progress=False)
+  assert not os.path.exists(os.path.join(run, checkpointing.CORRUPT_DIRNAME))
 
 
 def test_a_checkpoint_whose_state_changed_on_disk_is_caught(

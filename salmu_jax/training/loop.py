@@ -87,11 +87,11 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, sce
   # State: restored from the latest checkpoint, else initialized from the seed.
   state, meta, _ = checkpointing.restore(workdir, runtime.abstract_state(),
                                          signature=runtime.signature, reference=config.reference,
-                                         iterator=iterator, set_aside_damaged=True)
+                                         iterator=iterator, recipe=config,
+                                         set_aside_damaged=True)
   if meta is not None:
     layout.check_same(meta["dataset"], runtime.dataset_identity, f"{workdir} was trained",
                       allow_other=False)
-    checkpointing.check_recipe(meta, config, workdir)
   # After restore: it may set steps aside.
   manager = checkpointing.manager(workdir, train_cfg.keep_checkpoints)
   if state is None:
