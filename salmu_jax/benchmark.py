@@ -44,7 +44,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Callable  # noqa: E402
 
@@ -105,13 +104,6 @@ class CompileClock:
 
   def __exit__(self, *exc):
     jax.monitoring.unregister_event_duration_listener(self._record)
-
-
-def lowest_cpu_priority() -> None:
-  """Gives the calling thread the lowest CPU priority (nice 19; Linux, where a thread has
-  its own): it then runs on cores the other threads leave idle."""
-  if sys.platform.startswith("linux"):
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 @dataclasses.dataclass
@@ -265,28 +257,20 @@ class Benchmark:
           runtime=runtime, compiled=self._compiled_steps, streams=self._streams[1])
     return self._unlearners[memory]
 
-  def start_warming(self, seed: int) -> None:
-    """Starts compiling, once per benchmark, in a background thread and in run order, the
-    step of every method that still has a run (`Unlearner.warm`) from `seed`'s trained
-    Compromised: the benchmark starts it with Clean's training, so that the XLA compiles
-    take the cores that training and the runs and scorings after it leave idle instead of
-    adding to the runs. The thread runs at the lowest CPU priority (on Linux), so that it
-    takes idle cores and slows no stage. The compiled programs are the runs' own: results
-    do not change."""
-    if self._warming is not None:
-      return
-    pending = [m for m in self.methods if m != BY_DESIGN and any(
-        not os.path.exists(os.path.join(self.method_run_dir(s, m, b), runner.METADATA_FILE))
-        for s in self.seeds for b in self.method_budgets(m))]
-    unlearner, budget = self.unlearner(seed), min(self.budgets)
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm steps",
-                                                 initializer=lowest_cpu_priority)
-    self._warming = {m: pool.submit(unlearner.warm, m, budget) for m in pending}
-    pool.shutdown(wait=False)
-
   def warmed(self, seed: int, method: str) -> None:
-    """Waits until `method`'s step is compiled (starting the compiles if not yet begun)."""
-    self.start_warming(seed)
+    """Waits until `method`'s step is compiled. The first call starts compiling, in a
+    background thread and in run order, the step of every method that still has a run
+    (`Unlearner.warm`), so that the XLA compiles, mostly single-threaded, overlap the
+    runs and scorings of the methods before them instead of adding to them. The compiled
+    programs are the runs' own: results do not change."""
+    if self._warming is None:
+      pending = [m for m in self.methods if m != BY_DESIGN and any(
+          not os.path.exists(os.path.join(self.method_run_dir(s, m, b), runner.METADATA_FILE))
+          for s in self.seeds for b in self.method_budgets(m))]
+      unlearner, budget = self.unlearner(seed), min(self.budgets)
+      pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm steps")
+      self._warming = {m: pool.submit(unlearner.warm, m, budget) for m in pending}
+      pool.shutdown(wait=False)
     if method in self._warming:
       try:
         self._warming.pop(method).result()
@@ -354,14 +338,9 @@ class Benchmark:
       return os.path.exists(run_dir + ".json") or \
           checkpointing.steps(run_dir)[-1:] == [config.train.steps]
 
-    def run():
-      if (reference == "clean" and self.mode == "salmubench" and
-          self.config.benchmark.compile_ahead):  # Compromised is trained.
-        self.start_warming(seed)
-      loop.train(config, run_dir, dataset_dir=self.dataset_dir, devices=self.devices,
-                 show_progress=self.progress, scene_cache=self.scene_cache(seed))
-
-    return Stage(f"seed {seed}: train {reference}", done, run)
+    return Stage(f"seed {seed}: train {reference}", done, lambda: loop.train(
+        config, run_dir, dataset_dir=self.dataset_dir, devices=self.devices,
+        show_progress=self.progress, scene_cache=self.scene_cache(seed)))
 
   def scene_cache(self, seed: int) -> scenes.RenderCache:
     """The scenes `seed`'s trainings share (a new seed starts an empty cache; the seed's

@@ -264,11 +264,10 @@ def base_config() -> ml_collections.ConfigDict:
   # for the seed's next trainings, up to this many MB, the first ones kept (0: each training
   # renders its own). One seed's at tiny (64 px): ~350 MB, released before its scoring.
   benchmark.scene_cache_mb = 1_024
-  # Compile the methods' unlearning steps in a background thread of the lowest CPU priority,
-  # from the first seed's Clean training on (Compromised is trained by then), while the
-  # references train and the methods before them run and are scored (one step on zeros each:
-  # a second training state is held meanwhile; turn off where accelerator memory is short; a
-  # mesh of several devices or processes never does it). Results do not change on CPU; on a GPU, kernels autotuned
+  # Compile the next methods' unlearning steps in a background thread while the current
+  # ones run and are scored (one step on zeros each: a second training state is held
+  # meanwhile; turn off where accelerator memory is short; a mesh of several devices or
+  # processes never does it). Results do not change on CPU; on a GPU, kernels autotuned
   # while another program runs may be other kernels, with other last bits.
   benchmark.compile_ahead = True
 
