@@ -87,11 +87,16 @@ def embed_images(encoders: Encoders, params, images: np.ndarray) -> np.ndarray:
   return _padded_call(encoders.image, params, images, encoders.mesh)
 
 
-def embed_texts(encoders: Encoders, params, tokenizer, texts, batch_size: int) -> np.ndarray:
-  """Embeds a list of strings (prompts, names, galleries)."""
-  chunks = [_padded_call(encoders.text, params, trim_padding(tokenizer.encode(texts[i:i + batch_size])),
-                         encoders.mesh)
-            for i in range(0, len(texts), batch_size)]
+def token_batches(tokenizer, texts, batch_size: int) -> list:
+  """A list of strings (prompts, names, galleries) as token batches of `batch_size`, each
+  cut after its longest row (`trim_padding`): what `embed_tokens` reads."""
+  return [trim_padding(tokenizer.encode(texts[i:i + batch_size]))
+          for i in range(0, len(texts), batch_size)]
+
+
+def embed_tokens(encoders: Encoders, params, batches) -> np.ndarray:
+  """Embeds token batches (`token_batches`), in order, as one array [N, D]."""
+  chunks = [_padded_call(encoders.text, params, tokens, encoders.mesh) for tokens in batches]
   return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 

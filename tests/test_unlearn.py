@@ -228,7 +228,7 @@ def test_ssd_task_vector_and_saliency_on_a_hand_made_tree():
   np.testing.assert_allclose(negated["b"], [[4.0, 4.5]])
   mask = T.saliency_mask({"a": jnp.array([0.1, -5.0, 0.2]), "b": jnp.array([[3.0, 0.0]])}, 0.4)
   assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False]]
-  updates, _ = optimizer.masked_updates(mask).update(params, None)
+  updates, _ = optimizer.masked_updates().update(params, optimizer.UpdateMaskState(mask))
   np.testing.assert_allclose(updates["a"], [0.0, 2.0, 0.0])
   noisy = T.fisher_noise(params, importance_all, jax.random.PRNGKey(0), scale=1e-3)
   assert T.count_changed(params, noisy) == 5
@@ -511,20 +511,27 @@ def test_a_warmed_step_is_the_one_the_run_takes_with_the_same_result(
   make = lambda: runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
                                   devices=jax.devices()[:1])
   unlearner = make()
-  assert not unlearner.warm("salun", 1.0)  # Its mask is part of its program.
-  assert not unlearner.warm("ssd", 1.0)  # One-shot: no step.
-  assert unlearner.warm("npo", 5.0)
-  (step,) = [fn for key, fn in unlearner._compiled.items() if key[0] == "step"]
-  assert step._cache_size() == 1
-  warmed = unlearner.run("npo", 5.0, str(tmp_path / "warmed"), show_progress=False)
-  assert step._cache_size() == 1  # The run called the warmed program.
-  cold = make().run("npo", 5.0, str(tmp_path / "cold"), show_progress=False)
-  assert warmed["final_metrics"] == cold["final_metrics"]
   runtime = unlearner.runtime
-  checksums = [checkpointing.restore(str(tmp_path / name), runtime.abstract_state(),
-                                     signature=runtime.signature, reference=None)[1]["checksums"]
-               for name in ("warmed", "cold")]
-  assert checksums[0] == checksums[1]  # Bit-identical parameters.
+  restore = lambda name: checkpointing.restore(str(tmp_path / name), runtime.abstract_state(),
+                                               signature=runtime.signature, reference=None)
+  assert not unlearner.warm("ssd", 1.0)  # One-shot: no step.
+  # SalUn's saliency mask is an input of its step (in the optimizer state), not a constant:
+  # it is warmed with an all-True mask, and its runs at both budgets take that program.
+  for method, budget in (("npo", 5.0), ("salun", 1.0)):
+    assert unlearner.warm(method, budget)
+    (step,) = [fn for key, fn in unlearner._compiled.items() if key[:2] == ("step", method)]
+    assert step._cache_size() == 1
+    warmed = unlearner.run(method, budget, str(tmp_path / f"{method}_warmed"),
+                           show_progress=False)
+    assert step._cache_size() == 1  # The run called the warmed program.
+    cold = make().run(method, budget, str(tmp_path / f"{method}_cold"), show_progress=False)
+    assert warmed["final_metrics"] == cold["final_metrics"]
+    checksums = [restore(f"{method}_{kind}")[1]["checksums"] for kind in ("warmed", "cold")]
+    assert checksums[0] == checksums[1]  # Bit-identical parameters.
+  other_mask = unlearner.run("salun", 5.0, str(tmp_path / "salun_5x"), show_progress=False)
+  assert step._cache_size() == 1  # Another budget, another mask: the same program.
+  moved = T.count_changed(unlearner.original.params, restore("salun_5x")[0].params)
+  assert 0 < moved <= other_mask["salient_weights"]  # Only salient weights moved.
 
 
 @pytest.mark.slow

@@ -59,9 +59,9 @@ class EvalContext:
     return finite(embed.embed_images(self.evaluator.encoders, self.params, images), "images")
 
   def texts(self, texts) -> np.ndarray:
-    return finite(embed.embed_texts(self.evaluator.encoders, self.params,
-                                    self.evaluator.tokenizer, list(texts),
-                                    self.config.eval.batch_size), "texts")
+    """Embeddings of strings (prompts, names), tokenized once per evaluator."""
+    return finite(embed.embed_tokens(self.evaluator.encoders, self.params,
+                                     self.evaluator.inputs.text_tokens(texts)), "texts")
 
 
 def finite(embeddings: np.ndarray, what: str) -> np.ndarray:

@@ -7,6 +7,7 @@ what does not fit is streamed again for every model.
 import grain
 import numpy as np
 
+from salmu_jax import embed
 from salmu_jax.data import layout, pipeline, scenes, sources
 from salmu_jax.errors import DatasetError
 
@@ -16,7 +17,7 @@ class EvalInputs:
 
   def __init__(self, config, dataset: layout.SalmuDataset, tokenizer):
     self.config, self.dataset, self.tokenizer = config, dataset, tokenizer
-    self._inputs, self._records, self._genknow = {}, {}, None
+    self._inputs, self._records, self._genknow, self._tokens = {}, {}, None, {}
     self._cache_left = config.eval.input_cache_mb * 2 ** 20
     # The relearning attack's batches, the same for every model: drawn once.
     self.streams = pipeline.RecordedStreams(config.eval.input_cache_mb)
@@ -44,6 +45,15 @@ class EvalInputs:
     return self._cached(name, lambda: pipeline.eval_batches(
         self.dataset, [name], self.tokenizer, self.config.data.image_size,
         self.config.eval.batch_size), len(source))
+
+  def text_tokens(self, texts) -> list:
+    """Token batches (embed.token_batches) of a sequence of strings; the metrics ask every
+    model for the same prompts and names, so each sequence is tokenized once."""
+    texts = tuple(texts)
+    if texts not in self._tokens:
+      self._tokens[texts] = embed.token_batches(self.tokenizer, list(texts),
+                                                self.config.eval.batch_size)
+    return self._tokens[texts]
 
   def records(self, name: str) -> list:
     if name not in self._records:

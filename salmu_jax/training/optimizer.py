@@ -4,8 +4,11 @@ Pretraining runs it with its warm-up-cosine schedule. Unlearning chains the same
 transformations (so the optimizer state of every checkpoint has one structure) at a
 unit rate, then its learning rate as an injected hyperparameter (an input of the
 compiled step, not a constant, so one compilation serves every budget), then an
-optional saliency mask.
+optional saliency mask, held in the optimizer state for the same reason (one compilation
+serves every mask: every budget and seed of SalUn).
 """
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -23,13 +26,21 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def masked_updates(mask) -> optax.GradientTransformation:
-  """Zeroes the updates of weights where `mask` is False: only the others move (SalUn's
-  salient weights). Elementwise, unlike optax.masked, which masks whole leaves."""
+class UpdateMaskState(NamedTuple):
+  mask: Any  # A boolean tree shaped like the parameters.
+
+
+def masked_updates() -> optax.GradientTransformation:
+  """Zeroes the updates of weights where the mask in its state is False: only the others
+  move (SalUn's salient weights). Elementwise, unlike optax.masked, which masks whole
+  leaves. The mask starts all True; `with_update_mask` sets it."""
+  def init(params):
+    return UpdateMaskState(jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params))
+
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, m: jnp.where(m, u, 0), updates, mask), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return jax.tree.map(lambda u, m: jnp.where(m, u, 0), updates, state.mask), state
+  return optax.GradientTransformation(init, update)
 
 
 def _in_memory(path) -> bool:
@@ -80,16 +91,17 @@ def pretraining(train):
                grad_clip_norm=train.grad_clip_norm), schedule
 
 
-def unlearning(train, unlearn, update_mask=None):
+def unlearning(train, unlearn, masked: bool = False):
   """The unlearning optimizer: `adamw` at rate 1 with unlearn's decay and clipping, then
-  the rate, set each step (`with_learning_rate`), then the saliency mask (SalUn) if any.
-  Its first link's state has the structure of `pretraining`'s (`base_state`)."""
+  the rate, set each step (`with_learning_rate`), then, if `masked`, an update mask
+  (SalUn's saliency mask, set by `with_update_mask`). Its first link's state has the
+  structure of `pretraining`'s (`base_state`)."""
   # A constant schedule, not the number 1: the pretraining state's structure (a step count).
   links = [adamw(optax.constant_schedule(1.0), train, weight_decay=unlearn.weight_decay,
                  grad_clip_norm=unlearn.grad_clip_norm),
            optax.inject_hyperparams(optax.scale)(**{LEARNING_RATE: 1.0})]
-  if update_mask is not None:
-    links.append(masked_updates(update_mask))
+  if masked:
+    links.append(masked_updates())
   return optax.chain(*links)
 
 
@@ -103,6 +115,12 @@ def with_learning_rate(opt_state, learning_rate):
   base, injected, *rest = opt_state
   hyperparams = dict(injected.hyperparams, **{LEARNING_RATE: learning_rate})
   return (base, injected._replace(hyperparams=hyperparams), *rest)
+
+
+def with_update_mask(opt_state, mask):
+  """A masked `unlearning` chain's state with `mask` (a boolean tree like the parameters)."""
+  *links, _ = opt_state
+  return (*links, UpdateMaskState(mask))
 
 
 def base_state(opt_state):

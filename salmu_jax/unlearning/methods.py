@@ -32,7 +32,8 @@ class Method:
   uses: Callable  # hp -> the named batches each step reads ("forget", "retain").
   # (hp, loss_kind) -> the loss trained for the budget's steps; None: no steps (one-shot).
   objective: Callable | None = None
-  # (hp, tools, params) -> (update mask or None, details): before the steps.
+  # (hp, tools, params) -> (update mask, details): before the steps, which move only the
+  # weights where the mask is True (an input of the compiled step, shared by every mask).
   prepare: Callable | None = None
   # (hp, tools, original_params, trained_params, loss_kind) -> (params, details).
   finalize: Callable | None = None

@@ -152,12 +152,12 @@ def optimize(runtime, config, compiled: dict, state, reference_params, objective
   parameters of `state` (a TrainState; kept, a copy is trained), with `reference_params`
   as the frozen model that objectives may read; returns (state, last metrics). `key` names
   what `objective` computes (method, hyperparameters, loss kind): steps of equal keys share
-  one jitted function in `compiled`. A saliency mask is baked into its program, so masked
-  steps are not shared."""
+  one jitted function in `compiled`. `update_mask` (SalUn's saliency mask) travels in the
+  optimizer state, an input of the step, so masked steps are shared too."""
   fresh, step_fn = _step_functions(runtime, config, compiled, state, objective, key, names,
-                                   batches.sharding, update_mask)
+                                   batches.sharding, masked=update_mask is not None)
   learning_rate = optimizer.learning_rate_schedule(config.unlearn, steps)
-  state = fresh(state.params, state.rng)
+  state = fresh(state.params, state.rng, update_mask)
   metrics, first_loss = {}, None
   with progress.bar(total=steps, desc=label, unit="step", enabled=show_progress) as bar:
     for step in range(steps):
@@ -173,27 +173,36 @@ def optimize(runtime, config, compiled: dict, state, reference_params, objective
 
 
 def _step_functions(runtime, config, compiled: dict, state, objective, key: tuple, names,
-                    batch_sharding, update_mask=None) -> tuple:
+                    batch_sharding, masked: bool = False) -> tuple:
   """(fresh, step) of `optimize`: the jitted copy of `state` into the unlearning chain's
-  state, and the jitted step of `objective` (shared in `compiled` by `key` and `names`)."""
-  tx = optimizer.unlearning(config.train, config.unlearn, update_mask)
-  new_state = lambda params, rng: TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                                             rng)
+  state, `fresh(params, rng, update mask or None)`, and the jitted step of `objective`
+  (shared in `compiled` by `key`, `names` and `masked`)."""
+  tx = optimizer.unlearning(config.train, config.unlearn, masked)
+
+  def new_state(params, rng, update_mask):
+    opt_state = tx.init(params)
+    if masked:
+      opt_state = optimizer.with_update_mask(opt_state, update_mask)
+    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, rng)
   # The unlearning chain's state: the pretraining structure plus its own links.
   shardings = sharding.state_shardings(
-      jax.eval_shape(new_state, state.params, state.rng), runtime.mesh)
+      jax.eval_shape(lambda p, r: new_state(p, r, _all_true(p) if masked else None),
+                     state.params, state.rng), runtime.mesh)
   # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
   # with the step's output shardings, so the second step does not see new input types and
   # compile again.
-  fresh = _cached(compiled, ("fresh_state", update_mask is None), lambda: jax.jit(
+  fresh = _cached(compiled, ("fresh_state", masked), lambda: jax.jit(
       new_state, out_shardings=shardings))
-  make_step = lambda: jax.jit(
+  step_fn = _cached(compiled, ("step", *key, names, masked), lambda: jax.jit(
       make_train_step(tx, objective, factory.apply_fn(runtime.graphdef)),
       in_shardings=(shardings, shardings.params, {n: batch_sharding for n in names}, None),
-      out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,))
-  step_fn = make_step() if update_mask is not None else _cached(
-      compiled, ("step", *key, names), make_step)
+      out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,)))
   return fresh, step_fn
+
+
+def _all_true(params):
+  """The update mask that moves every weight (the shape of a saliency mask)."""
+  return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
 
 
 def _step_key(method_name: str, hp, kind: str) -> tuple:
@@ -290,12 +299,13 @@ class Unlearner:
     cache holds it: an ahead-of-time `lower().compile()` would leave the run to trace and
     compile again); writes nothing and changes no result (the run then calls the same
     compiled program). The benchmark warms the next methods in a background thread while
-    the current ones run and are scored. False, doing nothing, for a method without steps or
-    whose step depends on its data (SalUn's saliency mask), and on a mesh of several
-    devices or processes (a step with collectives is not launched from a second thread)."""
+    the current ones run and are scored. A method with a `prepare` hook (SalUn) is warmed
+    with an all-True update mask: its mask is an input of the program. False, doing
+    nothing, for a method without steps, and on a mesh of several devices or processes (a
+    step with collectives is not launched from a second thread)."""
     method = check_request(method_name, budget)
     config, runtime = self.config, self.runtime
-    if method.objective is None or method.prepare is not None:
+    if method.objective is None:
       return False
     if jax.process_count() > 1 or runtime.mesh.devices.size > 1:
       return False  # A step with collectives is not launched beside another program.
@@ -303,14 +313,16 @@ class Unlearner:
     names, batch_sizes = self._batch_plan(method, hp, budget,
                                           len(runtime.dataset.splits["forget"]))
     batches = Batches(runtime, config, seed=config.seed, batch_sizes=batch_sizes)
+    masked = method.prepare is not None
     fresh, step_fn = _step_functions(runtime, config, self._compiled, self.original,
                                      method.objective(hp, kind), _step_key(method_name, hp, kind),
-                                     names, batches.sharding)
+                                     names, batches.sharding, masked)
     zeros = {name: {k: jax.make_array_from_process_local_data(batches.sharding,
                                                               np.zeros(shape, dtype))
                     for k, (shape, dtype) in specs.items()}
              for name, specs in batches.element_specs(names).items()}
-    jax.block_until_ready(step_fn(fresh(self.original.params, self.original.rng),
+    mask = _all_true(self.original.params) if masked else None
+    jax.block_until_ready(step_fn(fresh(self.original.params, self.original.rng, mask),
                                   self.original.params, zeros, jnp.float32(0.0)))
     return True
 
