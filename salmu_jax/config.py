@@ -126,6 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
   loader = data.loader = ml_collections.ConfigDict()
   loader.num_threads = 2
   loader.prefetch_buffer_size = 64
+  # A training's stored records, decoded and tokenized once (pipeline._MadeOnce).
+  loader.record_cache_mb = 512
 
   config.model = model_config("B/16")
 
@@ -363,7 +365,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name, weight in data.mixture.items():
     _require(_finite(weight) and weight >= 0,
              f"data.mixture.{name}={weight} must be a finite, non-negative weight")
-  for name in ("num_threads", "prefetch_buffer_size"):
+  for name in ("num_threads", "prefetch_buffer_size", "record_cache_mb"):
     value = data.loader[name]
     _require(isinstance(value, int) and value >= 0,
              f"data.loader.{name}={value!r} must be a non-negative integer")

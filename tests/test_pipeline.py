@@ -63,6 +63,30 @@ def test_render_cache_gives_the_same_batches_and_keeps_to_its_capacity(micro):
   assert not nothing_kept._entries
 
 
+def test_a_training_decodes_each_stored_record_once_with_the_same_batches(micro, monkeypatch):
+  """A training reads every stored record many times (a Compromised one each sensitive
+  record ~10 times): it decodes and tokenizes each once (data.loader.record_cache_mb),
+  and its batches are the uncached ones bit for bit."""
+  config, dataset, tokenizer, base = micro
+  uncached = config.copy_and_resolve_references()
+  uncached.data.loader.record_cache_mb = 0
+  made, make_cache = [], scenes.RenderCache
+  monkeypatch.setattr(scenes, "RenderCache", lambda mb: made.append(make_cache(mb)) or made[-1])
+  cached, plain = (pipeline.training_batches(c, dataset, tokenizer, base)
+                   for c in (config, uncached))
+  records = sum(len(dataset.splits[s]) for s in pipeline.SOURCE_SPLITS["retain_synth"])
+  for index in range(40):  # ~80 retain_synth draws: each record read about twice.
+    want, got = plain[index], cached[index]
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  kept, nothing_kept = made
+  assert 0 < len(kept._entries) <= records and kept.hits >= 20
+  assert not nothing_kept._entries
+  image = next(iter(kept._entries.values()))["image"]
+  with pytest.raises(ValueError):  # Kept examples are read-only.
+    image[0, 0] = 0
+
+
 def test_reference_mixtures(micro):
   config = micro[0].copy_and_resolve_references()
   config.train.steps, config.batch_size, config.train.sensitive_exposures = 100, 8, 2.0

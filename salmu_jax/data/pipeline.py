@@ -13,7 +13,7 @@ import numpy as np
 import grain
 from PIL import Image
 
-from salmu_jax.data import layout, splits
+from salmu_jax.data import layout, scenes, splits
 from salmu_jax.errors import ConfigError, DatasetError
 
 SOURCE_IDS = {"retain_base": 0, "retain_synth": 1, "sensitive": 2}
@@ -115,12 +115,31 @@ class SubsetSource:
     return self._source[int(self._indices[index])]
 
 
+class _MadeOnce:
+  """The random-access source `make(source[i])`, each example made once while `cache` (a
+  scenes.RenderCache) has room: a training reads every stored record many times (a
+  Compromised one each sensitive record ~10 times), and decoding it costs more than the
+  rest of its way through the loader."""
+
+  def __init__(self, source, make, cache, name: str):
+    self._source, self._make, self._cache, self._name = source, make, cache, name
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int):
+    return self._cache.get_or_render((self._name, int(index)),
+                                     lambda: self._make(self._source[index]))
+
+
 def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_key="caption",
-                    with_generic=False, indices=None, memory_rows=False) -> grain.MapDataset:
+                    with_generic=False, indices=None, memory_rows=False,
+                    cache=None) -> grain.MapDataset:
   """Stored SALMU-synth records of `split_names` as model examples, in record order;
   `with_generic` adds each record's generic caption as `generic_tokens`; `indices`
   keeps only those records (of the concatenated splits); `memory_rows` numbers each record's
-  memory row (`memory_offsets`, which reads every memory split's size), else -1."""
+  memory row (`memory_offsets`, which reads every memory split's size), else -1; `cache`
+  (a scenes.RenderCache) keeps the examples made, for their next reads."""
   def to_example(item):
     raw, row = item
     record = layout.decode_record(raw)
@@ -133,6 +152,8 @@ def _synth_examples(dataset, split_names, tokenizer, size, source_id, caption_ke
   source = ConcatSource(_WithMemoryRow(dataset.splits[s], offsets.get(s)) for s in split_names)
   if indices is not None:
     source = SubsetSource(source, indices)
+  if cache is not None:
+    return grain.MapDataset.source(_MadeOnce(source, to_example, cache, str(source_id)))
   return grain.MapDataset.source(source).map(to_example)
 
 
@@ -187,6 +208,7 @@ def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
     raise ConfigError(f"batch_size={batch_size} is not divisible by the {shard_count} "
                       f"data-loading processes")
   parts, part_weights = [], []
+  made = scenes.RenderCache(data.loader.record_cache_mb)  # The stored records, decoded.
   for offset, (name, weight) in enumerate(sorted(weights.items())):
     if weight <= 0:
       continue
@@ -194,7 +216,7 @@ def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
       examples = _base_examples(retain_base, tokenizer, data.image_size)
     else:
       examples = _synth_examples(dataset, SOURCE_SPLITS[name], tokenizer, data.image_size,
-                                 SOURCE_IDS[name], memory_rows=memory_rows)
+                                 SOURCE_IDS[name], memory_rows=memory_rows, cache=made)
     parts.append(examples.shuffle(seed=seed * 1000 + offset).repeat())
     part_weights.append(weight)
   if not parts:

@@ -190,13 +190,14 @@ def render_scene(seed: int, split: str, index: int, size: int) -> dict:
 
 
 class RenderCache:
-  """Rendered scenes by (seed, split, index, size), up to `capacity_mb`. The scenes are the
+  """Examples made once, by key, up to `capacity_mb` of images: rendered scenes by (seed,
+  split, index, size), and a training's decoded records (pipeline). The scenes are the
   dataset seed's and a training seed only shuffles them, so the reference trainings of one
   seed read the same retain-base scenes in the same order, and rendering is most of the
-  loader's cost. The first scenes are kept and later ones not once it is full: for a
+  loader's cost. The first entries are kept and later ones not once it is full: for a
   stream read twice in one order that serves the first `capacity_mb`, where evicting the
-  oldest would serve nothing. Entries are read-only (a consumer that wrote into one would
-  change every later reader's data); safe for grain's reader threads."""
+  oldest would serve nothing. Entries' arrays are read-only (a consumer that wrote into one
+  would change every later reader's data); safe for grain's reader threads."""
 
   def __init__(self, capacity_mb: float):
     self._left, self._entries = capacity_mb * 2 ** 20, {}
@@ -211,7 +212,9 @@ class RenderCache:
         return dict(self._entries[key])
       self.misses += 1
     scene = render()
-    scene["image"].flags.writeable = False
+    for value in scene.values():
+      if isinstance(value, np.ndarray):
+        value.flags.writeable = False
     with self._lock:
       if key not in self._entries and scene["image"].nbytes <= self._left:
         self._entries[key] = scene
