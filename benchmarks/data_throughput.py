@@ -33,7 +33,10 @@ MIXTURES = {
 def time_pipeline(config, dataset, tokenizer, base, mixture, batches, repeats):
   rates = []
   for repeat in range(repeats):
-    config.seed = repeat  # A fresh shuffle each repeat: no warm caches of decoded records.
+    config.seed = repeat  # A fresh shuffle each repeat.
+    # Every read decoded: a training keeps its decoded records (data.loader.record_cache_mb),
+    # so a run of many passes decodes each once; these rows price the first pass.
+    config.data.loader.record_cache_mb = 0
     iterator = pipeline.iterate(pipeline.training_batches(config, dataset, tokenizer, base,
                                                           mixture=mixture), config)
     for _ in range(3):

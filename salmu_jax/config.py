@@ -126,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
   loader = data.loader = ml_collections.ConfigDict()
   loader.num_threads = 2
   loader.prefetch_buffer_size = 64
-  # A training's stored records, decoded and tokenized once (pipeline._MadeOnce).
+  # A training's stored records, decoded and tokenized once, up to this many MB of images
+  # (pipeline._MadeOnce): all of them at tiny (~20 MB), a few thousand at paper scale.
   loader.record_cache_mb = 512
 
   config.model = model_config("B/16")
@@ -367,7 +368,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
              f"data.mixture.{name}={weight} must be a finite, non-negative weight")
   for name in ("num_threads", "prefetch_buffer_size", "record_cache_mb"):
     value = data.loader[name]
-    _require(isinstance(value, int) and value >= 0,
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
              f"data.loader.{name}={value!r} must be a non-negative integer")
   _require(sum(data.mixture.values()) > 0, "data.mixture weights are all 0: nothing to train on")
   _require(config.reference in REFERENCE_MODELS,
@@ -446,7 +447,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
            f"{config.benchmark.compile_ahead!r} must be True or False")
   for name in ("batch_cache_mb", "scene_cache_mb"):
     value = config.benchmark[name]
-    _require(isinstance(value, int) and value >= 0,
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
              f"benchmark.{name}={value!r} must be a non-negative integer")
   for name in ("gallery_forget", "gallery_retain"):
     _require(isinstance(config.eval[name], int) and config.eval[name] >= 0,

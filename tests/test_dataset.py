@@ -128,6 +128,7 @@ def test_the_fragile_rule_keeps_the_pairs_a_model_knows_least():
     ({"model.vision_mlp_ratio": 0.0}, "model.vision_mlp_ratio=0.0 must be a positive number"),
     ({"data.mixture.retain_base": float("inf")}, "retain_base=inf must be a finite, non-negative"),
     ({"data.loader.num_threads": -1}, "data.loader.num_threads=-1 must be a non-negative"),
+    ({"data.loader.record_cache_mb": True}, "data.loader.record_cache_mb=True must be a non-neg"),
     ({"unlearn.npo.beta": 0.0}, "unlearn.npo.beta=0.0 must be positive"),
     ({"unlearn.salun.sparsity": 5.0}, "unlearn.salun.sparsity=5.0 must be in \\(0, 1\\]"),
     ({"unlearn.scrub.max_every": 0}, "unlearn.scrub.max_every=0 must be an integer of at least 1"),

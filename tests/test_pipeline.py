@@ -70,21 +70,29 @@ def test_a_training_decodes_each_stored_record_once_with_the_same_batches(micro,
   config, dataset, tokenizer, base = micro
   uncached = config.copy_and_resolve_references()
   uncached.data.loader.record_cache_mb = 0
+  stored = {name: sum(len(dataset.splits[s]) for s in pipeline.SOURCE_SPLITS[name])
+            for name in ("retain_synth", "sensitive")}
+  # Compromised's mixture: two stored sources share the cache.
+  mixture = {"retain_base": 0.4, "retain_synth": 0.3, "sensitive": 0.3}
   made, make_cache = [], scenes.RenderCache
   monkeypatch.setattr(scenes, "RenderCache", lambda mb: made.append(make_cache(mb)) or made[-1])
-  cached, plain = (pipeline.training_batches(c, dataset, tokenizer, base)
-                   for c in (config, uncached))
-  records = sum(len(dataset.splits[s]) for s in pipeline.SOURCE_SPLITS["retain_synth"])
-  for index in range(40):  # ~80 retain_synth draws: each record read about twice.
-    want, got = plain[index], cached[index]
+  plain = pipeline.training_batches(uncached, dataset, tokenizer, base, mixture=mixture)
+  assert not made  # Capacity 0: no cache at all.
+  cached = pipeline.iterate(pipeline.training_batches(config, dataset, tokenizer, base,
+                                                      mixture=mixture), config)
+  for index in range(60):  # ~140 draws of each stored source: every record read again.
+    want, got = plain[index], next(cached)  # Through grain's reader threads.
     for key in want:
       np.testing.assert_array_equal(got[key], want[key])
-  kept, nothing_kept = made
-  assert 0 < len(kept._entries) <= records and kept.hits >= 20
-  assert not nothing_kept._entries
-  image = next(iter(kept._entries.values()))["image"]
-  with pytest.raises(ValueError):  # Kept examples are read-only.
-    image[0, 0] = 0
+  (kept,) = made
+  by_source = {name: sum(key[0] == str(pipeline.SOURCE_IDS[name]) for key in kept._entries)
+               for name in stored}
+  assert 0 < by_source["retain_synth"] <= stored["retain_synth"]
+  assert 0 < by_source["sensitive"] <= stored["sensitive"] and kept.hits >= 100
+  example = next(iter(kept._entries.values()))
+  for key in ("image", "tokens"):
+    with pytest.raises(ValueError):  # Kept examples are read-only.
+      example[key][0] = 0
 
 
 def test_reference_mixtures(micro):

@@ -228,7 +228,9 @@ def test_ssd_task_vector_and_saliency_on_a_hand_made_tree():
   np.testing.assert_allclose(negated["b"], [[4.0, 4.5]])
   mask = T.saliency_mask({"a": jnp.array([0.1, -5.0, 0.2]), "b": jnp.array([[3.0, 0.0]])}, 0.4)
   assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False]]
-  updates, _ = optimizer.masked_updates().update(params, optimizer.UpdateMaskState(mask))
+  tx = optimizer.masked_updates()
+  assert all(m.all() for m in jax.tree.leaves(tx.init(params).mask))  # Starts moving all.
+  updates, _ = tx.update(params, optimizer.UpdateMaskState(mask))
   np.testing.assert_allclose(updates["a"], [0.0, 2.0, 0.0])
   noisy = T.fisher_noise(params, importance_all, jax.random.PRNGKey(0), scale=1e-3)
   assert T.count_changed(params, noisy) == 5

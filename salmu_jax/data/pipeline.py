@@ -208,7 +208,8 @@ def training_batches(config, dataset, tokenizer, retain_base, *, mixture=None,
     raise ConfigError(f"batch_size={batch_size} is not divisible by the {shard_count} "
                       f"data-loading processes")
   parts, part_weights = [], []
-  made = scenes.RenderCache(data.loader.record_cache_mb)  # The stored records, decoded.
+  # The stored records, decoded: kept for their next reads (data.loader.record_cache_mb).
+  made = scenes.RenderCache(data.loader.record_cache_mb) if data.loader.record_cache_mb else None
   for offset, (name, weight) in enumerate(sorted(weights.items())):
     if weight <= 0:
       continue

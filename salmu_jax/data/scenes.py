@@ -190,7 +190,7 @@ def render_scene(seed: int, split: str, index: int, size: int) -> dict:
 
 
 class RenderCache:
-  """Examples made once, by key, up to `capacity_mb` of images: rendered scenes by (seed,
+  """Examples made once, by key, up to `capacity_mb` of arrays: rendered scenes by (seed,
   split, index, size), and a training's decoded records (pipeline). The scenes are the
   dataset seed's and a training seed only shuffles them, so the reference trainings of one
   seed read the same retain-base scenes in the same order, and rendering is most of the
@@ -212,13 +212,14 @@ class RenderCache:
         return dict(self._entries[key])
       self.misses += 1
     scene = render()
-    for value in scene.values():
-      if isinstance(value, np.ndarray):
-        value.flags.writeable = False
+    arrays = [value for value in scene.values() if isinstance(value, np.ndarray)]
+    for array in arrays:
+      array.flags.writeable = False
+    size = sum(array.nbytes for array in arrays)
     with self._lock:
-      if key not in self._entries and scene["image"].nbytes <= self._left:
+      if key not in self._entries and size <= self._left:
         self._entries[key] = scene
-        self._left -= scene["image"].nbytes
+        self._left -= size
     return dict(scene)
 
 

@@ -48,11 +48,15 @@ class EvalInputs:
 
   def text_tokens(self, texts) -> list:
     """Token batches (embed.token_batches) of a sequence of strings; the metrics ask every
-    model for the same prompts and names, so each sequence is tokenized once."""
+    model for the same prompts and names, so each sequence is tokenized once (kept
+    whole: tokens are small, and the lists are the dataset's and the requests')."""
     texts = tuple(texts)
     if texts not in self._tokens:
-      self._tokens[texts] = embed.token_batches(self.tokenizer, list(texts),
-                                                self.config.eval.batch_size)
+      batches = tuple(np.ascontiguousarray(tokens) for tokens in embed.token_batches(
+          self.tokenizer, list(texts), self.config.eval.batch_size))
+      for tokens in batches:
+        tokens.flags.writeable = False  # Shared by every model's scoring.
+      self._tokens[texts] = batches
     return self._tokens[texts]
 
   def records(self, name: str) -> list:

@@ -30,12 +30,17 @@ class UpdateMaskState(NamedTuple):
   mask: Any  # A boolean tree shaped like the parameters.
 
 
+def all_true_mask(params):
+  """The update mask that moves every weight."""
+  return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+
+
 def masked_updates() -> optax.GradientTransformation:
   """Zeroes the updates of weights where the mask in its state is False: only the others
   move (SalUn's salient weights). Elementwise, unlike optax.masked, which masks whole
   leaves. The mask starts all True; `with_update_mask` sets it."""
   def init(params):
-    return UpdateMaskState(jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params))
+    return UpdateMaskState(all_true_mask(params))
 
   def update(updates, state, params=None):
     del params
@@ -119,7 +124,9 @@ def with_learning_rate(opt_state, learning_rate):
 
 def with_update_mask(opt_state, mask):
   """A masked `unlearning` chain's state with `mask` (a boolean tree like the parameters)."""
-  *links, _ = opt_state
+  *links, last = opt_state
+  if not isinstance(last, UpdateMaskState):
+    raise TypeError("with_update_mask needs the state of optimizer.unlearning(masked=True)")
   return (*links, UpdateMaskState(mask))
 
 

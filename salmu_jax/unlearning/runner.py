@@ -186,7 +186,7 @@ def _step_functions(runtime, config, compiled: dict, state, objective, key: tupl
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state, rng)
   # The unlearning chain's state: the pretraining structure plus its own links.
   shardings = sharding.state_shardings(
-      jax.eval_shape(lambda p, r: new_state(p, r, _all_true(p) if masked else None),
+      jax.eval_shape(lambda p, r: new_state(p, r, optimizer.all_true_mask(p) if masked else None),
                      state.params, state.rng), runtime.mesh)
   # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
   # with the step's output shardings, so the second step does not see new input types and
@@ -198,11 +198,6 @@ def _step_functions(runtime, config, compiled: dict, state, objective, key: tupl
       in_shardings=(shardings, shardings.params, {n: batch_sharding for n in names}, None),
       out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,)))
   return fresh, step_fn
-
-
-def _all_true(params):
-  """The update mask that moves every weight (the shape of a saliency mask)."""
-  return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
 
 
 def _step_key(method_name: str, hp, kind: str) -> tuple:
@@ -321,7 +316,7 @@ class Unlearner:
                                                               np.zeros(shape, dtype))
                     for k, (shape, dtype) in specs.items()}
              for name, specs in batches.element_specs(names).items()}
-    mask = _all_true(self.original.params) if masked else None
+    mask = optimizer.all_true_mask(self.original.params) if masked else None
     jax.block_until_ready(step_fn(fresh(self.original.params, self.original.rng, mask),
                                   self.original.params, zeros, jnp.float32(0.0)))
     return True
@@ -412,6 +407,8 @@ class Unlearner:
 
     if method.prepare is not None:
       mask, prepared = method.prepare(hp, tools, state.params)
+      if mask is None:  # `warm` compiled the masked step for it.
+        raise TypeError(f"{method_name}'s prepare hook returned no update mask")
       details |= prepared
       # What the hook drew is spent: the steps get the rest of the budget (at least one).
       steps = tools.steps = budget_steps(budget * num_forget - sum(batches.samples.values()), 1,
