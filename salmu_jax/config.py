@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   loader = data.loader = ml_collections.ConfigDict()
   loader.num_threads = 2
   loader.prefetch_buffer_size = 64
-  # A training's stored records, decoded and tokenized once, up to this many MB of images
+  # A training's stored records, decoded and tokenized once, up to this many MB of arrays
   # (pipeline._MadeOnce): all of them at tiny (~20 MB), a few thousand at paper scale.
   loader.record_cache_mb = 512
 

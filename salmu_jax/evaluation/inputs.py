@@ -46,7 +46,7 @@ class EvalInputs:
         self.dataset, [name], self.tokenizer, self.config.data.image_size,
         self.config.eval.batch_size), len(source))
 
-  def text_tokens(self, texts) -> list:
+  def text_tokens(self, texts) -> tuple:
     """Token batches (embed.token_batches) of a sequence of strings; the metrics ask every
     model for the same prompts and names, so each sequence is tokenized once (kept
     whole: tokens are small, and the lists are the dataset's and the requests')."""
