@@ -180,14 +180,13 @@ def _step_functions(runtime, config, compiled: dict, state, objective, key: tupl
   tx = optimizer.unlearning(config.train, config.unlearn, masked)
 
   def new_state(params, rng, update_mask):
-    opt_state = tx.init(params)
-    if masked:
+    opt_state = tx.init(params)  # A masked chain's mask starts all True.
+    if update_mask is not None:
       opt_state = optimizer.with_update_mask(opt_state, update_mask)
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state, rng)
   # The unlearning chain's state: the pretraining structure plus its own links.
   shardings = sharding.state_shardings(
-      jax.eval_shape(lambda p, r: new_state(p, r, optimizer.all_true_mask(p) if masked else None),
-                     state.params, state.rng), runtime.mesh)
+      jax.eval_shape(new_state, state.params, state.rng, None), runtime.mesh)
   # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
   # with the step's output shardings, so the second step does not see new input types and
   # compile again.
