@@ -178,6 +178,20 @@ def test_too_short_context_is_refused(micro_config, tmp_path):
   assert not os.path.exists(tmp_path / "dataset")
 
 
+@pytest.mark.slow
+def test_another_process_writes_the_same_bytes(micro_dataset_dir, tmp_path):
+  """The manifest's digests name the dataset in every checkpoint: a rebuild elsewhere must
+  reproduce them. tfds stores records as tf.train.Example protos, whose feature map a
+  process serializes in its own hash order (a second build in this process cannot tell)."""
+  env = dict(os.environ, PYTHONPATH=REPO)
+  subprocess.run([sys.executable, "-m", "salmu_jax.make_dataset",
+                  f"--config={config_path('micro')}", f"--workdir={tmp_path}"],
+                 check=True, capture_output=True, env=env, cwd=REPO)
+  again = str(tmp_path / layout.DATASET_DIRNAME)
+  assert record_digests(again) == record_digests(micro_dataset_dir)
+  assert layout.identity(again) == layout.identity(micro_dataset_dir)
+
+
 def test_cli_reports_bad_input_in_one_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO)
   run = lambda *args: subprocess.run(

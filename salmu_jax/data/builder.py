@@ -4,7 +4,9 @@ SALMUBench data into the same layout (data/released.py).
 Everything is built in a temporary sibling directory and renamed into place, so a
 directory named `dataset` without a valid manifest is never the result of a build.
 """
+import contextlib
 import dataclasses
+import functools
 import io
 import json
 import multiprocessing
@@ -61,18 +63,23 @@ def _render_record(args) -> dict:
   return record_of(example, encode_image(pixels, image_format, jpeg_quality))
 
 
+@contextlib.contextmanager
 def rendered_records(plan: splits.Plan, data_config):
-  """split -> the plan's records with rendered, encoded images, in plan order."""
-  def records(split):
-    d = data_config
+  """split -> the plan's records with rendered, encoded images, in plan order; one pool
+  of `build_workers` processes renders every split (a spawned worker imports the
+  program's modules, seconds each: a pool per split paid that for each of them)."""
+  d = data_config
+
+  def records(render, split):
     jobs = [(e, d.image_size, d.image_format, d.jpeg_quality) for e in plan.examples[split]]
-    if d.build_workers > 1:
-      # spawn, not fork: the parent may already hold JAX or grain threads.
-      with multiprocessing.get_context("spawn").Pool(d.build_workers) as pool:
-        yield from pool.imap(_render_record, jobs, chunksize=32)
-    else:
-      yield from map(_render_record, jobs)
-  return records
+    yield from render(_render_record, jobs)
+
+  if d.build_workers <= 1:
+    yield functools.partial(records, map)
+    return
+  # spawn, not fork: the parent may already hold JAX or grain threads.
+  with multiprocessing.get_context("spawn").Pool(d.build_workers) as pool:
+    yield functools.partial(records, functools.partial(pool.imap, chunksize=32))
 
 
 def persona_entries(plan: splits.Plan) -> list:
@@ -260,8 +267,9 @@ def _write_synth(config, tmp: str, progress: bool) -> None:
   total = sum(plan.split_sizes()[s] for s in splits.SPLITS)
   with progress_lib.bar(total=total, desc="rendering SALMU-synth", unit="img",
                         enabled=progress) as bar, \
-      tempfile.TemporaryDirectory() as downloads:
-    layout.write_splits(rendered_records(plan, config.data), tmp, bar, downloads)
+      tempfile.TemporaryDirectory() as downloads, \
+      rendered_records(plan, config.data) as records:
+    layout.write_splits(records, tmp, bar, downloads)
   tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
   io_utils.write_json_atomic(os.path.join(tmp, PERSONAS_FILE), persona_entries(plan))
   io_utils.write_json_atomic(os.path.join(tmp, FRAGILE_FILE), plan.fragile_ids)

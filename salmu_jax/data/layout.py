@@ -76,6 +76,22 @@ class SalmuSynth(tfds.core.GeneratorBasedBuilder):
 
 
 @contextlib.contextmanager
+def _deterministic_serialization():
+  """tfds serializes each record as a tf.train.Example, whose features are a protobuf map:
+  serialized in hash-table order, which the protobuf runtime seeds per process, so two
+  builds of one plan wrote the same records in different bytes (and the manifest's digests,
+  the dataset's identity, differed). Sorted keys make the bytes a function of the records."""
+  serializer = tfds.core.example_serializer.ExampleSerializer
+  unsorted = serializer.serialize_example
+  serializer.serialize_example = lambda self, example: self.get_tf_example(
+      example).SerializeToString(deterministic=True)
+  try:
+    yield
+  finally:
+    serializer.serialize_example = unsorted
+
+
+@contextlib.contextmanager
 def _quiet_tfds():
   """tfds logs every shard and prints banners to stdout; our progress bar says enough."""
   verbosity = logging.get_verbosity()
@@ -95,7 +111,7 @@ def write_splits(records, root: str, progress, downloads: str,
   write an empty split, so a dataset without unseen identities leaves that one out."""
   data_builder = SalmuSynth(records=records, split_names=split_names, progress=progress,
                             data_dir=root, file_format="array_record")
-  with _quiet_tfds():
+  with _quiet_tfds(), _deterministic_serialization():
     data_builder.download_and_prepare(download_dir=downloads)
   shutil.rmtree(os.path.join(root, "downloads"), ignore_errors=True)
 
