@@ -8,6 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+from tensorflow_datasets.proto import tf_example_pb2
 
 from salmu_jax import config as config_lib, io_utils
 from salmu_jax.data import builder, faces, layout, scenes, splits
@@ -178,6 +181,38 @@ def test_too_short_context_is_refused(micro_config, tmp_path):
   assert not os.path.exists(tmp_path / "dataset")
 
 
+def test_records_are_stored_in_their_canonical_bytes(micro_dataset_dir):
+  """Each stored record is its tf.train.Example serialized with sorted keys, the bytes any
+  process writes (a tfds that serialized another way would fail here, not only across
+  processes)."""
+  files = sorted(glob.glob(os.path.join(micro_dataset_dir, builder.TFDS_NAME, "*",
+                                        "*.array_record*")))
+  for path in files:
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      for raw in reader.read(list(range(min(reader.num_records(), 4)))):
+        assert tf_example_pb2.Example.FromString(raw).SerializeToString(deterministic=True) == raw
+    finally:
+      reader.close()
+
+
+def test_sorted_serialization_holds_while_any_build_writes():
+  """Overlapping builds (threads) keep sorted keys until the last one ends, then tfds's own
+  method is back, after an error too."""
+  serializer = tfds.core.example_serializer.ExampleSerializer
+  unsorted = serializer.serialize_example
+  first, second = layout._deterministic_serialization(), layout._deterministic_serialization()
+  first.__enter__()
+  second.__enter__()
+  first.__exit__(None, None, None)
+  assert serializer.serialize_example is layout._serialize_sorted
+  second.__exit__(None, None, None)
+  assert serializer.serialize_example is unsorted
+  with pytest.raises(KeyError), layout._deterministic_serialization():
+    raise KeyError("interrupted build")
+  assert serializer.serialize_example is unsorted
+
+
 @pytest.mark.slow
 def test_another_process_writes_the_same_bytes(micro_dataset_dir, tmp_path):
   """The manifest's digests name the dataset in every checkpoint: a rebuild elsewhere must
@@ -185,7 +220,8 @@ def test_another_process_writes_the_same_bytes(micro_dataset_dir, tmp_path):
   process serializes in its own hash order (a second build in this process cannot tell)."""
   env = dict(os.environ, PYTHONPATH=REPO)
   subprocess.run([sys.executable, "-m", "salmu_jax.make_dataset",
-                  f"--config={config_path('micro')}", f"--workdir={tmp_path}"],
+                  f"--config={config_path('micro')}", f"--workdir={tmp_path}",
+                  "--config.data.build_workers=2"],  # The render pool too.
                  check=True, capture_output=True, env=env, cwd=REPO)
   again = str(tmp_path / layout.DATASET_DIRNAME)
   assert record_digests(again) == record_digests(micro_dataset_dir)

@@ -131,7 +131,8 @@ def _card(config, plan: splits.Plan, max_tokens: int) -> dict:
                     "longest_caption_tokens": max_tokens},
       "features": {k: repr(v) for k, v in layout.features().items()},
       "versions": {p: metadata.version(p) for p in
-                   ("faker", "pillow", "numpy", "tensorflow-datasets", "tokenizers")},
+                   ("faker", "pillow", "numpy", "tensorflow-datasets", "tokenizers",
+                    "protobuf", "array-record")},  # The stored bytes depend on all of them.
       "fingerprint": fingerprint(config),
   }
 

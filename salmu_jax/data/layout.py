@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import threading
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -75,20 +76,37 @@ class SalmuSynth(tfds.core.GeneratorBasedBuilder):
         self._progress.update(1)
 
 
+_SERIALIZATION_LOCK = threading.Lock()
+# Builds writing inside _deterministic_serialization now (builds may overlap in threads), and
+# the method they replaced.
+_sorted_serialization = {"writers": 0, "unsorted": None}
+
+
+def _serialize_sorted(serializer, example) -> bytes:
+  return serializer.get_tf_example(example).SerializeToString(deterministic=True)
+
+
 @contextlib.contextmanager
 def _deterministic_serialization():
   """tfds serializes each record as a tf.train.Example, whose features are a protobuf map:
   serialized in hash-table order, which the protobuf runtime seeds per process, so two
-  builds of one plan wrote the same records in different bytes (and the manifest's digests,
-  the dataset's identity, differed). Sorted keys make the bytes a function of the records."""
-  serializer = tfds.core.example_serializer.ExampleSerializer
-  unsorted = serializer.serialize_example
-  serializer.serialize_example = lambda self, example: self.get_tf_example(
-      example).SerializeToString(deterministic=True)
+  builds of one plan wrote the same records in other bytes (and the manifest's digests,
+  the dataset's identity, differed). Sorted keys make the bytes a function of the records
+  and of the protobuf and array-record versions (card.json's `versions`). tfds makes its
+  serializer inside its writer, so the method is replaced while any build writes."""
+  serializer, state = tfds.core.example_serializer.ExampleSerializer, _sorted_serialization
+  with _SERIALIZATION_LOCK:
+    if state["writers"] == 0:
+      state["unsorted"], serializer.serialize_example = (serializer.serialize_example,
+                                                         _serialize_sorted)
+    state["writers"] += 1
   try:
     yield
   finally:
-    serializer.serialize_example = unsorted
+    with _SERIALIZATION_LOCK:
+      state["writers"] -= 1
+      if state["writers"] == 0:
+        serializer.serialize_example = state["unsorted"]
 
 
 @contextlib.contextmanager
