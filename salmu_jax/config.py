@@ -323,6 +323,11 @@ def _finite(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _count(value) -> bool:
+  """A non-negative int (a bool is not one, though Python says it is)."""
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _positive_rate(value, name: str) -> None:
   _require(_finite(value) and value > 0, f"{name}={value} must be a positive, finite number")
 
@@ -368,7 +373,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
              f"data.mixture.{name}={weight} must be a finite, non-negative weight")
   for name in ("num_threads", "prefetch_buffer_size", "record_cache_mb"):
     value = data.loader[name]
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+    _require(_count(value),
              f"data.loader.{name}={value!r} must be a non-negative integer")
   _require(sum(data.mixture.values()) > 0, "data.mixture weights are all 0: nothing to train on")
   _require(config.reference in REFERENCE_MODELS,
@@ -447,7 +452,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
            f"{config.benchmark.compile_ahead!r} must be True or False")
   for name in ("batch_cache_mb", "scene_cache_mb"):
     value = config.benchmark[name]
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+    _require(_count(value),
              f"benchmark.{name}={value!r} must be a non-negative integer")
   for name in ("gallery_forget", "gallery_retain"):
     _require(isinstance(config.eval[name], int) and config.eval[name] >= 0,
