@@ -19,10 +19,14 @@ from salmu_jax.errors import ConfigError, DatasetError
 from tests.conftest import REPO, config_path
 
 
-def record_digests(root):
+def record_files(root):
   files = sorted(glob.glob(os.path.join(root, builder.TFDS_NAME, "*", "*.array_record*")))
   assert len(files) == len(splits.SPLITS)
-  return {os.path.basename(f): io_utils.sha256_file(f) for f in files}
+  return files
+
+
+def record_digests(root):
+  return {os.path.basename(f): io_utils.sha256_file(f) for f in record_files(root)}
 
 
 def test_records_match_the_plan(micro_dataset_dir, micro_config):
@@ -185,9 +189,7 @@ def test_records_are_stored_in_their_canonical_bytes(micro_dataset_dir):
   """Each stored record is its tf.train.Example serialized with sorted keys, the bytes any
   process writes (a tfds that serialized another way would fail here, not only across
   processes)."""
-  files = sorted(glob.glob(os.path.join(micro_dataset_dir, builder.TFDS_NAME, "*",
-                                        "*.array_record*")))
-  for path in files:
+  for path in record_files(micro_dataset_dir):
     reader = array_record_module.ArrayRecordReader(path)
     try:
       for raw in reader.read(list(range(min(reader.num_records(), 4)))):
