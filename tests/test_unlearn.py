@@ -11,13 +11,16 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from salmu_jax import checkpointing, config as config_lib, embed, losses
 from salmu_jax.data import layout, pipeline, requests
 from salmu_jax.errors import ConfigError, DatasetError
 from salmu_jax.evaluation import metrics
-from salmu_jax.training import loop, optimizer, runtime as runtime_lib
+from salmu_jax.training import loop, optimizer, runtime as runtime_lib, staged
+from salmu_jax.training.state import TrainState
+from salmu_jax.training.step import make_train_step
 from salmu_jax.unlearning import methods, objectives as O, parameter_transforms as T, runner
 from tests.conftest import REPO, config_path
 
@@ -200,6 +203,87 @@ def test_the_runner_unlearns_a_sigmoid_model_with_the_sigmoid_loss(
   for name in ("ssd", "salun", "task_vector", "npo"):
     metadata = unlearner.run(name, 0.5, str(tmp_path / name), show_progress=False)
     assert metadata["loss"] == "sigmoid"
+
+
+def toy_steps(objective, shared=None):
+  """(fused, staged) jitted steps of `objective` on the toy model under plain SGD (its
+  update is the gradient, so the two steps' parameters differ by their gradients' rounding)."""
+  tx = optax.sgd(0.5)
+  params, _, _ = toy_setup()
+  state = TrainState(jnp.asarray(3), params, tx.init(params), jax.random.PRNGKey(5))
+  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), state)
+  fused = jax.jit(make_train_step(tx, objective, toy_apply))
+  staged_step = staged.StagedStep(tx, objective, toy_apply, shardings,
+                                  {} if shared is None else shared, fused=lambda: fused)
+  fresh = lambda: jax.tree.map(jnp.array, state)  # Each step donates its own copy.
+  return fused, staged_step, fresh
+
+
+def toy_batch():
+  _, batch, _ = toy_setup()
+  batch["forget"]["generic_tokens"] = batch["forget"]["tokens"][::-1]
+  return batch
+
+
+@pytest.mark.parametrize("name", [n for n, m in methods.METHODS.items() if m.objective])
+def test_a_staged_step_computes_what_the_fused_step_computes(name):
+  """Every method's objective runs staged (its model calls as programs shared by all
+  methods), with the fused step's loss, metrics and update up to float32 rounding."""
+  objective = methods.METHODS[name].objective(config_lib.base_config().unlearn[name], "softmax")
+  fused, staged_step, fresh = toy_steps(objective)
+  params, _, _ = toy_setup()
+  batch = toy_batch()
+  expected, expected_metrics = fused(fresh(), params, batch)
+  got, metrics = staged_step(fresh(), params, batch)
+  assert staged_step.staged
+  assert sorted(metrics) == sorted(expected_metrics)
+  for key in expected_metrics:
+    np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, atol=1e-6)
+  assert int(got.step) == int(expected.step) == 4
+  np.testing.assert_array_equal(got.rng, expected.rng)
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(expected.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got.params),
+                                                       jax.tree.leaves(params))]
+  assert max(moved) > 1e-3  # The step did something to compare.
+
+
+def test_methods_share_the_models_programs():
+  """The model's forward, backward and the update compile once for every method."""
+  shared, batch = {}, toy_batch()
+  params, _, _ = toy_setup()
+  for name in ("clip_erase", "npo", "scrub", "generic_captions"):
+    objective = methods.METHODS[name].objective(config_lib.base_config().unlearn[name], "softmax")
+    _, staged_step, fresh = toy_steps(objective, shared)
+    staged_step(fresh(), params, batch)
+  assert {key[0]: fn._cache_size() for key, fn in shared.items()} == {
+      "forward_vjp": 1, "forward": 1, "backward": 1, "add": 1, "update": 1}
+
+
+@pytest.mark.parametrize("reads", ["weights", "reference_weights", "nothing"])
+def test_a_loss_that_reads_weights_otherwise_runs_fused(reads):
+  """A loss that reads its parameters other than through `ctx.apply` (a weight penalty, the
+  reference's weights) cannot be staged: it runs fused, with the fused step's result."""
+  contrastive = O.contrastive("retain", "softmax")
+
+  def objective(params, batch, ctx):
+    if reads == "weights":
+      value, aux = contrastive(params, batch, ctx)
+      return value + 0.1 * sum(jnp.sum(p ** 2) for p in jax.tree.leaves(params)), aux
+    if reads == "reference_weights":
+      outputs = ctx.apply(ctx.reference_params, batch["retain"]["image"], batch["retain"]["tokens"])
+      value, aux = contrastive(params, batch, ctx)
+      return value + jnp.mean(outputs[0]), aux
+    return jnp.sum(batch["retain"]["image"]), {}
+
+  fused, staged_step, fresh = toy_steps(objective)
+  params, _, _ = toy_setup()
+  batch = toy_batch()
+  expected, _ = fused(fresh(), params, batch)
+  got, _ = staged_step(fresh(), params, batch)
+  assert staged_step.staged is False
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_caption_transforms():
@@ -504,6 +588,11 @@ def test_unlearners_of_other_seeds_share_one_step_and_get_the_same_result(
   assert final[0, False] != final[1, False]  # The seed still sets the data order.
 
 
+def compiled_programs(step) -> int:
+  """How many programs a StagedStep's jitted functions hold (the shared ones too)."""
+  return sum(program._cache_size() for program in step.programs())
+
+
 @pytest.mark.slow
 def test_a_warmed_step_is_the_one_the_run_takes_with_the_same_result(
     compromised_run, micro_dataset_dir, tmp_path):
@@ -522,16 +611,17 @@ def test_a_warmed_step_is_the_one_the_run_takes_with_the_same_result(
   for method, budget in (("npo", 5.0), ("salun", 1.0)):
     assert unlearner.warm(method, budget)
     (step,) = [fn for key, fn in unlearner._compiled.items() if key[:2] == ("step", method)]
-    assert step._cache_size() == 1
+    assert step.staged  # Its programs are compiled, one each (the shared ones too).
+    programs = compiled_programs(step)
     warmed = unlearner.run(method, budget, str(tmp_path / f"{method}_warmed"),
                            show_progress=False)
-    assert step._cache_size() == 1  # The run called the warmed program.
+    assert compiled_programs(step) == programs  # The run called the warmed programs.
     cold = make().run(method, budget, str(tmp_path / f"{method}_cold"), show_progress=False)
     assert warmed["final_metrics"] == cold["final_metrics"]
     checksums = [restore(f"{method}_{kind}")[1]["checksums"] for kind in ("warmed", "cold")]
     assert checksums[0] == checksums[1]  # Bit-identical parameters.
   other_mask = unlearner.run("salun", 5.0, str(tmp_path / "salun_5x"), show_progress=False)
-  assert step._cache_size() == 1  # Another budget, another mask: the same program.
+  assert compiled_programs(step) == programs  # Another budget and mask: the same programs.
   moved = T.count_changed(unlearner.original.params, restore("salun_5x")[0].params)
   assert 0 < moved <= other_mask["salient_weights"]  # Only salient weights moved.
 

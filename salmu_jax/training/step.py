@@ -20,16 +20,27 @@ def make_train_step(tx, objective, apply):
   compiled step). Every update goes through `tx`; the logit scale is then clamped.
   """
   def train_step(state: TrainState, reference_params, batch, learning_rate=None):
-    rng, step_rng = jax.random.split(state.rng)
-    ctx = losses.Context(reference_params, step_rng, state.step, apply)
+    ctx = losses.Context(reference_params, loss_rng(state.rng), state.step, apply)
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, ctx)
-    opt_state = state.opt_state if learning_rate is None else \
-        optimizer.with_learning_rate(state.opt_state, learning_rate)
-    updates, opt_state = tx.update(grads, opt_state, state.params)
-    params = factory.clamp_logit_scale(optax.apply_updates(state.params, updates))
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-    return TrainState(state.step + 1, params, opt_state, rng), metrics
+    state, grad_norm = apply_gradients(tx, state, grads, learning_rate)
+    return state, {"loss": loss, "grad_norm": grad_norm, **aux}
   return train_step
+
+
+def loss_rng(rng):
+  """The key a step's loss draws from; the state keeps the other half of the split."""
+  return jax.random.split(rng)[1]
+
+
+def apply_gradients(tx, state: TrainState, grads, learning_rate=None):
+  """(the state after one update by `grads`, their global norm): every update goes through
+  `tx` (at `learning_rate` if given), then the logit scale is clamped."""
+  opt_state = state.opt_state if learning_rate is None else \
+      optimizer.with_learning_rate(state.opt_state, learning_rate)
+  updates, opt_state = tx.update(grads, opt_state, state.params)
+  params = factory.clamp_logit_scale(optax.apply_updates(state.params, updates))
+  rng, _ = jax.random.split(state.rng)
+  return TrainState(state.step + 1, params, opt_state, rng), optax.tree.norm(grads)
 
 
 def pretraining_step(config, graphdef, tx, state_shardings, mesh):

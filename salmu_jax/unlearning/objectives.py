@@ -173,8 +173,7 @@ def npo(on: str, beta: float, kind: str) -> Loss:
   the start."""
   def loss(params, batch, ctx):
     current = per_pair_contrastive(params, batch[on], ctx.apply, kind)
-    frozen = per_pair_contrastive(jax.lax.stop_gradient(ctx.reference_params), batch[on],
-                                  ctx.apply, kind)
+    frozen = losses.PER_EXAMPLE[kind](*ctx.reference(batch[on]["image"], batch[on]["tokens"]))
     value = -(2 / beta) * jax.nn.log_sigmoid(beta * (current - frozen)).mean()
     return value, {f"npo_{on}": value}
   return loss

@@ -22,7 +22,7 @@ from salmu_jax import checkpointing, io_utils, losses, progress
 from salmu_jax.data import layout, pipeline, requests, sources
 from salmu_jax.errors import ConfigError, check_finite
 from salmu_jax.model import factory, sharding
-from salmu_jax.training import optimizer, runtime as runtime_lib
+from salmu_jax.training import optimizer, runtime as runtime_lib, staged
 from salmu_jax.training.state import TrainState
 from salmu_jax.training.step import check_loss, make_train_step
 from salmu_jax.unlearning import methods, parameter_transforms
@@ -192,10 +192,17 @@ def _step_functions(runtime, config, compiled: dict, state, objective, key: tupl
   # compile again.
   fresh = _cached(compiled, ("fresh_state", masked), lambda: jax.jit(
       new_state, out_shardings=shardings))
-  step_fn = _cached(compiled, ("step", *key, names, masked), lambda: jax.jit(
-      make_train_step(tx, objective, factory.apply_fn(runtime.graphdef)),
-      in_shardings=(shardings, shardings.params, {n: batch_sharding for n in names}, None),
-      out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,)))
+  apply = factory.apply_fn(runtime.graphdef)
+  # Staged: the model's forward, backward and the update are programs every method shares
+  # (training/staged.py); each method compiles only its loss on the model's outputs.
+  step_fn = _cached(compiled, ("step", *key, names, masked), lambda: staged.StagedStep(
+      tx, objective, apply, shardings, _cached(compiled, ("staged",), dict),
+      fused=lambda: jax.jit(
+          make_train_step(tx, objective, apply),
+          in_shardings=(shardings, shardings.params, {n: batch_sharding for n in names}, None),
+          out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,)),
+      tx_key=(masked, json.dumps([config.train.to_dict(), config.unlearn.weight_decay,
+                                  config.unlearn.grad_clip_norm], sort_keys=True))))
   return fresh, step_fn
 
 

@@ -1,0 +1,179 @@
+"""An optimizer step of a loss function, run as programs that many loss functions share.
+
+A fused step (step.make_train_step) compiles the model's forward and backward passes into
+the program of each loss function: the benchmark's fourteen unlearning objectives compiled
+the same 1M-parameter model fourteen times, ~10 s each on 2 CPU cores, most of a first
+seed's extra time. Every objective reads the model only through `ctx.apply(params, ...)`
+and `ctx.reference(...)`, so its step can run as five programs:
+
+  plan      per loss    the inputs of each model call (captions permuted with ctx.rng...)
+  forward   shared      each call's outputs and pullback (jax.vjp), or the reference's outputs
+  value     per loss    the loss of those outputs and its gradient with respect to them
+  backward  shared      each call's pullback of that gradient, summed over calls
+  update    shared      the optimizer's update of the parameters
+
+The shared programs compile once per model, batch shape and optimizer; the per-loss ones
+hold no model and compile in a fraction of a second. Calls on the same traced inputs
+(CLIPErase's contrastive and KL terms both embed the retain batch) run once, their
+gradients summed before the backward pass. The arithmetic is the fused step's, rounded
+differently. A loss that reads its parameters any other way (a weight penalty, the
+reference's weights) is not staged: the first call finds it and runs the fused step.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from salmu_jax.training import step as step_lib
+
+
+class _Unstageable(Exception):
+  """The loss reads its parameters otherwise than by applying the model to them."""
+
+
+class _Opaque:
+  """Stands for the parameters while a loss is planned: handing it to `ctx.apply` is its
+  only use; arithmetic, indexing or a tree map over it fails, so a loss that reads weights
+  directly is found (and run fused), never given zeros."""
+
+  def __getattr__(self, name):
+    raise _Unstageable(f"the loss reads its parameters' {name!r}")
+
+  def __jax_array__(self):
+    raise _Unstageable("the loss uses its parameters as an array")
+
+
+class _Tape:
+  """What a loss sees as its Context while it is staged: `apply` and `reference` record
+  each model call (plan) or answer it from given outputs (value); calls on the same traced
+  inputs share one entry. The reference's weights are opaque: a loss reads them only
+  through `reference`."""
+
+  def __init__(self, params, rng, step, answer):
+    self.rng, self.step, self.reference_params = rng, step, _Opaque()
+    self.calls = []  # [(is_reference, (images, tokens[, memory_rows]))], first use order.
+    self._params, self._answer, self._seen = params, answer, {}
+
+  def apply(self, params, images, tokens, memory_rows=None):
+    if params is not self._params:
+      raise _Unstageable("the loss applies the model to other parameters than its own")
+    return self._call(False, (images, tokens) if memory_rows is None else
+                      (images, tokens, memory_rows))
+
+  def reference(self, images, tokens):
+    return self._call(True, (images, tokens))
+
+  def _call(self, is_reference, inputs):
+    key = (is_reference, *map(id, inputs))  # `calls` keeps the inputs: ids stay unique.
+    if key not in self._seen:
+      self._seen[key] = len(self.calls)
+      self.calls.append((is_reference, inputs))
+    return self._answer(self._seen[key], inputs)
+
+
+class StagedStep:
+  """The step of `objective` (a losses.Loss) under the optimizer `tx`, as the programs
+  above: (state, reference_params, batch, learning_rate=None) -> (state, metrics), with
+  `state` donated, as `jax.jit(step.make_train_step(tx, objective, apply))` computes it.
+  `shared` (a dict) holds the shared programs: one dict per model, mesh and optimizer
+  (`tx_key` names the optimizer within it). `fused()` makes the jitted fused step, which
+  runs instead if the first call finds that the loss cannot be staged."""
+
+  def __init__(self, tx, objective, apply, state_shardings, shared: dict, fused, tx_key=()):
+    self._objective, self._apply, self._make_fused = objective, apply, fused
+    self._fused, self._calls = None, None  # `_calls`: is_reference of each call, once planned.
+    params_shardings = state_shardings.params
+
+    def cached(key, make):
+      if key not in shared:
+        shared[key] = make()
+      return shared[key]
+    self._forward_vjp = cached(("forward_vjp",), lambda: jax.jit(
+        lambda params, inputs: jax.vjp(lambda p: apply(p, *inputs), params)))
+    self._forward = cached(("forward",), lambda: jax.jit(
+        lambda params, inputs: apply(params, *inputs)))
+    self._backward = cached(("backward",), lambda: jax.jit(
+        lambda pullback, cotangent: pullback(cotangent)[0], out_shardings=params_shardings))
+    self._add = cached(("add",), lambda: jax.jit(
+        lambda a, b: jax.tree.map(jnp.add, a, b), out_shardings=params_shardings,
+        donate_argnums=(0,)))
+    self._update = cached(("update", *tx_key), lambda: jax.jit(
+        functools.partial(step_lib.apply_gradients, tx),
+        in_shardings=(state_shardings, params_shardings, None),
+        out_shardings=(state_shardings, None), donate_argnums=(0,)))
+    self._plan = jax.jit(self._plan_fn)
+    self._value = jax.jit(self._value_fn)
+
+  def _run_loss(self, batch, rng, step, answer):
+    params = _Opaque()
+    tape = _Tape(params, step_lib.loss_rng(rng), step, answer)
+    return self._objective(params, batch, tape), tape
+
+  def _plan_fn(self, batch, rng, step):
+    """The inputs of the loss's model calls, in first-use order."""
+    def placeholder(index, inputs):  # Outputs of the right shapes; the plan drops them.
+      shapes = jax.eval_shape(self._apply, self._params_shapes, *inputs)
+      return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    _, tape = self._run_loss(batch, rng, step, placeholder)
+    self._calls = [is_reference for is_reference, _ in tape.calls]
+    if all(self._calls):
+      raise _Unstageable("the loss never applies the model to its parameters")
+    return [inputs for _, inputs in tape.calls]
+
+  def _value_fn(self, outputs, batch, rng, step):
+    """((loss, aux), its gradient with respect to every call's outputs)."""
+    def value(outputs):
+      return self._run_loss(batch, rng, step, lambda index, inputs: outputs[index])[0]
+    return jax.value_and_grad(value, has_aux=True)(outputs)
+
+  def _decide(self, state, batch) -> None:
+    """Stages the loss if its plan traces (once, on the first batch), else runs it fused."""
+    self._params_shapes = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
+    try:
+      jax.eval_shape(self._plan_fn, batch, state.rng, state.step)
+    except Exception:  # pylint: disable=broad-except
+      # Any loss the plan cannot trace runs fused, which raises a real error itself.
+      self._calls = ()
+
+  def __call__(self, state, reference_params, batch, learning_rate=None):
+    if self._calls is None:
+      self._decide(state, batch)
+    if not self._calls:
+      self._fused = self._fused or self._make_fused()
+      return self._fused(state, reference_params, batch, learning_rate)
+    (loss, aux), grads = self._loss_and_grads(state, reference_params, batch)
+    state, grad_norm = self._update(state, grads, learning_rate)
+    return state, {"loss": loss, "grad_norm": grad_norm, **aux}
+
+  @property
+  def staged(self) -> bool | None:
+    """True once the step runs staged, False once fused; None before its first call."""
+    return None if self._calls is None else bool(self._calls)
+
+  def programs(self) -> list:
+    """The jitted functions a call may run (the shared ones too): their `_cache_size()`
+    counts what has been compiled."""
+    return [self._plan, self._value, self._forward_vjp, self._forward, self._backward,
+            self._add, self._update] + ([self._fused] if self._fused else [])
+
+  def _loss_and_grads(self, state, reference_params, batch):
+    """Runs plan, forwards, value and backwards. The pullbacks (which may hold the
+    parameters' buffers, donated by the update) die with this frame."""
+    outputs, pullbacks = [], []
+    inputs = self._plan(batch, state.rng, state.step)
+    for is_reference, call_inputs in zip(self._calls, inputs):
+      if is_reference:
+        outputs.append(self._forward(reference_params, call_inputs))
+        pullbacks.append(None)
+      else:
+        call_outputs, pullback = self._forward_vjp(state.params, call_inputs)
+        outputs.append(call_outputs)
+        pullbacks.append(pullback)
+    value, cotangents = self._value(outputs, batch, state.rng, state.step)
+    grads = None
+    for pullback, cotangent in zip(pullbacks, cotangents):
+      if pullback is not None:
+        call_grads = self._backward(pullback, cotangent)
+        grads = call_grads if grads is None else self._add(grads, call_grads)
+    return value, grads
