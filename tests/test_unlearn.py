@@ -205,22 +205,24 @@ def test_the_runner_unlearns_a_sigmoid_model_with_the_sigmoid_loss(
     assert metadata["loss"] == "sigmoid"
 
 
-def toy_steps(objective, shared=None):
+def toy_steps(objective, shared=None, sharding=None):
   """(fused, staged) jitted steps of `objective` on the toy model under plain SGD (its
-  update is the gradient, so the two steps' parameters differ by their gradients' rounding)."""
+  update is the gradient, so the two steps' parameters differ by their gradients' rounding);
+  the state on `sharding` (one device by default)."""
   tx = optax.sgd(0.5)
   params, _, _ = toy_setup()
   state = TrainState(jnp.asarray(3), params, tx.init(params), jax.random.PRNGKey(5))
-  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), state)
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = jax.tree.map(lambda _: sharding, state)
   fused = jax.jit(make_train_step(tx, objective, toy_apply))
   staged_step = staged.StagedStep(tx, objective, toy_apply, shardings,
                                   {} if shared is None else shared, fused=lambda: fused)
-  fresh = lambda: jax.tree.map(jnp.array, state)  # Each step donates its own copy.
+  fresh = lambda: jax.device_put(state, shardings)  # Each step donates its own copy.
   return fused, staged_step, fresh
 
 
-def toy_batch():
-  _, batch, _ = toy_setup()
+def toy_batch(n=6):
+  _, batch, _ = toy_setup(n=n)
   batch["forget"]["generic_tokens"] = batch["forget"]["tokens"][::-1]
   return batch
 
@@ -258,6 +260,28 @@ def test_methods_share_the_models_programs():
     staged_step(fresh(), params, batch)
   assert {key[0]: fn._cache_size() for key, fn in shared.items()} == {
       "forward_vjp": 1, "forward": 1, "backward": 1, "add": 1, "update": 1}
+
+
+@pytest.mark.parametrize("name", ["clip_erase", "vlunlearn"])
+def test_a_staged_step_over_a_mesh_computes_the_one_device_step(name):
+  """Batches split over a data-parallel mesh of 8 CPU devices, weights replicated: the
+  staged step's programs line up their shardings and compute the one-device result."""
+  devices = jax.devices()
+  assert len(devices) == 8, "conftest forces 8 host devices"
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+  P = jax.sharding.PartitionSpec
+  objective = methods.METHODS[name].objective(config_lib.base_config().unlearn[name], "softmax")
+  fused, _, fresh_one = toy_steps(objective)
+  _, staged_step, fresh = toy_steps(objective, sharding=jax.sharding.NamedSharding(mesh, P()))
+  params, _, _ = toy_setup()
+  batch = toy_batch(n=16)
+  expected, _ = fused(fresh_one(), params, batch)
+  split = jax.device_put(batch, jax.sharding.NamedSharding(mesh, P("data")))
+  got, _ = staged_step(fresh(), jax.device_put(params, jax.sharding.NamedSharding(mesh, P())),
+                       split)
+  assert staged_step.staged
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(expected.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("reads", ["weights", "reference_weights", "nothing"])
