@@ -216,8 +216,10 @@ def toy_steps(objective, shared=None, sharding=None):
   shardings = jax.tree.map(lambda _: sharding, state)
   fused = jax.jit(make_train_step(tx, objective, toy_apply))
   staged_step = staged.StagedStep(tx, objective, toy_apply, shardings,
-                                  {} if shared is None else shared, fused=lambda: fused)
-  fresh = lambda: jax.device_put(state, shardings)  # Each step donates its own copy.
+                                  {} if shared is None else shared, fused=lambda: fused,
+                                  tx_key="sgd")
+  # Each step donates its own copy of the state.
+  fresh = lambda: jax.device_put(jax.tree.map(jnp.copy, state), shardings)
   return fused, staged_step, fresh
 
 
@@ -235,19 +237,38 @@ def test_a_staged_step_computes_what_the_fused_step_computes(name):
   fused, staged_step, fresh = toy_steps(objective)
   params, _, _ = toy_setup()
   batch = toy_batch()
-  expected, expected_metrics = fused(fresh(), params, batch)
-  got, metrics = staged_step(fresh(), params, batch)
-  assert staged_step.staged
-  assert sorted(metrics) == sorted(expected_metrics)
-  for key in expected_metrics:
-    np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, atol=1e-6)
-  assert int(got.step) == int(expected.step) == 4
+  expected, got = fresh(), fresh()
+  for _ in range(2):  # Steps 3 and 4: SCRUB's descent and ascent (max_every=2).
+    expected, expected_metrics = fused(expected, params, batch)
+    got, metrics = staged_step(got, params, batch)
+    assert staged_step.staged
+    assert sorted(metrics) == sorted(expected_metrics)
+    for key in expected_metrics:
+      np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, atol=1e-6)
+  assert int(got.step) == int(expected.step) == 5
   np.testing.assert_array_equal(got.rng, expected.rng)
   for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(expected.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got.params),
                                                        jax.tree.leaves(params))]
   assert max(moved) > 1e-3  # The step did something to compare.
+
+
+def test_calls_on_the_same_inputs_run_once():
+  """CLIPErase embeds the retain batch for its contrastive and its KL term: one forward and
+  one backward pass (their gradients summed first), then the forget batch, then the
+  reference on retain."""
+  objective = methods.METHODS["clip_erase"].objective(
+      config_lib.base_config().unlearn.clip_erase, "softmax")
+  _, staged_step, fresh = toy_steps(objective)
+  params, _, _ = toy_setup()
+  state, batch = fresh(), toy_batch()
+  staged_step(fresh(), params, batch)
+  assert staged_step.staged
+  calls = staged_step._plan(batch, state.rng, state.step, 0.0)
+  assert [next(iter(call)) for call in calls] == ["apply", "apply", "reference"]
+  np.testing.assert_array_equal(calls[0]["apply"][0], batch["retain"]["image"])
+  np.testing.assert_array_equal(calls[1]["apply"][0], batch["forget"]["image"])
 
 
 def test_methods_share_the_models_programs():
@@ -284,10 +305,12 @@ def test_a_staged_step_over_a_mesh_computes_the_one_device_step(name):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("reads", ["weights", "reference_weights", "nothing"])
+@pytest.mark.parametrize("reads", ["weights", "reference_weights", "nothing",
+                                   "own_similarities", "reference_similarities"])
 def test_a_loss_that_reads_weights_otherwise_runs_fused(reads):
   """A loss that reads its parameters other than through `ctx.apply` (a weight penalty, the
-  reference's weights) cannot be staged: it runs fused, with the fused step's result."""
+  reference's weights), or whose model-call inputs depend on an earlier call's outputs,
+  cannot be staged: it runs fused, with the fused step's result."""
   contrastive = O.contrastive("retain", "softmax")
 
   def objective(params, batch, ctx):
@@ -298,7 +321,16 @@ def test_a_loss_that_reads_weights_otherwise_runs_fused(reads):
       outputs = ctx.apply(ctx.reference_params, batch["retain"]["image"], batch["retain"]["tokens"])
       value, aux = contrastive(params, batch, ctx)
       return value + jnp.mean(outputs[0]), aux
-    return jnp.sum(batch["retain"]["image"]), {}
+    if reads == "nothing":
+      return jnp.sum(batch["retain"]["image"]), {}
+    # Hard negatives: each image's caption replaced by the one a model finds most similar
+    # among the others, so the second call's inputs depend on the first call's outputs.
+    part = batch["retain"]
+    first = (ctx.apply(params, part["image"], part["tokens"]) if reads == "own_similarities"
+             else ctx.reference(part["image"], part["tokens"]))
+    similarity = first[0] @ first[1].T - 1e9 * jnp.eye(len(part["tokens"]))
+    hardest = part["tokens"][jnp.argmax(similarity, axis=1)]
+    return contrastive(params, batch | {"retain": part | {"tokens": hardest}}, ctx)
 
   fused, staged_step, fresh = toy_steps(objective)
   params, _, _ = toy_setup()
@@ -636,6 +668,7 @@ def test_a_warmed_step_is_the_one_the_run_takes_with_the_same_result(
     assert unlearner.warm(method, budget)
     (step,) = [fn for key, fn in unlearner._compiled.items() if key[:2] == ("step", method)]
     assert step.staged  # Its programs are compiled, one each (the shared ones too).
+    assert [program._cache_size() for program in step.programs()] == [1] * 7
     programs = compiled_programs(step)
     warmed = unlearner.run(method, budget, str(tmp_path / f"{method}_warmed"),
                            show_progress=False)

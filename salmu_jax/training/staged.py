@@ -17,11 +17,14 @@ hold no model and compile in a fraction of a second. Calls on the same traced in
 (CLIPErase's contrastive and KL terms both embed the retain batch) run once, their
 gradients summed before the backward pass. The arithmetic is the fused step's, rounded
 differently. A loss that reads its parameters any other way (a weight penalty, the
-reference's weights) is not staged: the first call finds it and runs the fused step.
+reference's weights), or whose model-call inputs depend on an earlier call's outputs (hard
+negatives chosen by the model), is not staged: its first step finds it and runs fused.
 """
 import functools
 
+from absl import logging
 import jax
+from jax.extend.core import Var
 import jax.numpy as jnp
 
 from salmu_jax.training import step as step_lib
@@ -71,33 +74,37 @@ class _Tape:
     return self._answer(self._seen[key], inputs)
 
 
+def cached(store: dict, key, make):
+  """`store[key]`, made on first use: jitted functions shared across steps and runs."""
+  if key not in store:
+    store[key] = make()
+  return store[key]
+
+
 class StagedStep:
   """The step of `objective` (a losses.Loss) under the optimizer `tx`, as the programs
   above: (state, reference_params, batch, learning_rate=None) -> (state, metrics), with
   `state` donated, as `jax.jit(step.make_train_step(tx, objective, apply))` computes it.
-  `shared` (a dict) holds the shared programs: one dict per model, mesh and optimizer
-  (`tx_key` names the optimizer within it). `fused()` makes the jitted fused step, which
-  runs instead if the first call finds that the loss cannot be staged."""
+  `shared` (a dict) holds the shared programs: one dict per model and mesh, `tx_key`
+  naming the optimizer within it. `fused()` makes the jitted fused step, which runs
+  instead for batches on which the loss cannot be staged (said once in the log)."""
 
-  def __init__(self, tx, objective, apply, state_shardings, shared: dict, fused, tx_key=()):
+  def __init__(self, tx, objective, apply, state_shardings, shared: dict, fused, tx_key):
     self._objective, self._apply, self._make_fused = objective, apply, fused
-    self._fused, self._calls = None, None  # `_calls`: is_reference of each call, once planned.
+    self._fused, self._params_shapes = None, None
+    self._unstaged = {}  # Batch shapes -> why the loss runs fused on them (None: staged).
+    self.staged = None  # Whether the last call ran staged.
     params_shardings = state_shardings.params
-
-    def cached(key, make):
-      if key not in shared:
-        shared[key] = make()
-      return shared[key]
-    self._forward_vjp = cached(("forward_vjp",), lambda: jax.jit(
+    self._forward_vjp = cached(shared, ("forward_vjp",), lambda: jax.jit(
         lambda params, inputs: jax.vjp(lambda p: apply(p, *inputs), params)))
-    self._forward = cached(("forward",), lambda: jax.jit(
+    self._forward = cached(shared, ("forward",), lambda: jax.jit(
         lambda params, inputs: apply(params, *inputs)))
-    self._backward = cached(("backward",), lambda: jax.jit(
+    self._backward = cached(shared, ("backward",), lambda: jax.jit(
         lambda pullback, cotangent: pullback(cotangent)[0], out_shardings=params_shardings))
-    self._add = cached(("add",), lambda: jax.jit(
+    self._add = cached(shared, ("add",), lambda: jax.jit(
         lambda a, b: jax.tree.map(jnp.add, a, b), out_shardings=params_shardings,
         donate_argnums=(0,)))
-    self._update = cached(("update", *tx_key), lambda: jax.jit(
+    self._update = cached(shared, ("update", tx_key), lambda: jax.jit(
         functools.partial(step_lib.apply_gradients, tx),
         in_shardings=(state_shardings, params_shardings, None),
         out_shardings=(state_shardings, None), donate_argnums=(0,)))
@@ -109,16 +116,15 @@ class StagedStep:
     tape = _Tape(params, step_lib.loss_rng(rng), step, answer)
     return self._objective(params, batch, tape), tape
 
-  def _plan_fn(self, batch, rng, step):
-    """The inputs of the loss's model calls, in first-use order."""
-    def placeholder(index, inputs):  # Outputs of the right shapes; the plan drops them.
+  def _plan_fn(self, batch, rng, step, fill):
+    """[{"apply" or "reference": inputs}] of the loss's model calls, in first-use order;
+    each call's outputs are `fill` (the plan drops them: no input may depend on them)."""
+    def placeholder(index, inputs):
       shapes = jax.eval_shape(self._apply, self._params_shapes, *inputs)
-      return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      return jax.tree.map(lambda s: jnp.full(s.shape, fill, s.dtype), shapes)
     _, tape = self._run_loss(batch, rng, step, placeholder)
-    self._calls = [is_reference for is_reference, _ in tape.calls]
-    if all(self._calls):
-      raise _Unstageable("the loss never applies the model to its parameters")
-    return [inputs for _, inputs in tape.calls]
+    return [{"reference" if is_reference else "apply": inputs}
+            for is_reference, inputs in tape.calls]
 
   def _value_fn(self, outputs, batch, rng, step):
     """((loss, aux), its gradient with respect to every call's outputs)."""
@@ -126,30 +132,37 @@ class StagedStep:
       return self._run_loss(batch, rng, step, lambda index, inputs: outputs[index])[0]
     return jax.value_and_grad(value, has_aux=True)(outputs)
 
-  def _decide(self, state, batch) -> None:
-    """Stages the loss if its plan traces (once, on the first batch), else runs it fused."""
-    self._params_shapes = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
+  def _why_unstaged(self, state, batch) -> str | None:
+    """Why the loss cannot be staged on batches like `batch` (its plan traced once), or None."""
+    if self._params_shapes is None:
+      self._params_shapes = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
     try:
-      jax.eval_shape(self._plan_fn, batch, state.rng, state.step)
-    except Exception:  # pylint: disable=broad-except
-      # Any loss the plan cannot trace runs fused, which raises a real error itself.
-      self._calls = ()
+      plan, calls = jax.make_jaxpr(self._plan_fn, return_shape=True)(
+          batch, state.rng, state.step, 0.0)
+    except Exception as e:  # pylint: disable=broad-except
+      # Whatever the plan cannot trace runs fused, which raises a real error itself.
+      return f"{type(e).__name__}: {e}"
+    if all("reference" in call for call in calls):
+      return "the loss never applies the model to its own parameters"
+    if _reads_last_input(plan.jaxpr):
+      return "a model call's inputs depend on an earlier call's outputs"
+    return None
 
   def __call__(self, state, reference_params, batch, learning_rate=None):
-    if self._calls is None:
-      self._decide(state, batch)
-    if not self._calls:
+    leaves, structure = jax.tree.flatten(batch)
+    shapes = (structure, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+    if shapes not in self._unstaged:
+      self._unstaged[shapes] = reason = self._why_unstaged(state, batch)
+      if reason is not None:
+        logging.warning("an unlearning loss runs as one fused step, not staged: %s", reason)
+    self.staged = self._unstaged[shapes] is None
+    if not self.staged:
       self._fused = self._fused or self._make_fused()
       return self._fused(state, reference_params, batch, learning_rate)
     (loss, aux), grads = self._loss_and_grads(state, reference_params, batch)
     state, grad_norm = self._update(state, grads, learning_rate)
     return state, {"loss": loss, "grad_norm": grad_norm, **aux}
-
-  @property
-  def staged(self) -> bool | None:
-    """True once the step runs staged, False once fused; None before its first call."""
-    return None if self._calls is None else bool(self._calls)
 
   def programs(self) -> list:
     """The jitted functions a call may run (the shared ones too): their `_cache_size()`
@@ -161,13 +174,13 @@ class StagedStep:
     """Runs plan, forwards, value and backwards. The pullbacks (which may hold the
     parameters' buffers, donated by the update) die with this frame."""
     outputs, pullbacks = [], []
-    inputs = self._plan(batch, state.rng, state.step)
-    for is_reference, call_inputs in zip(self._calls, inputs):
-      if is_reference:
-        outputs.append(self._forward(reference_params, call_inputs))
+    for call in self._plan(batch, state.rng, state.step, 0.0):
+      (kind, inputs), = call.items()
+      if kind == "reference":
+        outputs.append(self._forward(reference_params, inputs))
         pullbacks.append(None)
       else:
-        call_outputs, pullback = self._forward_vjp(state.params, call_inputs)
+        call_outputs, pullback = self._forward_vjp(state.params, inputs)
         outputs.append(call_outputs)
         pullbacks.append(pullback)
     value, cotangents = self._value(outputs, batch, state.rng, state.step)
@@ -177,3 +190,13 @@ class StagedStep:
         call_grads = self._backward(pullback, cotangent)
         grads = call_grads if grads is None else self._add(grads, call_grads)
     return value, grads
+
+
+def _reads_last_input(jaxpr) -> bool:
+  """Whether an output of `jaxpr` depends on its last input, conservatively: every output
+  of an equation that reads a dependent value counts as dependent."""
+  dependent = {jaxpr.invars[-1]}
+  for equation in jaxpr.eqns:
+    if any(isinstance(v, Var) and v in dependent for v in equation.invars):
+      dependent.update(equation.outvars)
+  return any(isinstance(v, Var) and v in dependent for v in jaxpr.outvars)

@@ -190,19 +190,21 @@ def _step_functions(runtime, config, compiled: dict, state, objective, key: tupl
   # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
   # with the step's output shardings, so the second step does not see new input types and
   # compile again.
-  fresh = _cached(compiled, ("fresh_state", masked), lambda: jax.jit(
+  fresh = staged.cached(compiled, ("fresh_state", masked), lambda: jax.jit(
       new_state, out_shardings=shardings))
   apply = factory.apply_fn(runtime.graphdef)
+  # What the optimizer computes: steps and their shared programs (below) are keyed by it.
+  tx_key = (masked, json.dumps([config.train.to_dict(), config.unlearn.weight_decay,
+                                config.unlearn.grad_clip_norm], sort_keys=True))
   # Staged: the model's forward, backward and the update are programs every method shares
   # (training/staged.py); each method compiles only its loss on the model's outputs.
-  step_fn = _cached(compiled, ("step", *key, names, masked), lambda: staged.StagedStep(
-      tx, objective, apply, shardings, _cached(compiled, ("staged",), dict),
+  step_fn = staged.cached(compiled, ("step", *key, names, tx_key), lambda: staged.StagedStep(
+      tx, objective, apply, shardings, staged.cached(compiled, ("staged",), dict),
       fused=lambda: jax.jit(
           make_train_step(tx, objective, apply),
           in_shardings=(shardings, shardings.params, {n: batch_sharding for n in names}, None),
           out_shardings=(shardings, sharding.replicated(runtime.mesh)), donate_argnums=(0,)),
-      tx_key=(masked, json.dumps([config.train.to_dict(), config.unlearn.weight_decay,
-                                  config.unlearn.grad_clip_norm], sort_keys=True))))
+      tx_key=tx_key))
   return fresh, step_fn
 
 
@@ -216,13 +218,6 @@ def program_scope(runtime) -> tuple:
   model's shapes (factory.signature) and the mesh's axes and devices."""
   return ("model", json.dumps(runtime.signature, sort_keys=True),
           tuple(runtime.mesh.shape.items()), tuple(d.id for d in runtime.mesh.devices.flat))
-
-
-def _cached(compiled: dict, key: tuple, make):
-  """`compiled[key]`, made on first use (jitted functions shared across runs)."""
-  if key not in compiled:
-    compiled[key] = make()
-  return compiled[key]
 
 
 class _Tools:
@@ -270,7 +265,7 @@ class Unlearner:
         devices)
     # Jitted functions close over the model definition and the mesh: Unlearners of another
     # model (a memory model beside a plain one) share the dict, never a program.
-    self._compiled = _cached({} if compiled is None else compiled,
+    self._compiled = staged.cached({} if compiled is None else compiled,
                              program_scope(self.runtime), dict)
     self._streams = streams  # The batches earlier runs drew, replayed (Batches).
     # The frozen reference is stored once and never donated: `_optimize` trains a copy
@@ -290,7 +285,7 @@ class Unlearner:
     self.allow_other_dataset, self.pretrained_on = allow_other_dataset, meta["dataset"]
     apply, loss = factory.apply_fn(self.runtime.graphdef), losses.contrastive(
         "batch", config.train.loss)
-    self.loss_grad = _cached(self._compiled, ("loss_grad", config.train.loss), lambda: jax.jit(
+    self.loss_grad = staged.cached(self._compiled, ("loss_grad", config.train.loss), lambda: jax.jit(
         lambda p, b: jax.grad(lambda q: loss(q, {"batch": b}, losses.Context(
             None, jax.random.PRNGKey(0), 0, apply))[0])(p)))
 
