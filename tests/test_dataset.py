@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -98,6 +99,16 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(micro_config, tmp_
   monkeypatch.undo()
   root = builder.build_dataset(micro_config, str(tmp_path), progress=False)
   assert layout.open_dataset(root).card["split_sizes"]["forget"] == 64
+
+
+def test_a_build_leaves_nothing_in_the_temp_dir(micro_config, tmp_path, monkeypatch):
+  """tfds's lookup of precomputed info on its bucket made an empty temporary directory per
+  build and left it; the build's own temporary files are removed too."""
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  builder.build_dataset(micro_config, str(tmp_path / "run"), progress=False)
+  assert os.listdir(temp) == []
 
 
 def test_the_fragile_rule_keeps_the_pairs_a_model_knows_least():

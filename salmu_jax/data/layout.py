@@ -48,6 +48,15 @@ def features():
   })
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """DatasetInfo that does not look for precomputed info on the tfds bucket: SALMU-synth
+  is never there, and the lookup (on every new build) left an empty temporary directory
+  in the system's temp dir behind it each time."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class SalmuSynth(tfds.core.GeneratorBasedBuilder):
   """tfds builder of the six splits; `records(split)` yields them in stored order (a
   rendered SALMU-synth plan, or released SALMUBench data mapped onto the same schema)."""
@@ -60,7 +69,7 @@ class SalmuSynth(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self):
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self, features=features(),
         disable_shuffling=True,  # Record i of a split is example i of the plan.
         description="SALMU-synth: synthetic personas, faces and sensitive-association captions "
