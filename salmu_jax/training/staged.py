@@ -137,15 +137,14 @@ class StagedStep:
     if self._params_shapes is None:
       self._params_shapes = jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
-    try:
-      plan, calls = jax.make_jaxpr(self._plan_fn, return_shape=True)(
-          batch, state.rng, state.step, 0.0)
+    try:  # The jitted plan's own trace: the step's first call reuses it.
+      plan = self._plan.trace(batch, state.rng, state.step, 0.0)
     except Exception as e:  # pylint: disable=broad-except
       # Whatever the plan cannot trace runs fused, which raises a real error itself.
       return f"{type(e).__name__}: {e}"
-    if all("reference" in call for call in calls):
+    if all("reference" in call for call in plan.out_info):
       return "the loss never applies the model to its own parameters"
-    if _reads_last_input(plan.jaxpr):
+    if _reads_last_input(plan.jaxpr.jaxpr):
       return "a model call's inputs depend on an earlier call's outputs"
     return None
 
