@@ -266,7 +266,7 @@ class Unlearner:
     # Jitted functions close over the model definition and the mesh: Unlearners of another
     # model (a memory model beside a plain one) share the dict, never a program.
     self._compiled = staged.cached({} if compiled is None else compiled,
-                             program_scope(self.runtime), dict)
+                                   program_scope(self.runtime), dict)
     self._streams = streams  # The batches earlier runs drew, replayed (Batches).
     # The frozen reference is stored once and never donated: `_optimize` trains a copy
     # (donating buffers the reference shares would invalidate it on the first step).
@@ -285,9 +285,10 @@ class Unlearner:
     self.allow_other_dataset, self.pretrained_on = allow_other_dataset, meta["dataset"]
     apply, loss = factory.apply_fn(self.runtime.graphdef), losses.contrastive(
         "batch", config.train.loss)
-    self.loss_grad = staged.cached(self._compiled, ("loss_grad", config.train.loss), lambda: jax.jit(
-        lambda p, b: jax.grad(lambda q: loss(q, {"batch": b}, losses.Context(
-            None, jax.random.PRNGKey(0), 0, apply))[0])(p)))
+    self.loss_grad = staged.cached(
+        self._compiled, ("loss_grad", config.train.loss), lambda: jax.jit(
+            lambda p, b: jax.grad(lambda q: loss(q, {"batch": b}, losses.Context(
+                None, jax.random.PRNGKey(0), 0, apply))[0])(p)))
 
   def warm(self, method_name: str, budget: float) -> bool:
     """Compiles the step that `run(method_name, budget)` on the whole forget split will
