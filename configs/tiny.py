@@ -16,6 +16,10 @@ def get_config(arg=None):
   data.num_disjoint_people = 512
   data.image_size = 64
   data.image_format = "png"
+  # One reader thread: on 2 cores a second one contends for the GIL with the first and
+  # doubles the loader's CPU time (Compromised's 300 batches: 48 against 24 CPU-s, the
+  # same batches; benchmarks/RESULTS.md), CPU the train step needs.
+  data.loader.num_threads = 1
   data.retain_base.zeroshot_examples = 2_000
   config.tokenizer.vocab_size = 4_096
   config.tokenizer.context_length = 48

@@ -72,6 +72,10 @@ MEMORY_REMOVED = "memory_removed"
 RESULT_FILE = "result.json"
 CHECK_FAILED_EXIT_CODE = 3  # A soundness check failed: the references cannot be trusted.
 CONFIG_FILE = "config.json"  # The config the stages were run with.
+# Settings that change how fast the stages run, never what they compute (the loader's
+# threads, prefetch and caches give the same batches, bit for bit; the evaluator's input
+# cache the same inputs): a workdir is reused under other values.
+RESULT_NEUTRAL = ("data.loader.", "eval.input_cache_mb")
 # SALMUBench's own protocol, and MUSE's deletion requests at scale and over time.
 MODES = ("salmubench", "scalability", "sustainability")
 REQUESTS_FILE = "requests.json"  # A request mode's schedule, drawn once per workdir.
@@ -627,15 +631,17 @@ class Benchmark:
 
   def check_workdir(self) -> None:
     """Refuses a workdir holding stages of another config (which would be reused silently);
-    `benchmark.*` only selects stages and checks, and the diagnosis thresholds
-    (config.DIAGNOSIS_THRESHOLDS) only verdicts, so they may change between runs."""
+    `benchmark.*` only selects stages and checks, the diagnosis thresholds
+    (config.DIAGNOSIS_THRESHOLDS) only verdicts, and RESULT_NEUTRAL only speed, so they may
+    change between runs."""
     path = os.path.join(self.workdir, CONFIG_FILE)
     current = {k: v for k, v in json.loads(self.config.to_json()).items() if k != "benchmark"}
     without_thresholds = lambda saved: saved | {"eval": {k: v for k, v in saved["eval"].items()
                                                     if k not in config_lib.DIAGNOSIS_THRESHOLDS}}
     if os.path.exists(path):
-      differing = io_utils.differing_keys(without_thresholds(io_utils.read_json(path)),
-                                          without_thresholds(current))
+      differing = [key for key in io_utils.differing_keys(
+          without_thresholds(io_utils.read_json(path)), without_thresholds(current))
+                   if not key.startswith(RESULT_NEUTRAL)]
       if differing:
         raise ConfigError(f"{self.workdir} holds a benchmark of a different config (differs "
                           f"in: {', '.join(differing[:8])}); use another --workdir")

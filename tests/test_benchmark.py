@@ -189,6 +189,15 @@ def test_a_workdir_is_reused_under_other_verdict_thresholds_only(micro_config, t
   for name in config_lib.DIAGNOSIS_THRESHOLDS:  # Verdicts are recomputed from the results.
     micro_config.eval[name] = micro_config.eval[name] / 2
   benchmark.Benchmark(micro_config, str(tmp_path), progress=False).check_workdir()
+  # The loader's threads and caches and the evaluator's input cache change speed only
+  # (tests/test_pipeline.py), even where the saved config predates a key.
+  micro_config.data.loader.num_threads += 1
+  micro_config.data.loader.prefetch_buffer_size += 1
+  micro_config.eval.input_cache_mb += 1
+  saved = io_utils.read_json(tmp_path / benchmark.CONFIG_FILE)
+  del saved["data"]["loader"]["record_cache_mb"]
+  io_utils.write_json_atomic(str(tmp_path / benchmark.CONFIG_FILE), saved)
+  benchmark.Benchmark(micro_config, str(tmp_path), progress=False).check_workdir()
   micro_config.eval.gallery_forget += 1  # A score itself would change: refused.
   with pytest.raises(ConfigError, match="differs in: eval.gallery_forget\\)"):
     benchmark.Benchmark(micro_config, str(tmp_path), progress=False).check_workdir()

@@ -142,6 +142,23 @@ def test_shards_partition_the_global_stream(micro):
     pipeline.training_batches(config, dataset, tokenizer, base, shard_count=3)
 
 
+def test_the_reader_threads_change_no_batch(micro):
+  """data.loader.num_threads is a speed setting (benchmark.RESULT_NEUTRAL): the batches,
+  augmentation included, are the same with none, one or two reader threads."""
+  config, dataset, tokenizer, base = micro
+  config = config.copy_and_resolve_references()
+  drawn = []
+  for threads in (0, 1, 2):
+    config.data.loader.num_threads = threads
+    iterator = pipeline.iterate(pipeline.training_batches(config, dataset, tokenizer, base),
+                                config)
+    drawn.append([next(iterator) for _ in range(6)])
+  for batches in drawn[1:]:
+    for got, want in zip(batches, drawn[0]):
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+
+
 def test_resumed_iterator_gives_the_same_next_batch(micro):
   config, dataset, tokenizer, base = micro
   batches = pipeline.training_batches(config, dataset, tokenizer, base)
