@@ -190,7 +190,9 @@ class Benchmark:
     self.dataset_dir = os.path.join(self.workdir, layout.DATASET_DIRNAME)
     self._evaluator, self._memory_evaluator = None, None
     self._unlearners, self._streams = {}, None  # One seed's at a time.
-    self._compiled_steps = {}  # Shared by the seeds' Unlearners: each step traced once.
+    # Shared by the seeds' Unlearners and the evaluators' relearning attacks: each step
+    # traced once, the model's programs compiled once.
+    self._compiled_steps = {}
     # The retain-base scenes a seed's first training renders, kept for its next trainings
     # (benchmark.scene_cache_mb); another seed draws other scenes, so one seed's at a time.
     self._scene_cache = None  # (seed, scenes.RenderCache)
@@ -221,7 +223,7 @@ class Benchmark:
   def evaluator(self) -> evaluator_lib.Evaluator:
     if self._evaluator is None:
       runtime = runtime_lib.setup(self.config, self.workdir, self.dataset_dir, self.devices)
-      self._evaluator = evaluator_lib.Evaluator(runtime)
+      self._evaluator = evaluator_lib.Evaluator(runtime, compiled=self._compiled_steps)
       if os.path.exists(self.fragile_source):  # A resumed run.
         ids, _ = evaluator_lib.read_fragile_set(self.fragile_source)
         self._evaluator.use_fragile_set(ids, self.fragile_source)
@@ -237,7 +239,8 @@ class Benchmark:
       main = self.evaluator.runtime
       self._memory_evaluator = evaluator_lib.Evaluator(
           runtime_lib.for_dataset(config, main.mesh, main.dataset, main.tokenizer,
-                                  main.dataset_identity), inputs=self.evaluator.inputs)
+                                  main.dataset_identity), inputs=self.evaluator.inputs,
+          compiled=self._compiled_steps)
       self._memory_evaluator.use_fragile_set(self.evaluator.fragile_ids,
                                              self.evaluator.fragile_source)
     return self._memory_evaluator

@@ -650,6 +650,38 @@ def compiled_programs(step) -> int:
 
 
 @pytest.mark.slow
+def test_the_relearning_attack_runs_the_unlearning_steps_model_programs(
+    compromised_run, micro_dataset_dir, tmp_path):
+  """The benchmark's evaluator and Unlearners share one store (Evaluator's `compiled`): the
+  attack's fine-tune compiles the model's forward, backward and update, and an unlearning
+  run on batches of the same shapes calls those programs instead of compiling its own;
+  sharing changes no number of the attack."""
+  from salmu_jax.evaluation.evaluator import Evaluator
+  config = config_lib.load_config(config_path("micro"))
+  compiled = {}
+  unlearner = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                               devices=jax.devices()[:1], compiled=compiled)
+  params = unlearner.original.params
+  attack = lambda evaluator: evaluator.score(params, attacks="relearn")["attacks"]["relearn"]
+  shared = attack(Evaluator(unlearner.runtime, compiled=compiled))
+  (scope,) = compiled.values()  # One model and mesh: the Unlearner's scope.
+  programs = {key[0]: fn for key, fn in scope[("staged",)].items()}
+  assert {"forward_vjp", "backward", "update"} <= set(programs)
+  sizes = {name: fn._cache_size() for name, fn in programs.items()}
+  unlearner.run("neg_grad", 1.0, str(tmp_path / "neg_grad"), show_progress=False)
+  (step,) = [fn for key, fn in scope.items() if key[:2] == ("step", "neg_grad")]
+  assert step.staged  # It ran the shared programs,
+  assert {name: fn._cache_size() for name, fn in programs.items()} == sizes  # compiled once.
+  alone = attack(Evaluator(runtime_lib.setup(config, compromised_run, micro_dataset_dir,
+                                             jax.devices()[:1])))
+  assert without_seconds(shared) == without_seconds(alone)
+
+
+def without_seconds(result: dict) -> dict:
+  return {key: value for key, value in result.items() if key != "seconds"}
+
+
+@pytest.mark.slow
 def test_a_warmed_step_is_the_one_the_run_takes_with_the_same_result(
     compromised_run, micro_dataset_dir, tmp_path):
   """The benchmark compiles the next methods' steps in the background (Unlearner.warm):

@@ -26,6 +26,7 @@ from salmu_jax import losses
 from salmu_jax.errors import ConfigError, NonFiniteLoss, NonFiniteModel
 from salmu_jax.evaluation import diagnosis, privacy, registry
 from salmu_jax.evaluation.context import EvalContext
+from salmu_jax.training import staged
 from salmu_jax.training.state import TrainState
 from salmu_jax.unlearning import runner
 
@@ -171,7 +172,9 @@ class Relearner:
     config = evaluator.config.copy_and_resolve_references()
     attacks = config.eval.attacks
     config.unlearn.learning_rate = attacks.relearn_learning_rate
-    self.evaluator, self.config, self.compiled = evaluator, config, {}
+    self.evaluator, self.config = evaluator, config
+    self.compiled = staged.cached(evaluator.compiled, runner.program_scope(evaluator.runtime),
+                                  dict)
     self.first, self.second = forget_halves(evaluator.inputs.records("forget"),
                                              config.eval.seed)
     self.steps = max(int(attacks.relearn_budget * len(self.first) // config.unlearn.forget_batch), 1)

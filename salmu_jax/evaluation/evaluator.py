@@ -27,10 +27,14 @@ class Evaluator:
   model: an artifact of that run, never written into the dataset).
   """
 
-  def __init__(self, runtime, inputs: EvalInputs | None = None):
+  def __init__(self, runtime, inputs: EvalInputs | None = None, compiled: dict | None = None):
     """`inputs`: another evaluator's, shared (decoded once) by models of another shape on
-    the same dataset and evaluation settings (the benchmark's memory models)."""
+    the same dataset and evaluation settings (the benchmark's memory models). `compiled`:
+    jitted programs by what they compute, shared with Unlearners (runner.Unlearner's
+    `compiled`): the relearning attack's fine-tune runs the unlearning steps' forward,
+    backward and update programs."""
     self.runtime, self.config = runtime, runtime.config
+    self.compiled = {} if compiled is None else compiled
     self.dataset, self.tokenizer = runtime.dataset, runtime.tokenizer
     self.encoders = embed.make_encoders(runtime.graphdef, runtime.state_shardings.params,
                                         runtime.mesh)

@@ -75,10 +75,9 @@ class _Tape:
 
 
 def cached(store: dict, key, make):
-  """`store[key]`, made on first use: jitted functions shared across steps and runs."""
-  if key not in store:
-    store[key] = make()
-  return store[key]
+  """`store[key]`, made on first use: jitted functions shared across steps and runs, and
+  across threads (the benchmark compiles ahead in one): the first one stored is kept."""
+  return store[key] if key in store else store.setdefault(key, make())
 
 
 class StagedStep:

@@ -190,12 +190,13 @@ def _step_functions(runtime, config, compiled: dict, state, objective, key: tupl
   # A fresh copy (the step donates it; the caller keeps its own), made by a jitted function
   # with the step's output shardings, so the second step does not see new input types and
   # compile again.
-  fresh = staged.cached(compiled, ("fresh_state", masked), lambda: jax.jit(
-      new_state, out_shardings=shardings))
-  apply = factory.apply_fn(runtime.graphdef)
-  # What the optimizer computes: steps and their shared programs (below) are keyed by it.
+  # What the optimizer computes: its state, steps and their shared programs (below) are
+  # keyed by it.
   tx_key = (masked, json.dumps([config.train.to_dict(), config.unlearn.weight_decay,
                                 config.unlearn.grad_clip_norm], sort_keys=True))
+  fresh = staged.cached(compiled, ("fresh_state", tx_key), lambda: jax.jit(
+      new_state, out_shardings=shardings))
+  apply = factory.apply_fn(runtime.graphdef)
   # Staged: the model's forward, backward and the update are programs every method shares
   # (training/staged.py); each method compiles only its loss on the model's outputs.
   step_fn = staged.cached(compiled, ("step", *key, names, tx_key), lambda: staged.StagedStep(
