@@ -2,6 +2,7 @@
 
 Entry points catch `SalmuError` and print its message instead of a traceback.
 """
+import functools
 
 
 class SalmuError(ValueError):
@@ -26,13 +27,21 @@ class NonFiniteModel(SalmuError):
   retrieval) and never saved as a result."""
 
 
+@functools.cache
+def _finite_leaves():
+  """One jitted program per tree structure (eager reductions compile two programs per leaf
+  shape)."""
+  import jax
+  import jax.numpy as jnp
+  return jax.jit(lambda tree: jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))
+
+
 def non_finite_leaves(params) -> list:
   """Paths of the arrays of `params` holding NaN or Inf. The reduction runs where the
   arrays live (sharded and multi-process arrays included); one boolean per leaf reaches
   the host."""
   import jax
-  import jax.numpy as jnp
-  finite = jax.device_get(jax.tree.map(lambda x: jnp.isfinite(x).all(), params))
+  finite = jax.device_get(_finite_leaves()(params))
   return [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(finite)
           if not ok]
 

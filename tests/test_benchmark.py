@@ -161,18 +161,25 @@ def test_compiling_ahead_and_replaying_batches_change_no_result(micro_config, mi
                                                                 tmp_path):
   """The benchmark's two head starts (benchmark.compile_ahead, benchmark.batch_cache_mb)
   leave every unlearned model and score, the relearning attack's included, as a run
-  without them writes it."""
+  without them writes it; so do the references' scorings, beside which the methods' steps
+  compile."""
   micro_config.benchmark.budgets = (1.0, 5.0)
   runs = ("npo_1x", "npo_5x", "grad_diff_1x", "grad_diff_5x")
+  scores = ("compromised.json", "clean.json")
   fast, plain = tmp_path / "fast", tmp_path / "plain"
   shutil.copytree(micro_dataset_dir, fast / "dataset")
   make = lambda workdir: benchmark.Benchmark(micro_config, str(workdir), methods="npo,grad_diff",
                                              devices=jax.devices()[:1], progress=False)
   make(fast).run()
-  shutil.copytree(fast, plain, ignore=lambda folder, names: [n for n in names if n in runs])
+  shutil.copytree(fast, plain, ignore=lambda folder, names: [n for n in names
+                                                             if n in runs + scores])
   micro_config.benchmark.compile_ahead, micro_config.benchmark.batch_cache_mb = False, 0
   status = {s["stage"]: s["status"] for s in make(plain).run()["stages"]}
   assert {status["seed 0: {} {} unlearn".format(*r.rsplit("_", 1))] for r in runs} == {"ran"}
+  assert {status[f"seed 0: evaluate {r}"] for r in ("compromised", "clean")} == {"ran"}
+  for name in scores:
+    a, b = (io_utils.read_json(root / "seed_0" / name) for root in (fast, plain))
+    assert without_timings(a) == without_timings(b), name
   replayed = {}
   for run in runs:
     for name in ("result.json", "unlearn.json"):

@@ -94,6 +94,9 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, sce
                       allow_other=False)
   # After restore: it may set steps aside.
   manager = checkpointing.manager(workdir, train_cfg.keep_checkpoints)
+  # The reader threads start now, at the restored position: they fill the prefetch buffer
+  # while the state is initialized and the step compiles (XLA compiles on one core).
+  iterator.start_prefetch()
   if state is None:
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
 
