@@ -75,7 +75,8 @@ CONFIG_FILE = "config.json"  # The config the stages were run with.
 # Settings that change how fast the stages run, never what they compute (the loader's
 # threads, prefetch and caches give the same batches, bit for bit; the evaluator's input
 # cache the same inputs): a workdir is reused under other values.
-RESULT_NEUTRAL = ("data.loader.", "eval.input_cache_mb")
+RESULT_NEUTRAL = ("data.loader.num_threads", "data.loader.prefetch_buffer_size",
+                  "data.loader.record_cache_mb", "eval.input_cache_mb")
 # SALMUBench's own protocol, and MUSE's deletion requests at scale and over time.
 MODES = ("salmubench", "scalability", "sustainability")
 REQUESTS_FILE = "requests.json"  # A request mode's schedule, drawn once per workdir.
@@ -264,27 +265,21 @@ class Benchmark:
           runtime=runtime, compiled=self._compiled_steps, streams=self._streams[1])
     return self._unlearners[memory]
 
-  def start_warming(self, seed: int) -> None:
-    """Starts compiling, in a background thread and in run order, the step of every method
-    that still has a run (`Unlearner.warm`, from `seed`'s Compromised), so that the XLA
-    compiles, mostly single-threaded, overlap the references' scoring and the runs and
-    scorings of the methods before them instead of adding to them. The compiled programs
-    are the runs' own: results do not change. Once per invocation; off with
-    benchmark.compile_ahead = False."""
-    if self._warming is not None or not self.config.benchmark.compile_ahead:
-      return
-    pending = [m for m in self.methods if m != BY_DESIGN and any(
-        not os.path.exists(os.path.join(self.method_run_dir(s, m, b), runner.METADATA_FILE))
-        for s in self.seeds for b in self.method_budgets(m))]
-    unlearner, budget = self.unlearner(seed), min(self.budgets)
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm steps")
-    self._warming = {m: pool.submit(unlearner.warm, m, budget) for m in pending}
-    pool.shutdown(wait=False)
-
   def warmed(self, seed: int, method: str) -> None:
-    """Waits until `method`'s step is compiled (`start_warming`, begun here if it was not)."""
-    self.start_warming(seed)
-    if self._warming and method in self._warming:
+    """Waits until `method`'s step is compiled. The first call starts compiling, in a
+    background thread and in run order, the step of every method that still has a run
+    (`Unlearner.warm`), so that the XLA compiles, mostly single-threaded, overlap the
+    runs and scorings of the methods before them instead of adding to them. The compiled
+    programs are the runs' own: results do not change."""
+    if self._warming is None:
+      pending = [m for m in self.methods if m != BY_DESIGN and any(
+          not os.path.exists(os.path.join(self.method_run_dir(s, m, b), runner.METADATA_FILE))
+          for s in self.seeds for b in self.method_budgets(m))]
+      unlearner, budget = self.unlearner(seed), min(self.budgets)
+      pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm steps")
+      self._warming = {m: pool.submit(unlearner.warm, m, budget) for m in pending}
+      pool.shutdown(wait=False)
+    if method in self._warming:
       try:
         self._warming.pop(method).result()
       except Exception as e:  # An optional head start: the run compiles its step itself.
@@ -368,8 +363,6 @@ class Benchmark:
 
     def run():
       self._scene_cache = None  # The seed's trainings are done.
-      if self.mode == "salmubench" and reference == "compromised":
-        self.start_warming(seed)  # Its unlearning steps compile beside the scoring.
       recompute = out == self.fragile_source
       result = self.evaluator_for(reference).score_checkpoint(
           run_dir, recompute_fragile=recompute, attacks=self.attacks, show_progress=self.progress)

@@ -35,6 +35,15 @@ def config_path(name: str) -> str:
   return os.path.join(REPO, "configs", f"{name}.py")
 
 
+def without_timings(tree, volatile=("seconds", "wall_seconds", "meta", "from",
+                                    "batches_replayed")):
+  """A result or unlearn.json without what differs between identical runs: wall times,
+  paths and the count of replayed batches."""
+  if isinstance(tree, dict):
+    return {k: without_timings(v) for k, v in tree.items() if k not in volatile}
+  return [without_timings(v) for v in tree] if isinstance(tree, list) else tree
+
+
 @pytest.fixture
 def micro_config():
   return config_lib.load_config(config_path("micro"))

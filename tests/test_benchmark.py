@@ -18,7 +18,7 @@ from salmu_jax.data import scenes
 from salmu_jax.evaluation import diagnosis, registry
 from salmu_jax.unlearning import runner
 from salmu_jax.errors import ConfigError
-from tests.conftest import REPO, config_path
+from tests.conftest import REPO, config_path, without_timings
 
 METHODS = ("neg_grad", "ssd")
 
@@ -147,39 +147,24 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
     micro_benchmark(micro_config, micro_dataset_dir, workdir).run()
 
 
-def without_timings(tree, volatile=("seconds", "wall_seconds", "meta", "from",
-                                    "batches_replayed")):
-  """A result or unlearn.json without what differs between identical runs: wall times,
-  paths and the count of replayed batches."""
-  if isinstance(tree, dict):
-    return {k: without_timings(v) for k, v in tree.items() if k not in volatile}
-  return [without_timings(v) for v in tree] if isinstance(tree, list) else tree
-
-
 @pytest.mark.slow
 def test_compiling_ahead_and_replaying_batches_change_no_result(micro_config, micro_dataset_dir,
-                                                                tmp_path):
+                                                                tmp_path, caplog):
   """The benchmark's two head starts (benchmark.compile_ahead, benchmark.batch_cache_mb)
   leave every unlearned model and score, the relearning attack's included, as a run
-  without them writes it; so do the references' scorings, beside which the methods' steps
-  compile."""
+  without them writes it."""
   micro_config.benchmark.budgets = (1.0, 5.0)
   runs = ("npo_1x", "npo_5x", "grad_diff_1x", "grad_diff_5x")
-  scores = ("compromised.json", "clean.json")
   fast, plain = tmp_path / "fast", tmp_path / "plain"
   shutil.copytree(micro_dataset_dir, fast / "dataset")
   make = lambda workdir: benchmark.Benchmark(micro_config, str(workdir), methods="npo,grad_diff",
                                              devices=jax.devices()[:1], progress=False)
   make(fast).run()
-  shutil.copytree(fast, plain, ignore=lambda folder, names: [n for n in names
-                                                             if n in runs + scores])
+  assert "ahead failed" not in caplog.text  # The steps were compiled ahead, not by the runs.
+  shutil.copytree(fast, plain, ignore=lambda folder, names: [n for n in names if n in runs])
   micro_config.benchmark.compile_ahead, micro_config.benchmark.batch_cache_mb = False, 0
   status = {s["stage"]: s["status"] for s in make(plain).run()["stages"]}
   assert {status["seed 0: {} {} unlearn".format(*r.rsplit("_", 1))] for r in runs} == {"ran"}
-  assert {status[f"seed 0: evaluate {r}"] for r in ("compromised", "clean")} == {"ran"}
-  for name in scores:
-    a, b = (io_utils.read_json(root / "seed_0" / name) for root in (fast, plain))
-    assert without_timings(a) == without_timings(b), name
   replayed = {}
   for run in runs:
     for name in ("result.json", "unlearn.json"):

@@ -289,7 +289,10 @@ def test_evaluator_writes_the_official_shape_deterministically(trained_micro, mi
   assert extended["retrieval"]["holdout_identity"]["gallery_size"] == 1 + 31 + 20
   assert extended["retrieval"]["fragile"]["count"] == len(fragile_ids_of(micro_dataset_dir))
   assert all(-1 <= v <= 2 for v in extended["margin"].values())
-  again = evaluator.evaluate(config, run, dataset_dir=micro_dataset_dir, devices=jax.devices()[:1])
+  streamed = config.copy_and_resolve_references()
+  streamed.eval.input_cache_mb = 0  # Inputs read again for every use instead of kept.
+  again = evaluator.evaluate(streamed, run, dataset_dir=micro_dataset_dir,
+                             devices=jax.devices()[:1])
   for part in ("efficacy", "utility", "breakdown"):  # Same checkpoint, same JSON.
     assert json.dumps(first[part], sort_keys=True) == json.dumps(again[part], sort_keys=True)
   clean = json.loads(json.dumps(first))  # A Clean-like reference: forgets, knows less.

@@ -22,7 +22,7 @@ from salmu_jax.training import loop, optimizer, runtime as runtime_lib, staged
 from salmu_jax.training.state import TrainState
 from salmu_jax.training.step import make_train_step
 from salmu_jax.unlearning import methods, objectives as O, parameter_transforms as T, runner
-from tests.conftest import REPO, config_path
+from tests.conftest import REPO, config_path, without_timings
 
 
 def toy_apply(params, images, tokens):
@@ -655,7 +655,7 @@ def test_the_relearning_attack_runs_the_unlearning_steps_model_programs(
   """The benchmark's evaluator and Unlearners share one store (Evaluator's `compiled`): the
   attack's fine-tune compiles the model's forward, backward and update, and an unlearning
   run on batches of the same shapes calls those programs instead of compiling its own;
-  sharing changes no number of the attack."""
+  sharing changes no number of the attack or of the run."""
   from salmu_jax.evaluation.evaluator import Evaluator
   config = config_lib.load_config(config_path("micro"))
   compiled = {}
@@ -667,18 +667,18 @@ def test_the_relearning_attack_runs_the_unlearning_steps_model_programs(
   (scope,) = compiled.values()  # One model and mesh: the Unlearner's scope.
   programs = {key[0]: fn for key, fn in scope[("staged",)].items()}
   assert {"forward_vjp", "backward", "update"} <= set(programs)
-  sizes = {name: fn._cache_size() for name, fn in programs.items()}
-  unlearner.run("neg_grad", 1.0, str(tmp_path / "neg_grad"), show_progress=False)
+  keys, sizes = set(scope[("staged",)]), {name: fn._cache_size() for name, fn in programs.items()}
+  run = lambda unlearner: unlearner.run("neg_grad", 1.0, str(tmp_path / str(id(unlearner))),
+                                        show_progress=False)["final_metrics"]
+  after_attack = run(unlearner)
   (step,) = [fn for key, fn in scope.items() if key[:2] == ("step", "neg_grad")]
-  assert step.staged  # It ran the shared programs,
+  assert step.staged and set(scope[("staged",)]) == keys  # It ran the shared programs,
   assert {name: fn._cache_size() for name, fn in programs.items()} == sizes  # compiled once.
   alone = attack(Evaluator(runtime_lib.setup(config, compromised_run, micro_dataset_dir,
                                              jax.devices()[:1])))
-  assert without_seconds(shared) == without_seconds(alone)
-
-
-def without_seconds(result: dict) -> dict:
-  return {key: value for key, value in result.items() if key != "seconds"}
+  assert without_timings(shared) == without_timings(alone)
+  assert after_attack == run(runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                                              devices=jax.devices()[:1]))
 
 
 @pytest.mark.slow
