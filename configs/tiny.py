@@ -20,9 +20,6 @@ def get_config(arg=None):
   # doubles the loader's CPU time (Compromised's 300 batches: 48 against 24 CPU-s, the
   # same batches; benchmarks/RESULTS.md), CPU the train step needs.
   data.loader.num_threads = 1
-  # Room for most of a training's 300 batches (~1.6 MB each): the reader runs ahead while
-  # the step compiles, on the core the compiler leaves idle.
-  data.loader.prefetch_buffer_size = 256
   data.retain_base.zeroshot_examples = 2_000
   config.tokenizer.vocab_size = 4_096
   config.tokenizer.context_length = 48

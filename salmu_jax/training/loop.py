@@ -94,55 +94,52 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, sce
                       allow_other=False)
   # After restore: it may set steps aside.
   manager = checkpointing.manager(workdir, train_cfg.keep_checkpoints)
-  # The reader threads start now, at the restored position: they fill the prefetch buffer
-  # while the state is initialized and the step compiles (XLA compiles on one core).
-  iterator.start_prefetch()
-  # Checkpoints are written asynchronously: finish the ones begun, even on an error; and
-  # drop the reads still queued (an early stop, a preemption, must not wait for them).
+  if state is None:
+    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
+
+  step_fn = pretraining_step(config, runtime.graphdef, runtime.tx, state_shardings, mesh)
+  encoders = embed.make_encoders(runtime.graphdef, state_shardings.params, mesh)
+  # Held-out general knowledge, and the memorization that separates the references:
+  # forget images against all forget association captions (chance: 1 / forget size).
+  eval_sets = {"heldout_retrieval_r1": heldout_scene_batches(config, runtime.tokenizer,
+                                                                     scene_cache),
+               "forget_association_r1": pipeline.eval_batches(
+                   runtime.dataset, ["forget"], runtime.tokenizer, config.data.image_size,
+                   config.batch_size)}
+
+  def save(step: int):
+    checkpointing.save(manager, step, state, checkpointing.make_meta(
+        model=runtime.signature, reference=config.reference, stage="train",
+        dataset=runtime.dataset_identity, config=config, mixture=mixture), iterator=iterator)
+
+  def kept() -> str:
+    manager.wait_until_finished()  # The last good checkpoint may still be being written.
+    latest = manager.latest_step()
+    if latest is None:
+      return "no checkpoint was written; lower train.learning_rate and run again"
+    # Not "resume with a lower rate": a run continues only the recipe it began with.
+    return f"the last checkpoint (step {latest}) is kept; lower train.learning_rate and " \
+           f"train again in a new --workdir"
+
+  def check_losses(entries):
+    for logged_step, m in entries:
+      check_loss(m["loss"], logged_step, "loss", kept)
+
+  writer, metrics_file = None, None
+  if process_index == 0:
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # Appended across resumes.
+  history = {"losses": {}} | {name: {} for name in eval_sets}
+  start = int(state.step)
+  end = train_cfg.steps if stop_after is None else min(train_cfg.steps, start + stop_after)
+  bar = progress.bar(total=train_cfg.steps, initial=start, desc=f"train {config.reference}",
+                     unit="step", enabled=show_progress and process_index == 0)
+  pending, window_start, window_steps = [], time.perf_counter(), 0
+  stopping = False
+  # Checkpoints are written asynchronously: finish the ones begun, even on an error; and drop
+  # the reads still queued (an early stop or a preemption does not wait for them).
   try:
-    if state is None:
-      state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
-
-    step_fn = pretraining_step(config, runtime.graphdef, runtime.tx, state_shardings, mesh)
-    encoders = embed.make_encoders(runtime.graphdef, state_shardings.params, mesh)
-    # Held-out general knowledge, and the memorization that separates the references:
-    # forget images against all forget association captions (chance: 1 / forget size).
-    eval_sets = {"heldout_retrieval_r1": heldout_scene_batches(config, runtime.tokenizer,
-                                                                       scene_cache),
-                 "forget_association_r1": pipeline.eval_batches(
-                     runtime.dataset, ["forget"], runtime.tokenizer, config.data.image_size,
-                     config.batch_size)}
-
-    def save(step: int):
-      checkpointing.save(manager, step, state, checkpointing.make_meta(
-          model=runtime.signature, reference=config.reference, stage="train",
-          dataset=runtime.dataset_identity, config=config, mixture=mixture), iterator=iterator)
-
-    def kept() -> str:
-      manager.wait_until_finished()  # The last good checkpoint may still be being written.
-      latest = manager.latest_step()
-      if latest is None:
-        return "no checkpoint was written; lower train.learning_rate and run again"
-      # Not "resume with a lower rate": a run continues only the recipe it began with.
-      return f"the last checkpoint (step {latest}) is kept; lower train.learning_rate and " \
-             f"train again in a new --workdir"
-
-    def check_losses(entries):
-      for logged_step, m in entries:
-        check_loss(m["loss"], logged_step, "loss", kept)
-
-    writer, metrics_file = None, None
-    if process_index == 0:
-      from tensorboardX import SummaryWriter
-      writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # Appended across resumes.
-    history = {"losses": {}} | {name: {} for name in eval_sets}
-    start = int(state.step)
-    end = train_cfg.steps if stop_after is None else min(train_cfg.steps, start + stop_after)
-    bar = progress.bar(total=train_cfg.steps, initial=start, desc=f"train {config.reference}",
-                       unit="step", enabled=show_progress and process_index == 0)
-    pending, window_start, window_steps = [], time.perf_counter(), 0
-    stopping = False
     with sigterm_flag() as preempted:
       for step in range(start, end):
         local = next(iterator)
