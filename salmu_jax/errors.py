@@ -29,8 +29,8 @@ class NonFiniteModel(SalmuError):
 
 @functools.cache
 def _finite_leaves():
-  """One jitted program per tree structure (eager reductions compile two programs per leaf
-  shape)."""
+  """The finiteness of every leaf as one jitted program (compiled once per tree structure,
+  shapes and shardings), where eager reductions compiled two small programs per leaf shape."""
   import jax
   import jax.numpy as jnp
   return jax.jit(lambda tree: jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))
