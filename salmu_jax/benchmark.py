@@ -645,7 +645,7 @@ class Benchmark:
     if os.path.exists(path):
       differing = [key for key in io_utils.differing_keys(
           without_thresholds(io_utils.read_json(path)), without_thresholds(current))
-                   if not key.startswith(RESULT_NEUTRAL)]
+                   if key not in RESULT_NEUTRAL]
       if differing:
         raise ConfigError(f"{self.workdir} holds a benchmark of a different config (differs "
                           f"in: {', '.join(differing[:8])}); use another --workdir")

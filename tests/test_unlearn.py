@@ -677,8 +677,9 @@ def test_the_relearning_attack_runs_the_unlearning_steps_model_programs(
   alone = attack(Evaluator(runtime_lib.setup(config, compromised_run, micro_dataset_dir,
                                              jax.devices()[:1])))
   assert without_timings(shared) == without_timings(alone)
-  assert after_attack == run(runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
-                                              devices=jax.devices()[:1]))
+  unshared = runner.Unlearner(config, compromised_run, dataset_dir=micro_dataset_dir,
+                              devices=jax.devices()[:1])
+  assert after_attack == run(unshared)
 
 
 @pytest.mark.slow
