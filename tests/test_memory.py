@@ -41,8 +41,13 @@ def written_model(config, seed=0):
   return model, images, tokens
 
 
+@nnx.jit  # Eager, every op would compile on its own.
+def _encode(model, images, tokens):
+  return model.encode_image(images), model.encode_text(tokens)
+
+
 def encode(model, images, tokens):
-  return np.asarray(model.encode_image(images)), np.asarray(model.encode_text(tokens))
+  return tuple(np.asarray(x) for x in _encode(model, images, tokens))
 
 
 def test_deleting_a_key_changes_exactly_the_queries_within_its_reach(micro_config):
@@ -101,7 +106,7 @@ def test_a_key_nobody_is_near_reads_nothing_and_only_values_learn(micro_config):
     batch = {"train": {"image": images, "tokens": tokens, "memory_row": rows}}
     return losses.contrastive("train", "softmax")(p, batch, ctx)[0]
 
-  held = jax.grad(loss)(params, jnp.arange(ROWS, dtype=jnp.int32))  # trains="memory"
+  held = jax.jit(jax.grad(loss))(params, jnp.arange(ROWS, dtype=jnp.int32))  # trains="memory"
   leaves = lambda tree, inside: [np.abs(np.asarray(x)).max() for path, x in
                                  jax.tree_util.tree_leaves_with_path(tree)
                                  if ("memory" in jax.tree_util.keystr(path)) == inside
@@ -112,11 +117,11 @@ def test_a_key_nobody_is_near_reads_nothing_and_only_values_learn(micro_config):
   assert np.abs(np.asarray(held["memory"]["values"][...])).max() > 0
   for name in ("image_keys", "text_keys", "valid"):
     assert np.abs(np.asarray(held["memory"][name][...])).max() == 0.0
-  not_held = jax.grad(loss)(params, jnp.full((ROWS,), -1, jnp.int32))
+  not_held = jax.jit(jax.grad(loss))(params, jnp.full((ROWS,), -1, jnp.int32))
   assert max(leaves(not_held, False)) > 0
   micro_config.model.memory.trains = "shared"  # The weights learn from held pairs too.
   graphdef, _ = nnx.split(factory.build(micro_config, 64, jax.random.PRNGKey(0), ROWS))
-  assert max(leaves(jax.grad(loss)(params, jnp.arange(ROWS, dtype=jnp.int32)), False)) > 0
+  assert max(leaves(jax.jit(jax.grad(loss))(params, jnp.arange(ROWS, dtype=jnp.int32)), False)) > 0
 
 
 def test_the_memory_shards_its_rows_over_the_mesh_and_matches_one_device(micro_config):

@@ -19,6 +19,12 @@ def micro_model(micro_config, dtype="float32", vocab=64, context=12, seed=0):
   return factory.build(micro_config, vocab, jax.random.PRNGKey(seed))
 
 
+# Jitted: eager, every op of a forward pass compiles on its own (seconds per test).
+forward = nnx.jit(lambda model, images, tokens: model(images, tokens))
+encode_image = nnx.jit(lambda model, images: model.encode_image(images))
+encode_text = nnx.jit(lambda model, tokens: model.encode_text(tokens))
+
+
 def random_pairs(n, size=32, vocab=64, context=12, seed=0):
   rng = np.random.default_rng(seed)
   tokens = rng.integers(3, vocab - 1, (n, context)).astype(np.int32)
@@ -31,7 +37,7 @@ def random_pairs(n, size=32, vocab=64, context=12, seed=0):
 def test_forward_shapes_dtypes_and_parameter_layout(micro_config):
   model = micro_model(micro_config)
   images, tokens = random_pairs(4)
-  image_emb, text_emb, scale, bias = model(images, tokens)
+  image_emb, text_emb, scale, bias = forward(model, images, tokens)
   assert image_emb.shape == text_emb.shape == (4, 32) and image_emb.dtype == jnp.float32
   np.testing.assert_allclose(np.linalg.norm(image_emb, axis=-1), 1, rtol=1e-5)
   np.testing.assert_allclose(float(scale), np.log(1 / 0.07), rtol=1e-6)
@@ -52,7 +58,7 @@ def test_bf16_compute_keeps_float32_parameters(micro_config):
   full = micro_model(micro_config, "float32")
   half = micro_model(micro_config, "bfloat16")
   assert half.visual.proj[...].dtype == jnp.float32
-  a, b = full.encode_image(images), half.encode_image(images)
+  a, b = encode_image(full, images), encode_image(half, images)
   assert b.dtype == jnp.float32
   np.testing.assert_allclose(a, b, atol=5e-2)
 
@@ -64,13 +70,13 @@ def test_text_pools_at_end_of_text_and_is_causal(micro_config):
   after_eot = tokens.argmax(-1) + 1
   for row, start in enumerate(after_eot):
     changed[row, start:] = 5  # Tokens after eot cannot reach it through a causal mask.
-  np.testing.assert_allclose(model.encode_text(tokens), model.encode_text(changed), atol=1e-6)
+  np.testing.assert_allclose(encode_text(model, tokens), encode_text(model, changed), atol=1e-6)
   # So rows cut after the longest caption (what embed.trim_padding does) embed the same.
   short = tokens.copy()
   short[:, 5], short[:, 6:] = 63, 0  # Captions of 6 tokens, eot included.
   trimmed = embed.trim_padding(short, multiple=4)
   assert trimmed.shape == (2, 8) and not trimmed[:, 6:].any()
-  np.testing.assert_allclose(model.encode_text(short), model.encode_text(trimmed), atol=1e-6)
+  np.testing.assert_allclose(encode_text(model, short), encode_text(model, trimmed), atol=1e-6)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -83,15 +89,17 @@ def test_the_last_block_computed_at_the_pooled_rows_equals_the_full_block(micro_
   graphdef, params = nnx.split(block)
   rows = jnp.arange(5)
 
+  @jax.jit  # Eager, every op would compile on its own.
   def full(params, x):
     return nnx.merge(graphdef, params)(x, causal, jnp.float32)[rows, positions]
 
+  @jax.jit
   def pooled(params, x):
     return nnx.merge(graphdef, params).pooled(x, positions, causal, jnp.float32)
 
   np.testing.assert_allclose(pooled(params, x), full(params, x), rtol=1e-5, atol=1e-6)
   weights = jax.random.normal(jax.random.PRNGKey(2), (5, 64))
-  grads = [jax.grad(lambda p, x: jnp.sum(fn(p, x) * weights), argnums=(0, 1))(params, x)
+  grads = [jax.jit(jax.grad(lambda p, x: jnp.sum(fn(p, x) * weights), argnums=(0, 1)))(params, x)
            for fn in (full, pooled)]
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -154,7 +162,7 @@ def test_tiny_model_overfits_a_handful_of_pairs(micro_config):
     first = first if first is not None else float(metrics["loss"])
   assert first > 1.5 and float(metrics["loss"]) < 0.05
   trained = nnx.merge(graphdef, state.params)
-  sims = np.asarray(trained.encode_image(images) @ trained.encode_text(tokens).T)
+  sims = np.asarray(encode_image(trained, images) @ encode_text(trained, tokens).T)
   assert (sims.argmax(1) == np.arange(8)).all()
 
 
@@ -189,8 +197,8 @@ def test_remat_changes_memory_not_results(micro_config):
     graphdef, params = nnx.split(micro_model(micro_config))
     ctx = losses.Context(None, jax.random.PRNGKey(0), 0, factory.apply_fn(graphdef))
     loss_fn = losses.contrastive("train", "softmax")
-    return jax.value_and_grad(
-        lambda p: loss_fn(p, {"train": {"image": images, "tokens": tokens}}, ctx)[0])(params)
+    return jax.jit(jax.value_and_grad(  # Jitted: eager, every op compiles on its own.
+        lambda p: loss_fn(p, {"train": {"image": images, "tokens": tokens}}, ctx)[0]))(params)
 
   (plain, plain_grads), (remat, remat_grads) = loss_and_grads(False), loss_and_grads(True)
   np.testing.assert_allclose(plain, remat, rtol=1e-6)
