@@ -46,4 +46,9 @@ def get_config(arg=None):
   # Three training seeds by default (--seeds=1 for a quick look): the leaderboard shows
   # each row's spread and which rank differences the seeds resolve.
   config.benchmark.seeds = 3
+  # No background compiling of the next methods' steps: on 2 cores that thread takes the
+  # cores the current run and its scoring need. The 30 runs and scorings of one seed, three
+  # alternating pairs: 241, 230 and 240 s without it, 258, 234 and 274 s with it, the same
+  # results (benchmarks/RESULTS.md, seventh session).
+  config.benchmark.compile_ahead = False
   return with_reference(config, arg)
