@@ -14,6 +14,7 @@ from salmu_jax.errors import ConfigError
 from salmu_jax.model import factory, sharding
 from salmu_jax.training import loop, memory
 from salmu_jax.unlearning import runner
+from tests.test_model import encode_image, encode_text
 
 ROWS = 24
 
@@ -41,13 +42,8 @@ def written_model(config, seed=0):
   return model, images, tokens
 
 
-@nnx.jit  # Eager, every op would compile on its own.
-def _encode(model, images, tokens):
-  return model.encode_image(images), model.encode_text(tokens)
-
-
 def encode(model, images, tokens):
-  return tuple(np.asarray(x) for x in _encode(model, images, tokens))
+  return np.asarray(encode_image(model, images)), np.asarray(encode_text(model, tokens))
 
 
 def test_deleting_a_key_changes_exactly_the_queries_within_its_reach(micro_config):
