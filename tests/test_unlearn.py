@@ -376,6 +376,29 @@ def test_ssd_task_vector_and_saliency_on_a_hand_made_tree():
   assert T.count_changed(params, noisy) == 5
 
 
+def test_the_jitted_parameter_transforms_compute_the_eager_bits():
+  # Each transform is one or two jitted programs instead of an op per leaf; fusing
+  # t + g * g (or p - a * d) into a multiply-add would round once instead of twice.
+  rng = np.random.default_rng(0)
+  tree = lambda scale: {"a": jnp.asarray(rng.standard_normal((64, 33)) * scale, jnp.float32),
+                        "b": {"c": jnp.asarray(rng.standard_normal(129) * scale, jnp.float32)}}
+  params, finetuned, grads = tree(1.0), tree(1.0), [tree(1e-3) for _ in range(4)]
+  importance = lambda: T.mean_squared_gradients(lambda p, g: g, params, grads)
+  other = lambda: T.mean_squared_gradients(lambda p, g: g, params, grads[1:3])
+  transforms = {
+      "importance": importance,
+      "mask": lambda: T.saliency_mask(grads[0], 0.3),
+      "ssd": lambda: T.selective_synaptic_dampening(params, other(), importance(), 1.3, 0.7),
+      "task vector": lambda: T.task_vector_negation(params, finetuned, 0.37)}
+  for name, transform in transforms.items():
+    jitted = transform()
+    with jax.disable_jit():
+      eager = transform()
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
+      assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)), name
+  assert T.count_true(T.saliency_mask(grads[0], 0.3)) == round(0.3 * (64 * 33 + 129))
+
+
 def test_the_data_layer_refuses_holdout_and_unseen_splits():
   for split in ("holdout_association", "holdout_identity", "unseen_identity"):
     with pytest.raises(DatasetError, match=f"may not read split\\(s\\) \\['{split}'\\]"):

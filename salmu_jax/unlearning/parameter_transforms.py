@@ -1,8 +1,14 @@
 """Gradient-side unlearning tools: importances, saliency masks (applied by
 salmu_jax.training.optimizer.masked_updates) and one-shot parameter transforms.
 
-All functions act on arbitrary parameter pytrees, so they apply to any JAX model.
+All functions act on arbitrary parameter pytrees, so they apply to any JAX model. Their
+tree-wide arithmetic runs as a few jitted programs: run eagerly, every operation compiled
+once per parameter shape (SalUn, SSD and task vectors: ~190 small programs, ~10 s of a
+benchmark's first seed). The programs compute the eager bits: no multiply and add share one,
+which the backend would contract into a fused multiply-add that rounds once.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,20 +18,42 @@ def mean_squared_gradients(grad_fn, params, batches):
   """Diagonal Fisher / importance: mean over batches of grad**2 (`grad_fn(params, batch)`)."""
   total, count = None, 0
   for batch in batches:
-    squared = jax.tree.map(jnp.square, grad_fn(params, batch))
-    total = squared if total is None else jax.tree.map(jnp.add, total, squared)
+    gradients = grad_fn(params, batch)
+    squares = _squares(gradients)
+    total = squares if total is None else _added(total, squares)
     count += 1
   if count == 0:
     raise ValueError("no batches to estimate importances from")
-  return jax.tree.map(lambda x: x / count, total)
+  return _divided(total, count)
+
+
+@jax.jit
+def _squares(gradients):
+  return jax.tree.map(jnp.square, gradients)
+
+
+@jax.jit
+def _added(total, squares):
+  return jax.tree.map(jnp.add, total, squares)
+
+
+@jax.jit
+def _divided(tree, count):
+  return jax.tree.map(lambda x: x / count, tree)
 
 
 def saliency_mask(gradients, fraction: float):
   """SalUn: True for the `fraction` of weights (over the whole tree) with the largest |grad|."""
   if not 0 < fraction <= 1:
     raise ValueError(f"saliency fraction {fraction} must lie in (0, 1]")
+  size = sum(int(np.size(g)) for g in jax.tree.leaves(gradients))
+  return _largest(gradients, max(int(round(fraction * size)), 1))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _largest(gradients, k: int):
+  """True for the `k` weights with the largest |gradient| (ties at the threshold included)."""
   flat = jnp.concatenate([jnp.abs(g).ravel() for g in jax.tree.leaves(gradients)])
-  k = max(int(round(fraction * flat.size)), 1)
   threshold = jnp.sort(flat)[-k]
   return jax.tree.map(lambda g: jnp.abs(g) >= threshold, gradients)
 
@@ -33,6 +61,11 @@ def saliency_mask(gradients, fraction: float):
 def selective_synaptic_dampening(params, importance_all, importance_forget, alpha: float,
                                  lam: float):
   """SSD (Foster et al. 2024): where I_f > alpha * I_D, theta *= min(lam * I_D / I_f, 1)."""
+  return _dampened(params, importance_all, importance_forget, alpha, lam)
+
+
+@jax.jit
+def _dampened(params, importance_all, importance_forget, alpha, lam):
   def dampen(theta, i_all, i_forget):
     selected = i_forget > alpha * i_all
     factor = jnp.minimum(lam * i_all / jnp.where(i_forget > 0, i_forget, 1.0), 1.0)
@@ -42,7 +75,17 @@ def selective_synaptic_dampening(params, importance_all, importance_forget, alph
 
 def task_vector_negation(params, finetuned, alpha: float):
   """theta_u = theta - alpha * (theta_finetuned - theta) (Ilharco et al. 2023)."""
-  return jax.tree.map(lambda p, f: p - alpha * (f - p), params, finetuned)
+  return _subtracted(params, _scaled_differences(params, finetuned, alpha))
+
+
+@jax.jit
+def _scaled_differences(params, finetuned, alpha):
+  return jax.tree.map(lambda p, f: alpha * (f - p), params, finetuned)
+
+
+@jax.jit
+def _subtracted(params, steps):
+  return jax.tree.map(jnp.subtract, params, steps)
 
 
 def fisher_noise(params, fisher, rng, scale: float = 1e-3, floor: float = 1e-8,
@@ -66,4 +109,9 @@ def count_changed(before, after) -> int:
 
 def count_true(mask) -> int:
   """How many weights a boolean mask selects."""
-  return int(sum(int(m.sum()) for m in jax.tree.leaves(mask)))
+  return int(sum(int(count) for count in _true_counts(mask)))
+
+
+@jax.jit
+def _true_counts(mask):
+  return [jnp.sum(m) for m in jax.tree.leaves(mask)]
