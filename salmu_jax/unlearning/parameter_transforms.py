@@ -1,14 +1,12 @@
 """Gradient-side unlearning tools: importances, saliency masks (applied by
 salmu_jax.training.optimizer.masked_updates) and one-shot parameter transforms.
 
-All functions act on arbitrary parameter pytrees, so they apply to any JAX model. Their
-tree-wide arithmetic runs as a few jitted programs: run eagerly, every operation compiled
-once per parameter shape (SalUn, SSD and task vectors: ~190 small programs, ~10 s of a
-benchmark's first seed). The programs compute the eager bits: no multiply and add share one,
-which the backend would contract into a fused multiply-add that rounds once.
+All functions act on arbitrary parameter pytrees, so they apply to any JAX model. The
+importances, the saliency mask, SSD's dampening, the task vector's negation and `count_true`
+run as jitted programs over the whole tree: run eagerly, every operation compiles once per
+parameter shape. The programs compute the eager bits: no multiply and add share one, which
+the backend would contract into a fused multiply-add that rounds once.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,11 +48,12 @@ def saliency_mask(gradients, fraction: float):
   return _largest(gradients, max(int(round(fraction * size)), 1))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _largest(gradients, k: int):
-  """True for the `k` weights with the largest |gradient| (ties at the threshold included)."""
+@jax.jit
+def _largest(gradients, k):
+  """True for the `k` weights with the largest |gradient| (ties at the threshold included);
+  `k` traced, so that every fraction runs one program."""
   flat = jnp.concatenate([jnp.abs(g).ravel() for g in jax.tree.leaves(gradients)])
-  threshold = jnp.sort(flat)[-k]
+  threshold = jnp.sort(flat)[flat.size - k]
   return jax.tree.map(lambda g: jnp.abs(g) >= threshold, gradients)
 
 
@@ -109,7 +108,7 @@ def count_changed(before, after) -> int:
 
 def count_true(mask) -> int:
   """How many weights a boolean mask selects."""
-  return int(sum(int(count) for count in _true_counts(mask)))
+  return sum(int(count) for count in jax.device_get(_true_counts(mask)))
 
 
 @jax.jit
