@@ -377,7 +377,7 @@ def test_ssd_task_vector_and_saliency_on_a_hand_made_tree():
 
 
 def test_the_jitted_parameter_transforms_compute_the_eager_bits():
-  # Each transform is one or two jitted programs instead of an op per leaf; fusing
+  # Each transform is a few jitted programs instead of an op per leaf; fusing
   # t + g * g (or p - a * d) into a multiply-add would round once instead of twice.
   rng = np.random.default_rng(0)
   tree = lambda scale: {"a": jnp.asarray(rng.standard_normal((64, 33)) * scale, jnp.float32),
