@@ -388,11 +388,19 @@ def markdown_table(header: list, rows: list) -> list:
           + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def device_line(meta: dict) -> str:
+  """Where a report was computed: the device, and on CPU the processor and the CPUs the
+  process could use (runtime.cpu_meta: a training rounds by both)."""
+  if "host_cpus" not in meta:
+    return meta["device"]
+  return f"{meta['device']}, {meta['host_cpus']} CPUs ({meta['cpu']})"
+
+
 def markdown(board: dict, checks: list, meta: dict) -> str:
   seeds = len(meta["seeds"])
   confidence = f"{board['rank_confidence']:.0%}"
   lines = [f"# SALMUBench leaderboard: {meta['config_name']}", "",
-           f"{meta['date']}; {meta['device']}; seeds {meta['seeds']}; "
+           f"{meta['date']}; {device_line(meta)}; seeds {meta['seeds']}; "
            f"jax {meta['versions']['jax']}, flax {meta['versions']['flax']}.", "",
            "Headline of each official metric (RetFail: MRR); mean ± std over seeds when there "
            "are several. efficacy = mean normalized efficacy of the official five (0 = "
@@ -612,7 +620,7 @@ table{{border-collapse:collapse;font-size:12px;margin:1em 0}}td,th{{border:1px s
 tr.pass td:last-child{{color:#2a9d8f}}tr.fail td:last-child{{color:#d62828;font-weight:bold}}</style>
 </head><body>
 <h1>SALMUBench report: {esc(meta['config_name'])}</h1>
-<p>{esc(meta['date'])}; device {esc(meta['device'])}; seeds {esc(str(meta['seeds']))};
+<p>{esc(meta['date'])}; device {esc(device_line(meta))}; seeds {esc(str(meta['seeds']))};
 budgets {esc(', '.join(f'{b:g}x' for b in meta['budgets']))}; {esc(versions)}.</p>
 <h2>Is the benchmark sound?</h2>
 <table><tr><th>check</th><th>value</th><th>passed</th></tr>{check_rows}</table>

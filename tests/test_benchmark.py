@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from salmu_jax import benchmark, io_utils, report
 from salmu_jax import config as config_lib
 from salmu_jax.data import scenes
 from salmu_jax.evaluation import diagnosis, registry
+from salmu_jax.training import runtime as runtime_lib
 from salmu_jax.unlearning import runner
 from salmu_jax.errors import ConfigError
 from tests.conftest import REPO, config_path, without_timings
@@ -109,6 +111,10 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   assert saved["references"]["clean"]["privacy/pair_calibrated"]["mean"] == 0.5
   assert saved["meta"]["versions"]["jax"] == jax.__version__ and saved["meta"]["seeds"] == [0]
   table = (workdir / "leaderboard.md").read_text()
+  # The header says where it ran: a training rounds by the processor and the CPUs it had.
+  cpus = len(os.sched_getaffinity(0))
+  assert saved["meta"]["host_cpus"] == cpus
+  assert f"; cpu, {cpus} CPUs ({runtime_lib.processor()}); seeds [0];" in table
   assert "| rank | method | budget | RetFail |" in table and "| Clean |" in table
   assert all(f"| {m} | 1x |" in table for m in METHODS)
   page = (workdir / "report.html").read_text()
@@ -417,6 +423,17 @@ def test_seed_bootstrap_is_exact_and_rank_intervals_show_what_seeds_resolve():
   table = report.markdown(board, [], {"config_name": "t", "date": "d", "device": "cpu",
                                       "seeds": [0, 1, 2], "versions": {"jax": "x", "flax": "y"}})
   assert "| 1 (1-2) |" in table and "| 3 | far |" in table
+
+
+def test_the_device_line_names_the_processor_and_cpus_on_cpu_only():
+  cpu = {"device": "cpu", "host_cpus": 2, "cpu": "AMD EPYC, avx512f"}
+  assert report.device_line(cpu) == "cpu, 2 CPUs (AMD EPYC, avx512f)"
+  assert report.device_line({"device": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
+  info = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: fpu sse avx avx2\n"
+  assert runtime_lib.processor(info) == "Intel(R) Xeon(R) CPU @ 2.20GHz, avx2"
+  assert runtime_lib.processor(info.replace(" avx avx2", "")) == "Intel(R) Xeon(R) CPU @ 2.20GHz"
+  assert runtime_lib.processor("processor\t: 0\nFeatures\t: fp asimd\n") == (
+      platform.processor() or platform.machine() or "unknown")  # No model name (ARM).
 
 
 def test_a_result_without_the_extended_block_is_named():

@@ -117,6 +117,12 @@ def test_resumed_training_repeats_the_uninterrupted_losses(micro_config, micro_d
   assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6]
   assert {"heldout_retrieval_r1", "forget_association_r1"} <= set(logged[-1])
   assert os.listdir(tmp_path / "cut" / "tensorboard")
+  # Each checkpoint names where it was trained: on CPU the processor and the CPUs the
+  # process may use, by which XLA:CPU's training rounds (runtime.cpu_meta).
+  run = str(tmp_path / "cut")
+  device = checkpointing.read_meta(checkpointing.manager(run), 6, run)["details"]["device"]
+  assert device["device"] == "cpu" and device["host_cpus"] == len(os.sched_getaffinity(0))
+  assert device["cpu"] == runtime_lib.processor()
 
 
 @pytest.mark.slow

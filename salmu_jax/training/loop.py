@@ -110,7 +110,8 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, sce
   def save(step: int):
     checkpointing.save(manager, step, state, checkpointing.make_meta(
         model=runtime.signature, reference=config.reference, stage="train",
-        dataset=runtime.dataset_identity, config=config, mixture=mixture), iterator=iterator)
+        dataset=runtime.dataset_identity, config=config, mixture=mixture,
+        device=runtime.device_meta()), iterator=iterator)
 
   def kept() -> str:
     manager.wait_until_finished()  # The last good checkpoint may still be being written.

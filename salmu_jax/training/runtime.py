@@ -1,6 +1,8 @@
 """What every stage that runs a model sets up once: mesh, model definition, shardings, data."""
 import dataclasses
 import os
+import platform
+import re
 
 import jax
 from flax import nnx
@@ -33,8 +35,39 @@ class Runtime:
                         self.state_shardings)
 
   def device_meta(self) -> dict:
-    """The device a result was computed on, as every result file names it."""
-    return {"device": jax.devices()[0].device_kind, "num_devices": len(self.mesh.devices.flat)}
+    """The device a result was computed on, as every result file names it; on CPU also
+    what XLA:CPU's rounding depends on (`cpu_meta`)."""
+    meta = {"device": jax.devices()[0].device_kind, "num_devices": len(self.mesh.devices.flat)}
+    return meta | (cpu_meta() if jax.devices()[0].platform == "cpu" else {})
+
+
+def cpu_meta() -> dict:
+  """The processor and how many CPUs this process may run on. XLA:CPU picks its kernels by
+  the instruction set and sizes its thread pool by those CPUs, and a training step splits
+  its weight gradients and column sums over that pool: the same code and seed train other
+  last digits on 1 CPU than on 2 (benchmarks/RESULTS.md, ninth session). Forward passes
+  (scoring a given model) keep their bits."""
+  cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {"host_cpus": cpus, "cpu": processor()}
+
+
+def processor(cpuinfo: str | None = None) -> str:
+  """"MODEL, SIMD": the model name in `cpuinfo` (default: /proc/cpuinfo) and the widest x86
+  vector extension its flags list (avx512f, avx2, avx); without a model name (not Linux,
+  some ARM kernels) platform.processor() or the machine type."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+  if model is None:
+    return platform.processor() or platform.machine() or "unknown"
+  flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+  flags = set(flags.group(1).split()) if flags else set()
+  simd = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
+  return model.group(1).strip() + (f", {simd}" if simd else "")
 
 
 def model_definition(config, vocab_size: int, memory_rows: int = 0):
