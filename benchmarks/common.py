@@ -16,26 +16,14 @@ from salmu_jax import host_memory  # noqa: E402
 host_memory.retain_freed_memory()  # First: the setting must precede NumPy's threads.
 
 
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-  """Cores this process may run on (the CI container's 2, not the host's count)."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def device_name() -> str:
   """The machine a table's figures come from: the CPU and its usable cores, or the
   accelerators JAX sees."""
   import jax
+  from salmu_jax.training import runtime
   device = jax.devices()[0]
   if device.platform == "cpu":
-    return f"{cpu_name()}, {usable_cores()} cores, CPU only"
+    return f"{runtime.processor()}, {runtime.usable_cpus()} cores, CPU only"
   return f"{jax.device_count()} x {device.device_kind}"
 
 

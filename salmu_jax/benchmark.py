@@ -697,11 +697,32 @@ class Benchmark:
     """Where this mode's stages.json, leaderboard and report go."""
     return self.workdir if self.mode == "salmubench" else self.mode_dir
 
-  def meta(self, wall_seconds: float) -> dict:
+  def computed_on(self, unlearned: list) -> list:
+    """report.device_line of every environment that trained this report's references
+    (their checkpoints' `devices`) or unlearned its models (`unlearned`: the runs'
+    unlearn.json contents), sorted: a training rounds by it (runtime.cpu_meta), and a
+    resumed workdir may mix several."""
+    unrecorded = {"device": "unrecorded"}  # Written by a version that did not record it.
+    metas = []
+    for seed in self.seeds:
+      for reference in REFERENCES + MEMORY_REFERENCES:
+        run_dir = os.path.join(self.seed_dir(seed), reference)
+        steps = checkpointing.steps(run_dir)
+        if steps:
+          saved = checkpointing.read_meta(checkpointing.manager(run_dir), steps[-1], run_dir)
+          metas += saved["details"].get("devices", [unrecorded])
+        elif reference in REFERENCES:
+          metas.append(unrecorded)
+    metas += [{k: u[k] for k in runtime_lib.DEVICE_KEYS if k in u} or unrecorded for u in unlearned]
+    return sorted({report.device_line(m) for m in metas})
+
+  def meta(self, wall_seconds: float, unlearned: list) -> dict:
+    """The reports' meta; `unlearned`: the unlearn.json contents of the runs they show."""
     return {"config_name": self.name, "date": report.now(), "seeds": self.seeds,
             "budgets": self.budgets, "methods": self.methods, "mode": self.mode,
             "attacks": list(self.attacks) if self.mode == "salmubench" else [],
-            **self.evaluator.runtime.device_meta(), "versions": versions(),
+            **self.evaluator.runtime.device_meta(), "computed_on": self.computed_on(unlearned),
+            "versions": versions(),
             "wall_seconds": round(wall_seconds, 1),
             "ran_seconds_total": round(sum(s["ran_seconds"] or 0 for s in self.stages_log), 1),
             "config": json.loads(self.config.to_json())}
@@ -729,7 +750,8 @@ class Benchmark:
       row["paper"] = methods_lib.METHODS[row["method"]].paper
       row["samples_processed"] = unlearned[0]["samples_processed"]["total"]
       row["unlearn_seconds"] = report.spread([u["wall_seconds"] for u in unlearned])
-    meta = self.meta(wall_seconds)
+    meta = self.meta(wall_seconds, [r["meta"]["unlearn"] for results in runs.values()
+                                    for r in results])
     leaderboard = {**board, "checks": checks, "meta": meta, "stages": self.stages_log}
     io_utils.write_json_atomic(os.path.join(self.workdir, "leaderboard.json"), leaderboard)
     io_utils.write_bytes_atomic(os.path.join(self.workdir, "leaderboard.md"),
@@ -767,7 +789,8 @@ class Benchmark:
       row["unlearn_seconds"] = [report.spread([r["meta"]["unlearn"]["wall_seconds"]
                                                for r in per_seed])
                                 for per_seed in runs[(row["method"], row["budget"])]]
-    meta = self.meta(wall_seconds)
+    meta = self.meta(wall_seconds, [r["meta"]["unlearn"] for per_run in runs.values()
+                                    for per_seed in per_run for r in per_seed])
     leaderboard = {**board, "meta": meta, "stages": self.stages_log}
     io_utils.write_json_atomic(os.path.join(self.mode_dir, "leaderboard.json"), leaderboard)
     io_utils.write_bytes_atomic(os.path.join(self.mode_dir, "leaderboard.md"),

@@ -28,7 +28,7 @@ META_SCHEMA = {
     "dataset": "data.layout.identity of the dataset the model was trained on (an unlearned "
                "model: Compromised's); None for imported weights",
     "config": "the config of the run that wrote it",
-    "details": "what the stage records: train {mixture, device}; unlearn {method, budget, from}; "
+    "details": "what the stage records: train {mixture, devices}; unlearn {method, budget, from}; "
                "convert {imported_from}",
     "checksums": "per array of the state (parameters, optimizer state, step, RNG), a "
                  "checksum of its bits (`checksums`), written by `save` and verified by "

@@ -389,11 +389,26 @@ def markdown_table(header: list, rows: list) -> list:
 
 
 def device_line(meta: dict) -> str:
-  """Where a report was computed: the device, and on CPU the processor and the CPUs the
-  process could use (runtime.cpu_meta: a training rounds by both)."""
-  if "host_cpus" not in meta:
-    return meta["device"]
-  return f"{meta['device']}, {meta['host_cpus']} CPUs ({meta['cpu']})"
+  """Where something was computed: the device (and how many), on CPU the processor and the
+  CPUs the process could use, and XLA_FLAGS when set (runtime.cpu_meta: a training rounds by
+  them)."""
+  line = meta["device"] + (f" x {meta['num_devices']}" if meta.get("num_devices", 1) > 1 else "")
+  if "host_cpus" in meta:
+    cpus = meta["host_cpus"]
+    line += f", {cpus} CPU{'s' if cpus != 1 else ''} ({meta['cpu']})"
+  return line + (f", XLA_FLAGS={meta['xla_flags']}" if meta.get("xla_flags") else "")
+
+
+def computed_on_line(meta: dict) -> str:
+  """The header's sentence on where the models were trained and unlearned (benchmark's
+  `computed_on`): one environment, or the several a resumed workdir mixes."""
+  where = meta.get("computed_on")
+  if not where:
+    return ""
+  if len(where) == 1:
+    return f"Models trained and unlearned on {where[0]}."
+  return (f"Models trained and unlearned on {len(where)} environments, which round "
+          f"differently: {'; '.join(where)}.")
 
 
 def markdown(board: dict, checks: list, meta: dict) -> str:
@@ -401,7 +416,8 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
   confidence = f"{board['rank_confidence']:.0%}"
   lines = [f"# SALMUBench leaderboard: {meta['config_name']}", "",
            f"{meta['date']}; {device_line(meta)}; seeds {meta['seeds']}; "
-           f"jax {meta['versions']['jax']}, flax {meta['versions']['flax']}.", "",
+           f"jax {meta['versions']['jax']}, flax {meta['versions']['flax']}. "
+           f"{computed_on_line(meta)}".rstrip(), "",
            "Headline of each official metric (RetFail: MRR); mean ± std over seeds when there "
            "are several. efficacy = mean normalized efficacy of the official five (0 = "
            "Compromised, 1 = Clean); utility = mean knowledge kept (GenKnow above chance, "
@@ -621,7 +637,8 @@ tr.pass td:last-child{{color:#2a9d8f}}tr.fail td:last-child{{color:#d62828;font-
 </head><body>
 <h1>SALMUBench report: {esc(meta['config_name'])}</h1>
 <p>{esc(meta['date'])}; device {esc(device_line(meta))}; seeds {esc(str(meta['seeds']))};
-budgets {esc(', '.join(f'{b:g}x' for b in meta['budgets']))}; {esc(versions)}.</p>
+budgets {esc(', '.join(f'{b:g}x' for b in meta['budgets']))}; {esc(versions)}.
+{esc(computed_on_line(meta))}</p>
 <h2>Is the benchmark sound?</h2>
 <table><tr><th>check</th><th>value</th><th>passed</th></tr>{check_rows}</table>
 <h2>Efficacy against utility</h2>

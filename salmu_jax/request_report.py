@@ -208,7 +208,8 @@ COMMON_NOTE = ("Efficacy normalized against the references scored on the same pa
 def markdown(board: dict, meta: dict) -> str:
   lines = [f"# Deletion requests: {board['mode']} ({meta['config_name']})", "",
            f"{meta['date']}; {report.device_line(meta)}; seeds {meta['seeds']}; "
-           f"jax {meta['versions']['jax']}, flax {meta['versions']['flax']}.", "",
+           f"jax {meta['versions']['jax']}, flax {meta['versions']['flax']}. "
+           f"{report.computed_on_line(meta)}".rstrip(), "",
            NOTE[board["mode"]] + " " + COMMON_NOTE, ""]
   lines += report.markdown_table(*table_rows(board))
   return "\n".join(lines) + "\n"
@@ -256,7 +257,8 @@ def report_html(board: dict, meta: dict) -> str:
 table{{border-collapse:collapse;font-size:12px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 6px}}</style>
 </head><body>
 <h1>Deletion requests: {esc(board['mode'])} ({esc(meta['config_name'])})</h1>
-<p>{esc(meta['date'])}; device {esc(report.device_line(meta))}; seeds {esc(str(meta['seeds']))}.</p>
+<p>{esc(meta['date'])}; device {esc(report.device_line(meta))}; seeds {esc(str(meta['seeds']))}.
+{esc(report.computed_on_line(meta))}</p>
 <p>{esc(NOTE[board['mode']] + ' ' + COMMON_NOTE)}</p>
 <img src="data:image/png;base64,{image}" style="max-width:100%">
 {table}

@@ -111,10 +111,13 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   assert saved["references"]["clean"]["privacy/pair_calibrated"]["mean"] == 0.5
   assert saved["meta"]["versions"]["jax"] == jax.__version__ and saved["meta"]["seeds"] == [0]
   table = (workdir / "leaderboard.md").read_text()
-  # The header says where it ran: a training rounds by the processor and the CPUs it had.
-  cpus = len(os.sched_getaffinity(0))
-  assert saved["meta"]["host_cpus"] == cpus
-  assert f"; cpu, {cpus} CPUs ({runtime_lib.processor()}); seeds [0];" in table
+  # The header says where the models were trained and unlearned: a training rounds by the
+  # processor and the CPUs it had (one environment here: this process).
+  here = saved["meta"]["computed_on"]
+  assert here == [report.device_line({key: saved["meta"][key] for key in runtime_lib.DEVICE_KEYS})]
+  assert saved["meta"]["host_cpus"] == runtime_lib.usable_cpus()
+  assert here[0].startswith("cpu") and f", {runtime_lib.usable_cpus()} CPUs (" in here[0]
+  assert f"Models trained and unlearned on {here[0]}." in table
   assert "| rank | method | budget | RetFail |" in table and "| Clean |" in table
   assert all(f"| {m} | 1x |" in table for m in METHODS)
   page = (workdir / "report.html").read_text()
@@ -426,14 +429,27 @@ def test_seed_bootstrap_is_exact_and_rank_intervals_show_what_seeds_resolve():
 
 
 def test_the_device_line_names_the_processor_and_cpus_on_cpu_only():
-  cpu = {"device": "cpu", "host_cpus": 2, "cpu": "AMD EPYC, avx512f"}
+  cpu = {"device": "cpu", "num_devices": 1, "host_cpus": 2, "cpu": "AMD EPYC, avx512f"}
   assert report.device_line(cpu) == "cpu, 2 CPUs (AMD EPYC, avx512f)"
+  assert report.device_line(cpu | {"num_devices": 8, "xla_flags": "--xla_x=1"}) == (
+      "cpu x 8, 2 CPUs (AMD EPYC, avx512f), XLA_FLAGS=--xla_x=1")
+  assert report.device_line(cpu | {"host_cpus": 1}) == "cpu, 1 CPU (AMD EPYC, avx512f)"
   assert report.device_line({"device": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
   info = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: fpu sse avx avx2\n"
-  assert runtime_lib.processor(info) == "Intel(R) Xeon(R) CPU @ 2.20GHz, avx2"
-  assert runtime_lib.processor(info.replace(" avx avx2", "")) == "Intel(R) Xeon(R) CPU @ 2.20GHz"
+  xeon = runtime_lib.processor(info)
+  assert xeon.startswith("Intel(R) Xeon(R) CPU @ 2.20GHz, avx2, flags ")
+  # Two generations behind one model name: the flags' digest tells them apart.
+  assert runtime_lib.processor(info.replace("avx2", "avx2 avx512_bf16")) != xeon
+  assert runtime_lib.processor(info.replace("avx2", "avx2 avx512f")).split(", ")[1] == "avx512f"
+  assert runtime_lib.processor(info.replace("flags\t\t: fpu sse avx avx2\n", "")) == (
+      "Intel(R) Xeon(R) CPU @ 2.20GHz")
   assert runtime_lib.processor("processor\t: 0\nFeatures\t: fp asimd\n") == (
       platform.processor() or platform.machine() or "unknown")  # No model name (ARM).
+  one = {"computed_on": ["cpu, 2 CPUs (AMD EPYC, avx512f)"]}
+  assert report.computed_on_line(one) == "Models trained and unlearned on cpu, 2 CPUs (AMD EPYC, avx512f)."
+  mixed = {"computed_on": ["cpu, 1 CPU (AMD EPYC)", "cpu, 2 CPUs (AMD EPYC)"]}
+  assert report.computed_on_line(mixed).startswith("Models trained and unlearned on 2 environments")
+  assert report.computed_on_line({}) == ""  # An older leaderboard's meta.
 
 
 def test_a_result_without_the_extended_block_is_named():

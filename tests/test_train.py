@@ -106,6 +106,11 @@ def test_resumed_training_repeats_the_uninterrupted_losses(micro_config, micro_d
   first = loop.train(micro_config, str(tmp_path / "cut"), dataset_dir=micro_dataset_dir,
                       devices=one_device, stop_after=2, show_progress=False)
   assert first["steps_done"] == 2
+  # Resumed where the process has one CPU (its training rounds otherwise; runtime.cpu_meta).
+  here = {"device": "cpu", "num_devices": 1, "host_cpus": runtime_lib.usable_cpus(),
+          "cpu": runtime_lib.processor(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  one_cpu = runtime_lib.cpu_meta() | {"host_cpus": 1}
+  monkeypatch.setattr(runtime_lib, "cpu_meta", lambda: one_cpu)
   rest = loop.train(micro_config, str(tmp_path / "cut"), dataset_dir=micro_dataset_dir,
                      devices=one_device, show_progress=False)
   assert sorted(rest["losses"]) == [3, 4, 5, 6]
@@ -117,12 +122,11 @@ def test_resumed_training_repeats_the_uninterrupted_losses(micro_config, micro_d
   assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6]
   assert {"heldout_retrieval_r1", "forget_association_r1"} <= set(logged[-1])
   assert os.listdir(tmp_path / "cut" / "tensorboard")
-  # Each checkpoint names where it was trained: on CPU the processor and the CPUs the
-  # process may use, by which XLA:CPU's training rounds (runtime.cpu_meta).
-  run = str(tmp_path / "cut")
-  device = checkpointing.read_meta(checkpointing.manager(run), 6, run)["details"]["device"]
-  assert device["device"] == "cpu" and device["host_cpus"] == len(os.sched_getaffinity(0))
-  assert device["cpu"] == runtime_lib.processor()
+  # Each checkpoint names where its run was trained, across its resumes.
+  devices = lambda run: checkpointing.read_meta(checkpointing.manager(run), 6, run)[
+      "details"]["devices"]
+  assert devices(str(tmp_path / "full")) == [here]
+  assert devices(str(tmp_path / "cut")) == [here, {**here, "host_cpus": 1}]
 
 
 @pytest.mark.slow

@@ -94,6 +94,11 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, sce
                       allow_other=False)
   # After restore: it may set steps aside.
   manager = checkpointing.manager(workdir, train_cfg.keep_checkpoints)
+  # Where this run was trained, across its resumes: a training rounds by the device and, on
+  # CPU, by the processor and CPU count (runtime.cpu_meta). Older checkpoints recorded none.
+  trained_on = [] if meta is None else meta["details"].get("devices", [{"device": "unrecorded"}])
+  if runtime.device_meta() not in trained_on:
+    trained_on = trained_on + [runtime.device_meta()]
   if state is None:
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
 
@@ -111,7 +116,7 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, sce
     checkpointing.save(manager, step, state, checkpointing.make_meta(
         model=runtime.signature, reference=config.reference, stage="train",
         dataset=runtime.dataset_identity, config=config, mixture=mixture,
-        device=runtime.device_meta()), iterator=iterator)
+        devices=trained_on), iterator=iterator)
 
   def kept() -> str:
     manager.wait_until_finished()  # The last good checkpoint may still be being written.

@@ -1,5 +1,7 @@
 """What every stage that runs a model sets up once: mesh, model definition, shardings, data."""
 import dataclasses
+import functools
+import hashlib
 import os
 import platform
 import re
@@ -13,6 +15,10 @@ from salmu_jax.data.tokenizer import load_tokenizer
 from salmu_jax.errors import ConfigError
 from salmu_jax.model import factory, sharding
 from salmu_jax.training import optimizer, state as state_lib
+
+
+# What `Runtime.device_meta` records (on CPU with `cpu_meta`'s keys).
+DEVICE_KEYS = ("device", "num_devices", "host_cpus", "cpu", "xla_flags")
 
 
 @dataclasses.dataclass
@@ -42,32 +48,44 @@ class Runtime:
 
 
 def cpu_meta() -> dict:
-  """The processor and how many CPUs this process may run on. XLA:CPU picks its kernels by
-  the instruction set and sizes its thread pool by those CPUs, and a training step splits
-  its weight gradients and column sums over that pool: the same code and seed train other
-  last digits on 1 CPU than on 2 (benchmarks/RESULTS.md, ninth session). Forward passes
-  (scoring a given model) keep their bits."""
-  cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return {"host_cpus": cpus, "cpu": processor()}
+  """The processor, how many CPUs this process may run on, and XLA_FLAGS. XLA:CPU picks its
+  kernels by the instruction set and sizes its thread pool by those CPUs, and a training step
+  splits its weight gradients and column sums over that pool: the same code and seed train
+  other last digits on 1 CPU than on 2 (benchmarks/RESULTS.md, ninth session; forward passes
+  kept their bits there)."""
+  return {"host_cpus": usable_cpus(), "cpu": processor(),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def usable_cpus() -> int:
+  """The CPUs this process may run on (its affinity mask: a container's 2, not the host's)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@functools.cache
+def _cpuinfo() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return f.read()
+  except OSError:
+    return ""
 
 
 def processor(cpuinfo: str | None = None) -> str:
-  """"MODEL, SIMD": the model name in `cpuinfo` (default: /proc/cpuinfo) and the widest x86
-  vector extension its flags list (avx512f, avx2, avx); without a model name (not Linux,
-  some ARM kernels) platform.processor() or the machine type."""
-  if cpuinfo is None:
-    try:
-      with open("/proc/cpuinfo") as f:
-        cpuinfo = f.read()
-    except OSError:
-      cpuinfo = ""
+  """"MODEL, SIMD, flags DIGEST": the model name in `cpuinfo` (default: /proc/cpuinfo), the
+  widest x86 vector extension its flags list (avx512f, avx2, avx) and a digest of all its
+  flags (a virtual machine's model name, "AMD EPYC", says little of the generation); without
+  a model name (not Linux, some ARM kernels) platform.processor() or the machine type."""
+  cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
   model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
   if model is None:
     return platform.processor() or platform.machine() or "unknown"
   flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-  flags = set(flags.group(1).split()) if flags else set()
+  flags = sorted(set(flags.group(1).split())) if flags else []
   simd = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
-  return model.group(1).strip() + (f", {simd}" if simd else "")
+  digest = hashlib.sha256(" ".join(flags).encode()).hexdigest()[:8] if flags else None
+  return ", ".join([model.group(1).strip()] + ([simd] if simd else []) +
+                   ([f"flags {digest}"] if digest else []))
 
 
 def model_definition(config, vocab_size: int, memory_rows: int = 0):
