@@ -702,14 +702,12 @@ class Benchmark:
     (their checkpoints' `devices`) or unlearned its models (`unlearned`: the runs'
     unlearn.json contents), sorted: a training rounds by it (runtime.cpu_meta), and a
     resumed workdir may mix several."""
-    unrecorded = {"device": "unrecorded"}  # Written by a version that did not record it.
+    unrecorded = runtime_lib.UNRECORDED_DEVICE
     metas = []
     for seed in self.seeds:
       for reference in REFERENCES + MEMORY_REFERENCES:
-        run_dir = os.path.join(self.seed_dir(seed), reference)
-        steps = checkpointing.steps(run_dir)
-        if steps:
-          saved = checkpointing.read_meta(checkpointing.manager(run_dir), steps[-1], run_dir)
+        saved = checkpointing.latest_meta(os.path.join(self.seed_dir(seed), reference))
+        if saved is not None:
           metas += saved["details"].get("devices", [unrecorded])
         elif reference in REFERENCES:
           metas.append(unrecorded)

@@ -113,6 +113,15 @@ def read_meta(checkpoints: ocp.CheckpointManager, step: int, run_dir: str) -> di
   return meta
 
 
+def latest_meta(run_dir: str) -> dict | None:
+  """The metadata of a run directory's latest committed step (None: no checkpoint)."""
+  if not os.path.isdir(os.path.join(run_dir, CHECKPOINTS_DIRNAME)):
+    return None
+  checkpoints = manager(run_dir)
+  latest = checkpoints.latest_step()
+  return None if latest is None else read_meta(checkpoints, latest, run_dir)
+
+
 def check_meta(meta: dict, signature: dict, reference: str | None, run_dir: str) -> None:
   """Refuses a checkpoint of another model shape, or of another reference when one is named."""
   saved, expected = meta["model"], json.loads(json.dumps(signature))

@@ -77,10 +77,9 @@ def write_run(params: dict, config, run_dir: str, source: dict) -> None:
 def read_run(run_dir: str) -> tuple:
   """(nested float32 numpy parameters, checkpoint meta) of the latest checkpoint of a
   run directory; the model's shape comes from the checkpoint itself."""
-  steps = checkpointing.steps(run_dir)
-  if not steps:
+  meta = checkpointing.latest_meta(run_dir)
+  if meta is None:
     raise ConfigError(f"{run_dir} holds no checkpoint (expected {run_dir}/checkpoints/)")
-  meta = checkpointing.read_meta(checkpointing.manager(run_dir), steps[-1], run_dir)
   config = config_lib.base_config()
   signature = dict(meta["model"])
   config.data.image_size = signature.pop("image_size")

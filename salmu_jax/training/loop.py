@@ -96,9 +96,10 @@ def _train(config, workdir, dataset_dir, devices, stop_after, show_progress, sce
   manager = checkpointing.manager(workdir, train_cfg.keep_checkpoints)
   # Where this run was trained, across its resumes: a training rounds by the device and, on
   # CPU, by the processor and CPU count (runtime.cpu_meta). Older checkpoints recorded none.
-  trained_on = [] if meta is None else meta["details"].get("devices", [{"device": "unrecorded"}])
-  if runtime.device_meta() not in trained_on:
-    trained_on = trained_on + [runtime.device_meta()]
+  here = runtime.device_meta()
+  trained_on = [] if meta is None else meta["details"].get(
+      "devices", [runtime_lib.UNRECORDED_DEVICE])
+  trained_on = trained_on + ([] if here in trained_on else [here])
   if state is None:
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
 

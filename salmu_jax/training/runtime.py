@@ -19,6 +19,8 @@ from salmu_jax.training import optimizer, state as state_lib
 
 # What `Runtime.device_meta` records (on CPU with `cpu_meta`'s keys).
 DEVICE_KEYS = ("device", "num_devices", "host_cpus", "cpu", "xla_flags")
+# Where a stage written before the device was recorded ran.
+UNRECORDED_DEVICE = {"device": "unrecorded"}
 
 
 @dataclasses.dataclass
