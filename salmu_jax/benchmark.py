@@ -72,11 +72,6 @@ MEMORY_REMOVED = "memory_removed"
 RESULT_FILE = "result.json"
 CHECK_FAILED_EXIT_CODE = 3  # A soundness check failed: the references cannot be trusted.
 CONFIG_FILE = "config.json"  # The config the stages were run with.
-# Settings that change how fast the stages run, never what they compute (the loader's
-# threads, prefetch and caches give the same batches, bit for bit; the evaluator's input
-# cache the same inputs): a workdir is reused under other values.
-RESULT_NEUTRAL = ("data.loader.num_threads", "data.loader.prefetch_buffer_size",
-                  "data.loader.record_cache_mb", "eval.input_cache_mb")
 # SALMUBench's own protocol, and MUSE's deletion requests at scale and over time.
 MODES = ("salmubench", "scalability", "sustainability")
 REQUESTS_FILE = "requests.json"  # A request mode's schedule, drawn once per workdir.
@@ -636,16 +631,12 @@ class Benchmark:
   def check_workdir(self) -> None:
     """Refuses a workdir holding stages of another config (which would be reused silently);
     `benchmark.*` only selects stages and checks, the diagnosis thresholds
-    (config.DIAGNOSIS_THRESHOLDS) only verdicts, and RESULT_NEUTRAL only speed, so they may
+    (config.DIAGNOSIS_THRESHOLDS) only verdicts, and config.RESULT_NEUTRAL only speed, so they may
     change between runs."""
     path = os.path.join(self.workdir, CONFIG_FILE)
     current = {k: v for k, v in json.loads(self.config.to_json()).items() if k != "benchmark"}
-    without_thresholds = lambda saved: saved | {"eval": {k: v for k, v in saved["eval"].items()
-                                                    if k not in config_lib.DIAGNOSIS_THRESHOLDS}}
     if os.path.exists(path):
-      differing = [key for key in io_utils.differing_keys(
-          without_thresholds(io_utils.read_json(path)), without_thresholds(current))
-                   if key not in RESULT_NEUTRAL]
+      differing = config_lib.computation_differences(io_utils.read_json(path), current)
       if differing:
         raise ConfigError(f"{self.workdir} holds a benchmark of a different config (differs "
                           f"in: {', '.join(differing[:8])}); use another --workdir")

@@ -8,6 +8,7 @@ import math
 
 import ml_collections
 
+from salmu_jax import io_utils
 from salmu_jax.errors import ConfigError
 
 SENSITIVE_FIELDS = (
@@ -44,6 +45,21 @@ MODEL_SIZES = {
 DIAGNOSIS_THRESHOLDS = ("ineffective_below", "overgeneralized_below", "catastrophic_drop_fraction",
                         "collapse_spread_ratio", "superficial_recovery_above",
                         "min_attack_gap_fraction", "collateral_efficacy_above")
+# Settings that change how fast the stages run, never what they compute (the loader's
+# threads, prefetch and caches give the same batches, bit for bit; the evaluator's input
+# cache the same inputs): a workdir is reused under other values.
+RESULT_NEUTRAL = ("data.loader.num_threads", "data.loader.prefetch_buffer_size",
+                  "data.loader.record_cache_mb", "eval.input_cache_mb")
+
+
+def computation_differences(saved: dict, current: dict) -> list:
+  """Dotted keys in which two configs (as JSON dicts) compute differently: `benchmark.*`
+  only selects stages and checks, DIAGNOSIS_THRESHOLDS only turn scores into verdicts, and
+  RESULT_NEUTRAL only sets speed, so none of them counts."""
+  without = lambda config: {k: v for k, v in config.items() if k != "benchmark"} | {
+      "eval": {k: v for k, v in config.get("eval", {}).items() if k not in DIAGNOSIS_THRESHOLDS}}
+  return [key for key in io_utils.differing_keys(without(saved), without(current))
+          if key not in RESULT_NEUTRAL]
 
 
 def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:

@@ -132,16 +132,22 @@ def seed_resamples(n: int) -> list:
           for _ in range(MONTE_CARLO_RESAMPLES)]
 
 
-def rank_intervals(clean: list, compromised: list, runs: dict, thresholds, confidence: float) -> dict:
-  """{row key: (low, high)}: the central `confidence` share of each row's rank over the
-  seed bootstrap. Two rows whose intervals overlap are not told apart by these seeds."""
+def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds,
+                   confidence: float) -> tuple:
+  """What these seeds settle, from the seed means of every bootstrap resample:
+  ({row key: (low, high)}, the central `confidence` share of each row's rank: two rows
+  whose intervals overlap are not told apart; {row key: {failure modes (frozenset):
+  probability}}: how often each verdict comes out)."""
   ranks = {key: [] for key in runs}
+  verdicts = {key: {} for key in runs}
   for weights, probability in seed_resamples(len(clean)):
     clean_mean, compromised_mean = (_weighted_mean(r, weights) for r in (clean, compromised))
     judged = {key: _judge(_weighted_mean(results, weights), clean_mean, compromised_mean,
                           thresholds) for key, results in runs.items()}
     for rank, key in enumerate(_rank_order(judged), 1):
       ranks[key].append((rank, probability))
+      modes = frozenset(judged[key][1]["failure_modes"])
+      verdicts[key][modes] = verdicts[key].get(modes, 0.0) + probability
   intervals = {}
   for key, draws in ranks.items():
     values = np.array(sorted(draws))
@@ -149,7 +155,7 @@ def rank_intervals(clean: list, compromised: list, runs: dict, thresholds, confi
     low = values[np.searchsorted(cumulative, (1 - confidence) / 2 - 1e-12), 0]
     high = values[np.searchsorted(cumulative, (1 + confidence) / 2 - 1e-12), 0]
     intervals[key] = (int(low), int(high))
-  return intervals
+  return intervals, verdicts
 
 
 def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
@@ -159,7 +165,8 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
 
   Normalization and diagnosis use seed means (references of the same seeds). Rows are
   ordered by the number of failure modes, then by the balanced score; each carries the
-  rank interval of the seed bootstrap (`rank_intervals`).
+  rank interval of the seed bootstrap and how often the bootstrap gives its failure modes
+  (`seed_bootstrap`).
   """
   if not clean:
     raise ValueError("a leaderboard needs the references' results of at least one seed")
@@ -190,10 +197,16 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
                                      zip(results, clean_flat, compromised_flat)],
                  "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]]),
                  "attack_seconds": attack_seconds(runs[key])}
-  intervals = rank_intervals(clean_flat, compromised_flat, runs_flat, thresholds, confidence)
+  intervals, verdicts = seed_bootstrap(clean_flat, compromised_flat, runs_flat, thresholds,
+                                       confidence)
   ordered = []
   for rank, key in enumerate(_rank_order(judged), 1):
     rows[key]["rank"], rows[key]["rank_interval"] = rank, list(intervals[key])
+    # The share of resamples whose seed mean gives this row's failure modes. Below
+    # `confidence` another seed draw, or another machine's rounding, may well change them.
+    total = sum(verdicts[key].values())
+    rows[key]["failure_modes_support"] = round(
+        verdicts[key].get(frozenset(rows[key]["failure_modes"]), 0.0) / total, 4)
     ordered.append(rows[key])
   clean_scores = _judge(clean_mean, clean_mean, compromised_mean, thresholds)[2]
   reference_normalized = {name: _judge(values, clean_mean, compromised_mean, thresholds)[0]
@@ -304,6 +317,15 @@ def _rank_cell(row: dict) -> str:
   return str(row["rank"]) if low == high else f"{row['rank']} ({low}-{high})"
 
 
+def verdict_cell(row: dict, board: dict) -> str:
+  """A row's failure modes, with the share of seed-bootstrap resamples that agree when it is
+  below the rank intervals' confidence: a verdict these seeds do not settle."""
+  support = row.get("failure_modes_support", 1.0)
+  if len(board["per_seed"]["clean"]) > 1 and support < board["rank_confidence"]:
+    return f"{row['label']} ({support:.0%})"
+  return row["label"]
+
+
 def table_rows(board: dict) -> tuple:
   """(header, rows of strings): references first, then the ranked methods."""
   header = ["rank", "method", "budget"] + [SHORT[k] for _, k in METRICS] + [
@@ -318,7 +340,8 @@ def table_rows(board: dict) -> tuple:
     s = row["scores"]
     rows.append([_rank_cell(row), row["method"], f"{row['budget']:g}x"]
                 + [cell(row["metrics"][k]) for _, k in METRICS]
-                + [f"{s['efficacy']:.2f}", f"{s['utility']:.2f}", f"{s['balanced']:.2f}", row["label"]])
+                + [f"{s['efficacy']:.2f}", f"{s['utility']:.2f}", f"{s['balanced']:.2f}",
+                   verdict_cell(row, board)])
   return header, rows
 
 
@@ -425,7 +448,10 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
            "Compromised), each clipped to [0, 1]; balanced = their harmonic mean. Ranked by the "
            "number of failure modes, then balanced (docs/protocol.md §5). "
            + (f"Rank (low-high): the central {confidence} of the rank over a bootstrap of the "
-              f"{seeds} seeds; rows whose intervals overlap are not told apart by these seeds."
+              f"{seeds} seeds; rows whose intervals overlap are not told apart by these seeds. "
+              f"A percentage after the failure modes: the share of the bootstrap's seed means "
+              f"that give them, when under {confidence}; another seed draw, or another "
+              f"machine's rounding, may well change such a verdict."
               if seeds > 1 else "One seed: no spread measured, so no rank is known to be "
                                 "resolved; run with --seeds=3."), ""]
   lines += markdown_table(*table_rows(board))

@@ -423,6 +423,8 @@ def test_seed_bootstrap_is_exact_and_rank_intervals_show_what_seeds_resolve():
   intervals = {r["method"]: r["rank_interval"] for r in board["rows"]}
   assert intervals["a"] == intervals["b"] == [1, 2]  # The seeds disagree on their order.
   assert intervals["far"] == [3, 3]  # Worse on every resample.
+  # Every resample's seed mean gives each row the same verdict: nothing marked unsettled.
+  assert [r["failure_modes_support"] for r in board["rows"]] == [1.0, 1.0, 1.0]
   table = report.markdown(board, [], {"config_name": "t", "date": "d", "device": "cpu",
                                       "seeds": [0, 1, 2], "versions": {"jax": "x", "flax": "y"}})
   assert "| 1 (1-2) |" in table and "| 3 | far |" in table

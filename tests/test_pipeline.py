@@ -143,7 +143,7 @@ def test_shards_partition_the_global_stream(micro):
 
 
 def test_the_reader_threads_change_no_batch(micro):
-  """data.loader.num_threads is a speed setting (benchmark.RESULT_NEUTRAL): the batches,
+  """data.loader.num_threads is a speed setting (config.RESULT_NEUTRAL): the batches,
   augmentation included, are the same with none, one or two reader threads."""
   config, dataset, tokenizer, base = micro
   config = config.copy_and_resolve_references()

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 PACKAGE = os.path.join(REPO, "salmu_jax")
 # The command-line stages: thin programs over the library, which never import one another.
 STAGES = {"salmu_jax.train", "salmu_jax.unlearn", "salmu_jax.evaluate", "salmu_jax.convert",
-          "salmu_jax.benchmark", "salmu_jax.make_dataset"}
+          "salmu_jax.benchmark", "salmu_jax.make_dataset", "salmu_jax.compare"}
 
 
 def module_imports() -> dict:
