@@ -3,19 +3,17 @@
 A benchmark recomputed elsewhere never matches bit for bit: a training's last digits depend
 on the processor and on how many CPUs the process may use (README, "What reproduces, and
 where"), and a change that only reorders a reduction moves every number after it. What
-must survive such a change is the verdicts: each row's failure modes, the soundness
-checks, and every order of two rows that the rank intervals claim to tell apart. `compare`
-reads two leaderboard.json of the same config and says where they agree and where not.
+must survive such a change is what a leaderboard claims: the failure modes its seeds settle
+(report.settled), every order of two rows that its rank intervals tell apart, and the
+soundness checks' outcomes. `compare` reads two leaderboard.json of one config and says
+where either contradicts the other.
 """
 import itertools
+import math
 import os
 
-from salmu_jax import config as config_lib, io_utils
+from salmu_jax import config as config_lib, io_utils, report
 from salmu_jax.errors import ConfigError
-
-NEEDED_KEYS = ("rows", "checks", "meta")
-NEEDED_ROW_KEYS = ("method", "budget", "rank", "rank_interval", "failure_modes",
-                   "failure_modes_support", "per_seed_labels", "scores")
 
 
 def row_key(row: dict) -> tuple:
@@ -26,35 +24,84 @@ def row_name(key: tuple) -> str:
   return f"{key[0]} {key[1]:g}x"
 
 
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_leaderboard(board, name: str) -> None:
+  """Refuses, in one line, what is not a main-mode leaderboard.json of this version."""
+  if not isinstance(board, dict) or not isinstance(board.get("meta"), dict):
+    raise ConfigError(f"{name} is not a benchmark leaderboard.json (no meta)")
+  mode = board["meta"].get("mode", "salmubench")
+  if mode != "salmubench":
+    raise ConfigError(f"{name} is a --mode={mode} leaderboard; compare the main mode's "
+                      f"(WORKDIR/leaderboard.json)")
+  missing = [k for k in ("rows", "checks", "rank_confidence", "per_seed") if k not in board]
+  missing += [f"meta.{k}" for k in ("config", "seeds", "attacks") if k not in board["meta"]]
+  if missing:
+    raise ConfigError(f"{name} is not a benchmark leaderboard.json of this version (no "
+                      f"{', '.join(missing)}); rebuild it by running the benchmark's command on "
+                      f"its workdir again")
+  meta = board["meta"]
+  shapes = {"rows": isinstance(board["rows"], list) and bool(board["rows"]),
+            "checks": isinstance(board["checks"], list) and all(
+                isinstance(c, dict) and "name" in c and "passed" in c for c in board["checks"]),
+            "rank_confidence": _is_number(board["rank_confidence"]),
+            "per_seed": isinstance(board["per_seed"], dict)
+                        and isinstance(board["per_seed"].get("clean"), list),
+            "meta.config": isinstance(meta["config"], dict)
+                           and isinstance(meta["config"].get("eval"), dict),
+            "meta.seeds": isinstance(meta["seeds"], list),
+            "meta.attacks": isinstance(meta["attacks"], list)}
+  malformed = [key for key, ok in shapes.items() if not ok]
+  if malformed:
+    raise ConfigError(f"{name}'s {', '.join(malformed)} {'is' if len(malformed) == 1 else 'are'} "
+                      f"empty or malformed: not a leaderboard.json the benchmark wrote")
+  seen = set()
+  for i, row in enumerate(board["rows"]):
+    where = f"{name}'s row {i + 1}"
+    if not isinstance(row, dict):
+      raise ConfigError(f"{where} is not an object")
+    if "failure_modes_support" not in row and "failure_modes" in row:
+      raise ConfigError(f"{where} ({row.get('method')}) has no failure_modes_support: written "
+                        f"by an older version; rebuild it by running the benchmark's command "
+                        f"on its workdir again")
+    interval = row.get("rank_interval")
+    valid = (isinstance(row.get("method"), str) and _is_number(row.get("budget"))
+             and isinstance(row.get("rank"), int) and isinstance(interval, list)
+             and len(interval) == 2 and all(isinstance(v, int) for v in interval)
+             and isinstance(row.get("failure_modes"), list)
+             and _is_number(row.get("failure_modes_support"))
+             and 0 <= row["failure_modes_support"] <= 1)
+    if not valid:
+      raise ConfigError(f"{where} ({row.get('method')}) lacks a method, budget, rank, "
+                        f"rank_interval [low, high], failure_modes or failure_modes_support in "
+                        f"[0, 1]")
+    if row_key(row) in seen:
+      raise ConfigError(f"{name} ranks {row_name(row_key(row))} twice")
+    seen.add(row_key(row))
+
+
 def check_comparable(a: dict, b: dict, names=("A", "B")) -> None:
-  """Refuses what has no verdicts to compare: a file that is not a SALMUBench
-  leaderboard.json, leaderboards of other rows, or of configs that compute or judge
-  differently (the seeds may differ: another seed set is a check too)."""
+  """Refuses what has no verdicts to compare: leaderboards of other rows, attacks or
+  soundness checks, or of configs that compute or judge differently (the seeds may differ:
+  another seed set is a check too)."""
   for name, board in zip(names, (a, b)):
-    missing = [k for k in NEEDED_KEYS if k not in board]
-    if missing or not board["rows"]:
-      raise ConfigError(f"{name} is not a benchmark leaderboard.json (no {', '.join(missing) or 'rows'})")
-    mode = board["meta"].get("mode", "salmubench")
-    if mode != "salmubench":
-      raise ConfigError(f"{name} is a --mode={mode} leaderboard; compare the main mode's "
-                        f"(WORKDIR/leaderboard.json)")
-    for row in board["rows"]:
-      absent = [k for k in NEEDED_ROW_KEYS if k not in row]
-      if absent:
-        raise ConfigError(f"{name}'s row {row.get('method')} lacks {', '.join(absent)}: written "
-                          f"by an older version; rebuild it by running the benchmark's command "
-                          f"on its workdir again")
-  only_a = sorted(set(map(row_key, a["rows"])) - set(map(row_key, b["rows"])))
-  only_b = sorted(set(map(row_key, b["rows"])) - set(map(row_key, a["rows"])))
+    check_leaderboard(board, name)
+  only = lambda x, y: sorted(set(x) - set(y))
+  rows = [list(map(row_key, board["rows"])) for board in (a, b)]
+  only_a, only_b = only(*rows), only(*reversed(rows))
   if only_a or only_b:
     listed = lambda keys: ", ".join(map(row_name, keys[:6])) or "none"
     raise ConfigError(f"the leaderboards rank different rows (only in {names[0]}: "
                       f"{listed(only_a)}; only in {names[1]}: {listed(only_b)}); run both with "
                       f"the same --methods and --budgets")
-  configs = [board["meta"].get("config") for board in (a, b)]
-  if None in configs:
-    raise ConfigError("a leaderboard without its config (meta.config) cannot be checked for "
-                      "comparability")
+  attacks = [sorted(board["meta"]["attacks"]) for board in (a, b)]
+  if attacks[0] != attacks[1]:
+    raise ConfigError(f"the leaderboards ran other attacks ({names[0]}: "
+                      f"{','.join(attacks[0]) or 'none'}; {names[1]}: {','.join(attacks[1]) or 'none'}): "
+                      f"superficial forgetting is judged by them; run both with the same --attacks")
+  configs = [board["meta"]["config"] for board in (a, b)]
   differing = config_lib.computation_differences(*configs)
   if differing:
     raise ConfigError(f"the leaderboards come from configs that compute differently (differ "
@@ -62,16 +109,27 @@ def check_comparable(a: dict, b: dict, names=("A", "B")) -> None:
                       f"of one thing")
   judged = [key for key in config_lib.DIAGNOSIS_THRESHOLDS
             if configs[0]["eval"].get(key) != configs[1]["eval"].get(key)]
-  judged += [key for key in ("rank_confidence",) if a.get(key) != b.get(key)]
+  judged += [key for key in ("rank_confidence",) if a["rank_confidence"] != b["rank_confidence"]]
   if judged:
     raise ConfigError(f"the leaderboards judge by different thresholds ({', '.join(judged)}): "
                       f"their verdicts differ by construction")
+  checks = [[c["name"] for c in verdict_checks(board)] for board in (a, b)]
+  only_a, only_b = only(*checks), only(*reversed(checks))
+  if only_a or only_b:
+    raise ConfigError(f"the leaderboards run different soundness checks (only in {names[0]}: "
+                      f"{'; '.join(only_a) or 'none'}; only in {names[1]}: "
+                      f"{'; '.join(only_b) or 'none'}): their criteria (config.benchmark) differ")
 
 
 def verdict_checks(board: dict) -> list:
   """The soundness checks, and with unlearning by design (`--methods=all`) its targets."""
   by_design = board.get("by_design", {}).get("checks", [])
   return board["checks"] + [{**c, "name": f"by design: {c['name']}"} for c in by_design]
+
+
+def claims_orders(board: dict) -> bool:
+  """Rank intervals claim nothing from one seed (each is its rank alone)."""
+  return len(board["per_seed"]["clean"]) > 1
 
 
 def separated(upper: dict, lower: dict) -> bool:
@@ -81,35 +139,32 @@ def separated(upper: dict, lower: dict) -> bool:
 
 def order_claims(claims_from: dict, tested_on: dict) -> dict:
   """Every pair of rows that `claims_from`'s intervals tell apart, looked up in `tested_on`:
-  held (the same order, told apart there too), unresolved there (the same order or not, its
-  intervals overlap) or reversed (told apart in the opposite order: a contradiction)."""
-  rows, other = claims_from["rows"], {row_key(r): r for r in tested_on["rows"]}
+  held (the same order, told apart there too), unresolved there (its intervals overlap, or
+  one seed) or reversed (told apart in the opposite order: a contradiction)."""
   held, unresolved, reversed_ = [], [], []
-  for upper, lower in itertools.combinations(sorted(rows, key=lambda r: r["rank"]), 2):
-    if not separated(upper, lower):
-      continue
-    pair = [row_name(row_key(upper)), row_name(row_key(lower))]
-    there_upper, there_lower = other[row_key(upper)], other[row_key(lower)]
-    if separated(there_upper, there_lower):
-      held.append(pair)
-    elif separated(there_lower, there_upper):
-      reversed_.append(pair)
-    else:
-      unresolved.append(pair)
+  if claims_orders(claims_from):
+    other = {row_key(r): r for r in tested_on["rows"]}
+    resolves = claims_orders(tested_on)
+    rows = sorted(claims_from["rows"], key=lambda r: r["rank"])
+    for upper, lower in itertools.combinations(rows, 2):
+      if not separated(upper, lower):
+        continue
+      pair = [row_name(row_key(upper)), row_name(row_key(lower))]
+      there_upper, there_lower = other[row_key(upper)], other[row_key(lower)]
+      if resolves and separated(there_upper, there_lower):
+        held.append(pair)
+      elif resolves and separated(there_lower, there_upper):
+        reversed_.append(pair)
+      else:
+        unresolved.append(pair)
   return {"claimed": len(held) + len(unresolved) + len(reversed_), "held": len(held),
           "unresolved": unresolved, "reversed": reversed_}
 
 
-def settled(row: dict, board: dict) -> bool:
-  """Does the board claim this row's failure modes: as often as its rank intervals' confidence
-  over its seed bootstrap? (report.verdict_cell marks the others.)"""
-  return row["failure_modes_support"] >= board["rank_confidence"]
-
-
 def compare(a: dict, b: dict, names=("A", "B")) -> dict:
   """Where leaderboards `a` and `b` agree. They agree when neither contradicts a claim of
-  the other: every failure-mode verdict that either settles (`settled`) is the same in the
-  other, no order of two rows that either's intervals tell apart is reversed, and every
+  the other: every failure-mode verdict that either settles (report.settled) is the same in
+  the other, no order of two rows that either's intervals tell apart is reversed, and every
   soundness check has the same outcome. Unsettled verdicts may change and ranks may move
   inside their intervals (both counted and listed, not disagreements)."""
   check_comparable(a, b, names)
@@ -117,33 +172,34 @@ def compare(a: dict, b: dict, names=("A", "B")) -> dict:
   rows = []
   for row_a in sorted(a["rows"], key=lambda r: r["rank"]):
     row_b = rows_b[row_key(row_a)]
-    low_a, high_a = row_a["rank_interval"]
-    low_b, high_b = row_b["rank_interval"]
+    pair = (row_a, row_b)
+    inside = [low <= other["rank"] <= high for (low, high), other in
+              ((row_a["rank_interval"], row_b), (row_b["rank_interval"], row_a))]
+    settled = [report.settled(row_a, a), report.settled(row_b, b)]
     same = set(row_a["failure_modes"]) == set(row_b["failure_modes"])
     rows.append({
         "method": row_a["method"], "budget": row_a["budget"],
-        "rank": [row_a["rank"], row_b["rank"]],
-        "rank_interval": [row_a["rank_interval"], row_b["rank_interval"]],
-        "rank_inside": low_a <= row_b["rank"] <= high_a and low_b <= row_a["rank"] <= high_b,
-        "failure_modes": [row_a["failure_modes"], row_b["failure_modes"]],
-        "support": [row_a["failure_modes_support"], row_b["failure_modes_support"]],
-        "settled": [settled(row_a, a), settled(row_b, b)],
+        "rank": [r["rank"] for r in pair], "rank_interval": [r["rank_interval"] for r in pair],
+        "rank_inside": all(inside),
+        "failure_modes": [r["failure_modes"] for r in pair],
+        "support": [r["failure_modes_support"] for r in pair], "settled": settled,
         "same_failure_modes": same,
         "same_first_failure_mode": row_a["failure_modes"][:1] == row_b["failure_modes"][:1],
-        "contradicted": not same and (settled(row_a, a) or settled(row_b, b)),
-        "per_seed_labels": [row_a["per_seed_labels"], row_b["per_seed_labels"]],
-        "balanced": [row_a["scores"]["balanced"], row_b["scores"]["balanced"]]})
+        "contradicted": not same and any(settled),
+        "per_seed_labels": [r.get("per_seed_labels", []) for r in pair],
+        "balanced": [r.get("scores", {}).get("balanced", math.nan) for r in pair]})
   checks_b = {c["name"]: c for c in verdict_checks(b)}
   checks = [{"name": c["name"], "passed": [c["passed"], checks_b[c["name"]]["passed"]]}
-            for c in verdict_checks(a) if c["name"] in checks_b]
+            for c in verdict_checks(a)]
   orders = {names[0]: order_claims(a, b), names[1]: order_claims(b, a)}
   contradicted = [r for r in rows if r["contradicted"]]
   check_changes = [c for c in checks if c["passed"][0] != c["passed"][1]]
-  reversed_ = sum(len(o["reversed"]) for o in orders.values())
+  # A pair both claim in opposite orders is one contradiction.
+  reversed_ = {frozenset(pair) for o in orders.values() for pair in o["reversed"]}
   return {
       "names": list(names), "rows": rows, "checks": checks, "orders": orders,
       "computed_on": [board["meta"].get("computed_on", []) for board in (a, b)],
-      "seeds": [board["meta"].get("seeds") for board in (a, b)],
+      "seeds": [board["meta"]["seeds"] for board in (a, b)],
       "summary": {
           "rows": len(rows), "same_failure_modes": sum(r["same_failure_modes"] for r in rows),
           "same_first_failure_mode": sum(r["same_first_failure_mode"] for r in rows),
@@ -153,63 +209,65 @@ def compare(a: dict, b: dict, names=("A", "B")) -> dict:
           "ranks_inside_intervals": sum(r["rank_inside"] for r in rows),
           "same_rank": sum(r["rank"][0] == r["rank"][1] for r in rows),
           "checks_same": len(checks) - len(check_changes), "checks": len(checks),
-          "orders_reversed": reversed_},
+          "checks_failed_in_both": [c["name"] for c in checks if not any(c["passed"])],
+          "orders_reversed": len(reversed_)},
       "agree": not contradicted and not check_changes and not reversed_}
 
 
 def markdown(result: dict) -> str:
-  """The comparison as the text a reviewer reads: the verdict, then every disagreement."""
-  a, b = result["names"]
+  """The comparison as the text a reviewer reads: the verdict, then every disagreement.
+  Tables name the leaderboards A and B (the header says which is which)."""
   s = result["summary"]
   where = lambda i: "; ".join(result["computed_on"][i]) or "unrecorded"
-  lines = [f"# Do {a} and {b} reach the same verdicts?", "",
-           f"{a}: seeds {result['seeds'][0]}, computed on {where(0)}.",
-           f"{b}: seeds {result['seeds'][1]}, computed on {where(1)}.", "",
-           ("**The verdicts agree.**" if result["agree"] else "**The verdicts differ.**")
-           + f" Of {s['rows']} rows, {s['settled_in_either']} have failure modes that either "
-           f"leaderboard settles (in {s['settled'][0]} and {s['settled'][1]} rows: as often as "
-           f"its rank confidence over its seed bootstrap), and {s['verdicts_contradicted']} of "
-           f"those differ in the other; {s['same_failure_modes']} of the {s['rows']} have the "
-           f"same failure modes ({s['same_first_failure_mode']} the same first one); "
-           f"{s['ranks_inside_intervals']} ranks lie inside the other leaderboard's interval "
-           f"({s['same_rank']} equal); {s['checks_same']} of {s['checks']} soundness checks have "
-           f"the same outcome."]
-  for name, o in result["orders"].items():
-    lines.append(f"- The {o['claimed']} orders of two rows that {name}'s intervals tell apart: "
+  lines = ["# Do two leaderboards reach the same verdicts?", ""]
+  lines += [f"{label}: {result['names'][i]}, seeds {result['seeds'][i]}, computed on {where(i)}."
+            for i, label in enumerate("AB")]
+  lines += ["", ("**The verdicts agree.**" if result["agree"] else "**The verdicts differ.**")
+            + f" Of {s['rows']} rows, {s['settled_in_either']} have failure modes that A or B "
+            f"settles (A {s['settled'][0]}, B {s['settled'][1]}: given by at least the rank "
+            f"confidence's share of its seed bootstrap), of which {s['verdicts_contradicted']} "
+            f"differ{'s' if s['verdicts_contradicted'] == 1 else ''} in the other; "
+            f"{s['same_failure_modes']} of the {s['rows']} have the same failure modes "
+            f"({s['same_first_failure_mode']} the same first one); {s['ranks_inside_intervals']} "
+            f"ranks lie inside each other's intervals ({s['same_rank']} equal); "
+            f"{s['checks_same']} of {s['checks']} soundness checks have the same outcome."]
+  for label, o in zip("AB", result["orders"].values()):
+    lines.append(f"- The {o['claimed']} orders of two rows that {label}'s intervals tell apart: "
                  f"{o['held']} told apart the same way by the other, {len(o['unresolved'])} "
                  f"unresolved there, {len(o['reversed'])} reversed.")
+  if s["checks_failed_in_both"]:
+    lines.append(f"- Both fail: {'; '.join(s['checks_failed_in_both'])}.")
   lines.append("")
   changed = [r for r in result["rows"] if not r["same_failure_modes"] or not r["rank_inside"]]
   if changed:
-    lines += [f"Rows whose failure modes differ or whose rank leaves the other's interval "
-              f"(failure modes with the share of the bootstrap that gives them; **contradicted**: "
-              f"settled in one, different in the other):", "",
-              f"| method | budget | rank {a} | rank {b} | failure modes {a} | failure modes {b} "
-              f"| per seed {a} | per seed {b} | balanced {a} / {b} |",
-              "|---|---|---|---|---|---|---|---|---|"]
     rank = lambda r, i: f"{r['rank'][i]} ({r['rank_interval'][i][0]}-{r['rank_interval'][i][1]})"
-    modes = lambda r, i: (f"{', '.join(r['failure_modes'][i]) or 'none'} ({r['support'][i]:.0%})"
+    modes = lambda r, i: (f"{', '.join(r['failure_modes'][i]) or 'none'} "
+                          f"({report.percent(r['support'][i])})"
                           + (" **contradicted**" if r["contradicted"] and r["settled"][i] else ""))
-    seeds = lambda r, i: "; ".join(r["per_seed_labels"][i])
-    for r in changed:
-      lines.append(f"| {r['method']} | {r['budget']:g}x | {rank(r, 0)} | {rank(r, 1)} | "
-                   f"{modes(r, 0)} | {modes(r, 1)} | {seeds(r, 0)} | {seeds(r, 1)} | "
-                   f"{r['balanced'][0]:.2f} / {r['balanced'][1]:.2f} |")
+    lines += ["Rows whose failure modes differ or whose rank leaves the other's interval "
+              "(failure modes with the share of the seed bootstrap that gives them; "
+              "**contradicted**: settled there, different in the other):", ""]
+    lines += report.markdown_table(
+        ["method", "budget", "rank A", "rank B", "failure modes A", "failure modes B",
+         "per seed A", "per seed B", "balanced A / B"],
+        [[r["method"], f"{r['budget']:g}x", rank(r, 0), rank(r, 1), modes(r, 0), modes(r, 1),
+          "; ".join(r["per_seed_labels"][0]), "; ".join(r["per_seed_labels"][1]),
+          f"{r['balanced'][0]:.2f} / {r['balanced'][1]:.2f}"] for r in changed])
     lines.append("")
-  for name, o in result["orders"].items():
+  for label, o in zip("AB", result["orders"].values()):
     if o["reversed"]:
-      lines.append(f"Orders {name} claims and the other reverses: "
+      lines.append(f"Orders {label} claims and the other reverses: "
                    + "; ".join(f"{u} above {l}" for u, l in o["reversed"]) + ".")
   for c in result["checks"]:
     if c["passed"][0] != c["passed"][1]:
       lines.append(f"Soundness check `{c['name']}`: {'passed' if c['passed'][0] else 'failed'} "
-                   f"in {a}, {'passed' if c['passed'][1] else 'failed'} in {b}.")
+                   f"in A, {'passed' if c['passed'][1] else 'failed'} in B.")
   return "\n".join(lines).rstrip() + "\n"
 
 
 def read_leaderboard(path: str) -> dict:
   """A benchmark workdir's leaderboard.json, or that file itself."""
-  file = path if path.endswith(".json") else os.path.join(path, "leaderboard.json")
+  file = path if os.path.isfile(path) else os.path.join(path, "leaderboard.json")
   try:
     return io_utils.read_json(file)
   except FileNotFoundError:

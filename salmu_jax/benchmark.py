@@ -70,7 +70,6 @@ BY_DESIGN = "key_deletion"
 MEMORY_REFERENCES = ("compromised_memory", "clean_memory")
 MEMORY_REMOVED = "memory_removed"
 RESULT_FILE = "result.json"
-CHECK_FAILED_EXIT_CODE = 3  # A soundness check failed: the references cannot be trusted.
 CONFIG_FILE = "config.json"  # The config the stages were run with.
 # SALMUBench's own protocol, and MUSE's deletion requests at scale and over time.
 MODES = ("salmubench", "scalability", "sustainability")
@@ -824,7 +823,7 @@ def main(argv):
           f"report.html in {board['meta']['wall_seconds']:.0f} s"
           + (f"; soundness checks failed: {', '.join(failed)}" if failed else ""))
     if failed:
-      sys.exit(CHECK_FAILED_EXIT_CODE)
+      sys.exit(cli.CHECK_FAILED_EXIT_CODE)  # The references cannot be trusted.
   cli.run(body)
 
 

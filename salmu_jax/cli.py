@@ -3,7 +3,8 @@ what a user can fix.
 
 Exit codes: 0 done; 2 a user error (`SalmuError`: bad input, config, data, diverged
 model), printed as `error: ...`; 143 preempted (SIGTERM), with a checkpoint to resume
-from; salmu_jax.benchmark adds 3 for a failed soundness check.
+from; 3 a check the stage exists for failed, after every output (salmu_jax.benchmark: a
+soundness check; salmu_jax.compare: two leaderboards' verdicts contradict each other).
 """
 import errno
 import signal
@@ -15,6 +16,7 @@ from salmu_jax import distributed
 from salmu_jax.errors import Preempted, SalmuError
 
 USER_ERROR_EXIT_CODE = 2
+CHECK_FAILED_EXIT_CODE = 3
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # What a shell reports for a SIGTERM'd program.
 
 

@@ -317,12 +317,24 @@ def _rank_cell(row: dict) -> str:
   return str(row["rank"]) if low == high else f"{row['rank']} ({low}-{high})"
 
 
+def settled(row: dict, board: dict) -> bool:
+  """Do the board's seeds settle the row's failure modes: given by at least the rank
+  intervals' confidence share of the seed bootstrap? One seed settles nothing (its
+  bootstrap is that seed alone)."""
+  return (len(board["per_seed"]["clean"]) > 1
+          and row.get("failure_modes_support", 1.0) >= board["rank_confidence"])
+
+
+def percent(share: float) -> str:
+  """A share as a whole percentage rounded down: 0.899 is 89%, never the 90% it is under."""
+  return f"{math.floor(share * 100 + 1e-9)}%"
+
+
 def verdict_cell(row: dict, board: dict) -> str:
-  """A row's failure modes, with the share of seed-bootstrap resamples that agree when it is
-  below the rank intervals' confidence: a verdict these seeds do not settle."""
-  support = row.get("failure_modes_support", 1.0)
-  if len(board["per_seed"]["clean"]) > 1 and support < board["rank_confidence"]:
-    return f"{row['label']} ({support:.0%})"
+  """A row's failure modes, with the share of seed-bootstrap resamples that give them when
+  its seeds do not settle them (`settled`)."""
+  if len(board["per_seed"]["clean"]) > 1 and not settled(row, board):
+    return f"{row['label']} ({percent(row['failure_modes_support'])})"
   return row["label"]
 
 
@@ -450,8 +462,9 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
            + (f"Rank (low-high): the central {confidence} of the rank over a bootstrap of the "
               f"{seeds} seeds; rows whose intervals overlap are not told apart by these seeds. "
               f"A percentage after the failure modes: the share of the bootstrap's seed means "
-              f"that give them, when under {confidence}; another seed draw, or another "
-              f"machine's rounding, may well change such a verdict."
+              f"that give them, when under {confidence}: a verdict these seeds do not settle, "
+              f"which another seed draw or another machine's rounding may well change (a "
+              f"settled one near its threshold on every seed can change too)."
               if seeds > 1 else "One seed: no spread measured, so no rank is known to be "
                                 "resolved; run with --seeds=3."), ""]
   lines += markdown_table(*table_rows(board))

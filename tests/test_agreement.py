@@ -1,13 +1,14 @@
 """Comparing two leaderboards' verdicts (agreement.py, python -m salmu_jax.compare)."""
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 
-from salmu_jax import agreement, compare, config as config_lib, io_utils, report
+from salmu_jax import agreement, cli, config as config_lib, io_utils, report
 from salmu_jax.errors import ConfigError
 from tests.conftest import REPO
 from tests.test_benchmark import (CLEAN, COMPROMISED, CRITERIA, HOLDOUTS, THRESHOLDS,
@@ -16,25 +17,34 @@ from tests.test_benchmark import (CLEAN, COMPROMISED, CRITERIA, HOLDOUTS, THRESH
 CONFIG = json.loads(config_lib.base_config().to_json())
 
 
-def seeds(*retfails, holdout=0.45, genknow=0.91):
-  return [fake_result({**COMPROMISED, "1.1_RetFail": r, "2.1_GenKnow": genknow,
-                       **{k: holdout for k in HOLDOUTS}}) for r in retfails]
+def seeds(*retfails, holdout=0.45):
+  return [fake_result({**COMPROMISED, "1.1_RetFail": r, **{k: holdout for k in HOLDOUTS}})
+          for r in retfails]
 
 
-def leaderboard(runs: dict, where="cpu, 2 CPUs", config=CONFIG, clean_genknow=0.90) -> dict:
-  """A leaderboard.json as the benchmark writes it, of hand-made results of three seeds."""
-  clean = [fake_result({**CLEAN, "2.1_GenKnow": clean_genknow})] * 3
-  board = report.leaderboard(clean, [fake_result(COMPROMISED)] * 3, runs, THRESHOLDS)
+def leaderboard(runs: dict, where="cpu, 2 CPUs", clean=None) -> dict:
+  """A leaderboard.json as the benchmark writes it, of hand-made results of one seed per
+  result given (three unless the runs say otherwise)."""
+  n = len(next(iter(runs.values())))
+  clean = clean or [fake_result(CLEAN)] * n
+  board = report.leaderboard(clean, [fake_result(COMPROMISED)] * n, runs, THRESHOLDS)
   return json.loads(json.dumps({
       **board, "checks": report.soundness_checks(board, CRITERIA),
-      "meta": {"mode": "salmubench", "seeds": [0, 1, 2], "computed_on": [where],
-               "config": config}}))
+      "meta": {"mode": "salmubench", "seeds": list(range(n)), "computed_on": [where],
+               "attacks": ["relearn"], "config": CONFIG}}))
 
 
 RUNS = {("good", 1.0): seeds(0.01, 0.02, 0.015),
         ("middling", 1.0): seeds(0.05, 0.06, 0.055, holdout=0.4),
         ("weak", 1.0): seeds(0.28, 0.29, 0.27),
         ("blunt", 5.0): [fake_result({**CLEAN, "2.1_GenKnow": 0.3})] * 3}
+# One seed of three ineffective and the mean just on the good side: "none" in 16 of the 27
+# equally likely draws of the exact bootstrap.
+BORDERLINE = seeds(0.01, 0.16, 0.26)
+
+
+def row(board, method):
+  return next(r for r in board["rows"] if r["method"] == method)
 
 
 def test_runs_that_differ_in_their_last_digits_agree():
@@ -44,93 +54,180 @@ def test_runs_that_differ_in_their_last_digits_agree():
     for r in results:
       r["efficacy"]["1.1_RetFail"]["MRR"] += 1e-4
   b = leaderboard(nudged, where="cpu, 1 CPU")
+  row(b, "blunt")["failure_modes"].reverse()  # The same verdict listed in another order.
   result = agreement.compare(a, b)
   assert result["agree"]
-  assert result["summary"] == {"rows": 4, "same_failure_modes": 4, "same_first_failure_mode": 4,
+  assert result["summary"] == {"rows": 4, "same_failure_modes": 4, "same_first_failure_mode": 3,
                                "settled": [4, 4], "settled_in_either": 4,
                                "verdicts_contradicted": 0,
                                "ranks_inside_intervals": 4, "same_rank": 4,
                                "checks_same": len(a["checks"]), "checks": len(a["checks"]),
-                               "orders_reversed": 0}
+                               "checks_failed_in_both": [], "orders_reversed": 0}
   # good, middling, weak and blunt are told apart on every resample: 6 orders, all held.
-  assert result["orders"]["A"]["claimed"] == result["orders"]["A"]["held"] == 6
+  assert result["orders"]["A"] == {"claimed": 6, "held": 6, "unresolved": [], "reversed": []}
   text = agreement.markdown(result)
-  assert "**The verdicts agree.**" in text and "computed on cpu, 1 CPU." in text
-  assert "Rows whose failure modes differ" not in text
+  assert "**The verdicts agree.**" in text and "B: B, seeds [0, 1, 2], computed on cpu, 1 CPU." in text
 
 
-def test_a_changed_label_a_reversed_order_and_a_flipped_check_are_disagreements():
-  a = leaderboard(RUNS)
-  changed = dict(RUNS)
-  changed[("good", 1.0)] = seeds(0.10, 0.11, 0.12, holdout=0.3)  # Now below middling.
-  changed[("weak", 1.0)] = seeds(0.08, 0.09, 0.07)  # No longer ineffective.
-  b = leaderboard(changed, clean_genknow=0.5)  # Clean lost general knowledge: a check fails.
-  result = agreement.compare(a, b, names=("two", "one"))
-  assert not result["agree"]
-  rows = {r["method"]: r for r in result["rows"]}
-  assert rows["weak"]["failure_modes"] == [["ineffective forgetting"], []]
-  assert not rows["weak"]["same_failure_modes"] and not rows["weak"]["same_first_failure_mode"]
-  assert rows["weak"]["support"] == [1.0, 1.0] and rows["weak"]["contradicted"]
-  assert ["good 1x", "middling 1x"] in result["orders"]["two"]["reversed"]
-  assert result["summary"]["orders_reversed"] >= 2  # Claimed by each run, reversed by the other.
-  flipped = [c["name"] for c in result["checks"] if c["passed"][0] != c["passed"][1]]
-  # weak was the one ineffective row: the original's failure mode is no longer visible.
-  assert flipped == ["GenKnow: |Compromised - Clean| <= 0.1 of their accuracy above chance",
-                     "failure mode visible: ineffective forgetting"]
-  text = agreement.markdown(result)
-  assert "**The verdicts differ.**" in text
-  assert "| weak | 1x |" in text and "good 1x above middling 1x" in text
-  assert "ineffective forgetting (100%) **contradicted** | none (100%) **contradicted** |" in text
-  assert "passed in two, failed in one" in text
+def test_the_support_is_the_bootstraps_share_and_marks_what_the_seeds_do_not_settle():
+  a = leaderboard({("borderline", 1.0): BORDERLINE, **RUNS})
+  borderline = row(a, "borderline")
+  assert borderline["failure_modes"] == []
+  assert borderline["failure_modes_support"] == round(16 / 27, 4)
+  assert not report.settled(borderline, a) and report.settled(row(a, "weak"), a)
+  assert report.verdict_cell(borderline, a) == "none (59%)"
+  assert report.verdict_cell(row(a, "weak"), a) == "ineffective forgetting"
+  assert [report.percent(x) for x in (0.8998, 0.9, 1.0, 0.5926)] == ["89%", "90%", "100%", "59%"]
+  at_confidence = {"failure_modes_support": 0.9}
+  assert report.settled(at_confidence, {"per_seed": {"clean": [0, 1]}, "rank_confidence": 0.9})
+  # The row's own verdict's share, even where another verdict comes out more often: the
+  # seed mean says "none", 9 of 27 draws; "ineffective" comes out in 10.
+  split = [fake_result({**COMPROMISED, "1.1_RetFail": r, **{k: h for k in HOLDOUTS}})
+           for r, h in ((0.01, 0.2), (0.1, 0.25), (0.28, 0.45))]
+  board = leaderboard({("split", 1.0): split, **RUNS})
+  assert row(board, "split")["failure_modes"] == []
+  assert row(board, "split")["failure_modes_support"] == round(9 / 27, 4)
+  single = leaderboard({key: results[:1] for key, results in RUNS.items()})
+  assert not any(report.settled(r, single) for r in single["rows"])  # One seed settles nothing.
+  assert report.verdict_cell(row(single, "weak"), single) == "ineffective forgetting"
 
 
-def test_an_unresolved_order_is_not_a_disagreement():
-  close = {("a", 1.0): seeds(0.01, 0.05, 0.02), ("b", 1.0): seeds(0.04, 0.01, 0.03)}
-  apart = {("a", 1.0): seeds(0.01, 0.011, 0.012), ("b", 1.0): seeds(0.04, 0.041, 0.042)}
-  result = agreement.compare(leaderboard(apart), leaderboard(close))
-  assert result["agree"]
-  assert result["orders"]["A"] == {"claimed": 1, "held": 0, "unresolved": [["a 1x", "b 1x"]],
-                                   "reversed": []}
+def test_an_unsettled_verdict_may_change():
+  a = leaderboard({("borderline", 1.0): BORDERLINE, **RUNS})
+  b = leaderboard({("borderline", 1.0): seeds(0.01, 0.20, 0.26), **RUNS})
+  changed = next(r for r in agreement.compare(a, b)["rows"] if r["method"] == "borderline")
+  assert changed["failure_modes"] == [[], ["ineffective forgetting"]]
+  assert changed["support"] == [round(16 / 27, 4), round(17 / 27, 4)]
+  assert changed["settled"] == [False, False] and not changed["contradicted"]
+  assert agreement.compare(a, b)["agree"]
 
 
-def test_a_verdict_the_seeds_do_not_settle_may_change():
-  # One seed of three ineffective (RetFail 0.26 of 0.30) and the mean just past the
-  # threshold: the bootstrap gives "ineffective" in a minority of resamples.
-  borderline = {("borderline", 1.0): seeds(0.01, 0.16, 0.26), **RUNS}
-  a = leaderboard(borderline)
-  row = next(r for r in a["rows"] if r["method"] == "borderline")
-  assert row["failure_modes"] == [] and 0 < row["failure_modes_support"] < 0.9
-  assert report.verdict_cell(row, a) == f"none ({row['failure_modes_support']:.0%})"
-  b = leaderboard({**borderline, ("borderline", 1.0): seeds(0.01, 0.20, 0.26)})
-  result = agreement.compare(a, b)
+@pytest.mark.parametrize("swap", [False, True])
+def test_a_verdict_settled_on_one_side_only_is_contradicted_from_either_side(swap):
+  a = leaderboard({("borderline", 1.0): BORDERLINE, **RUNS})  # none, 59%: unsettled.
+  b = leaderboard({("borderline", 1.0): seeds(0.24, 0.25, 0.26), **RUNS})  # ineffective, 100%.
+  result = agreement.compare(*((b, a) if swap else (a, b)))
   changed = next(r for r in result["rows"] if r["method"] == "borderline")
-  assert changed["failure_modes"][1] == ["ineffective forgetting"]
-  assert not changed["contradicted"] and not any(changed["settled"])
-  assert result["agree"] and result["summary"]["same_failure_modes"] == 4
+  assert changed["contradicted"] and changed["settled"] == ([True, False] if swap else [False, True])
+  assert not result["agree"]
+  assert result["summary"]["verdicts_contradicted"] == 1
+  assert result["summary"]["orders_reversed"] == 0  # Nothing else disagrees.
+  assert result["summary"]["checks_same"] == result["summary"]["checks"]
+  assert "ineffective forgetting (100%) **contradicted**" in agreement.markdown(result)
+
+
+def test_a_reversed_order_alone_is_a_disagreement():
+  a = leaderboard(RUNS)
+  swapped = {**RUNS, ("good", 1.0): RUNS[("middling", 1.0)], ("middling", 1.0): RUNS[("good", 1.0)]}
+  b = leaderboard(swapped)
+  result = agreement.compare(a, b)
+  assert result["summary"]["verdicts_contradicted"] == 0
+  assert result["summary"]["checks_same"] == result["summary"]["checks"]
+  assert result["orders"]["A"]["reversed"] == [["good 1x", "middling 1x"]]
+  assert result["orders"]["B"]["reversed"] == [["middling 1x", "good 1x"]]
+  assert result["summary"]["orders_reversed"] == 1  # One pair, claimed both ways.
+  assert not result["agree"]
+  assert "Orders A claims and the other reverses: good 1x above middling 1x." in agreement.markdown(result)
+
+
+@pytest.mark.parametrize("by_design", [False, True])
+def test_a_flipped_check_alone_is_a_disagreement(by_design):
+  a, b = leaderboard(RUNS), leaderboard(RUNS)
+  if by_design:  # --methods=all: unlearning by design's targets are checks too.
+    for board, passed in ((a, True), (b, False)):
+      board["by_design"] = {"checks": [{"name": "GenKnow kept", "passed": passed}]}
+    name = "by design: GenKnow kept"
+  else:  # Clean above Compromised on InterIdSim: a soundness check, not a row's verdict.
+    b = leaderboard(RUNS, clean=[fake_result({**CLEAN, "2.2_InterIdSim": 0.9})] * 3)
+    name = "InterIdSim: Compromised > Clean"
+  result = agreement.compare(a, b)
+  assert [c["name"] for c in result["checks"] if c["passed"][0] != c["passed"][1]] == [name]
+  assert result["summary"]["verdicts_contradicted"] == result["summary"]["orders_reversed"] == 0
+  assert not result["agree"]
+  assert f"Soundness check `{name}`: passed in A, failed in B." in agreement.markdown(result)
+
+
+def test_both_failing_a_check_agree_and_say_so():
+  failing = [fake_result({**CLEAN, "2.2_InterIdSim": 0.9})] * 3
+  result = agreement.compare(leaderboard(RUNS, clean=failing), leaderboard(RUNS, clean=failing))
+  assert result["agree"]
+  assert result["summary"]["checks_failed_in_both"] == ["InterIdSim: Compromised > Clean"]
+  assert "- Both fail: InterIdSim: Compromised > Clean." in agreement.markdown(result)
+
+
+def test_overlapping_intervals_claim_no_order_and_one_seed_claims_nothing():
+  close = {("a", 1.0): seeds(0.01, 0.05, 0.02), ("b", 1.0): seeds(0.04, 0.01, 0.03)}
+  apart = {("a", 1.0): seeds(0.04, 0.041, 0.042), ("b", 1.0): seeds(0.01, 0.011, 0.012)}
+  result = agreement.compare(leaderboard(close), leaderboard(apart))
+  assert result["agree"]  # B's b-above-a is unresolved in A, not contradicted.
+  assert result["orders"]["A"]["claimed"] == 0
+  assert result["orders"]["B"] == {"claimed": 1, "held": 0, "unresolved": [["b 1x", "a 1x"]],
+                                   "reversed": []}
+  a_row = next(r for r in result["rows"] if r["method"] == "a")
+  assert a_row["rank"] == [1, 2] and a_row["rank_interval"] == [[1, 2], [2, 2]]
+  assert not a_row["rank_inside"]  # B's rank is inside A's interval, A's not inside B's.
+  # One seed: its intervals are single ranks and its verdicts one draw; it claims nothing,
+  # and resolves nothing another board claims.
+  one = lambda runs: leaderboard({key: results[:1] for key, results in runs.items()})
+  swapped = {**RUNS, ("good", 1.0): RUNS[("weak", 1.0)], ("weak", 1.0): RUNS[("good", 1.0)]}
+  single = agreement.compare(one(RUNS), one(swapped))
+  assert single["agree"] and single["summary"]["settled"] == [0, 0]
+  assert single["orders"]["A"]["claimed"] == single["orders"]["B"]["claimed"] == 0
+  mixed = agreement.compare(leaderboard(RUNS), one(RUNS))
+  assert mixed["orders"]["A"]["held"] == 0 and len(mixed["orders"]["A"]["unresolved"]) == 6
+
+
+def edited(edit):
+  """A change made in place, as a function returning the changed board."""
+  return lambda board: (edit(board), board)[1]
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda b: b["rows"].pop(), "rank different rows \\(only in A: blunt 5x; only in B: none\\)"),
-    (lambda b: b["meta"]["config"]["unlearn"].update(learning_rate=0.5),
+    (edited(lambda b: b["rows"].pop()), "rank different rows \\(only in A: blunt 5x; only in B: none\\)"),
+    (edited(lambda b: b["meta"]["config"]["unlearn"].update(learning_rate=0.5)),
      "compute differently \\(differ in: unlearn.learning_rate\\)"),
-    (lambda b: b["meta"]["config"]["eval"].update(ineffective_below=0.4),
+    (edited(lambda b: b["meta"]["config"]["eval"].update(ineffective_below=0.4)),
      "different thresholds \\(ineffective_below\\)"),
-    (lambda b: b.update(rank_confidence=0.8), "different thresholds \\(rank_confidence\\)"),
-    (lambda b: b["meta"].update(mode="scalability"), "B is a --mode=scalability leaderboard"),
-    (lambda b: b.pop("checks"), "B is not a benchmark leaderboard.json \\(no checks\\)"),
-    (lambda b: b["rows"][0].pop("per_seed_labels"), "B's row good lacks per_seed_labels"),
+    (edited(lambda b: b.update(rank_confidence=0.8)), "different thresholds \\(rank_confidence\\)"),
+    (edited(lambda b: b["meta"].update(attacks=[])), "other attacks \\(A: relearn; B: none\\)"),
+    (edited(lambda b: b["checks"][0].update(name="RetFail MRR: Compromised >= 3x Clean")),
+     "different soundness checks \\(only in A: RetFail MRR: Compromised >= 5x Clean; only in B: "
+     "RetFail MRR: Compromised >= 3x Clean\\)"),
+    (edited(lambda b: b.update(checks=[])), "different soundness checks"),
+    # A request mode's leaderboard has no checks: its mode is named first.
+    (lambda b: {"meta": {"mode": "scalability"}, "rows": []}, "B is a --mode=scalability leaderboard"),
 ])
 def test_leaderboards_that_cannot_be_compared_are_refused(change, message):
-  a, b = leaderboard(RUNS), leaderboard(RUNS)
-  change(b)
+  a, b = leaderboard(RUNS), change(leaderboard(RUNS))
   with pytest.raises(ConfigError, match=message):
     agreement.compare(a, b)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: None, "B is not a benchmark leaderboard.json \\(no meta\\)"),  # A JSON null.
+    (lambda b: 3, "B is not a benchmark leaderboard.json \\(no meta\\)"),
+    (edited(lambda b: b.update(meta=[])), "B is not a benchmark leaderboard.json \\(no meta\\)"),
+    (edited(lambda b: b.pop("rank_confidence")),
+     "B is not a benchmark leaderboard.json of this version \\(no rank_confidence\\); rebuild it"),
+    (edited(lambda b: b["rows"][0].pop("failure_modes_support")),
+     "B's row 1 \\(good\\) has no failure_modes_support: written by an older version"),
+    (edited(lambda b: b.update(rows={})), "B's rows is empty or malformed"),
+    (edited(lambda b: b["rows"][0].update(rank_interval=[1])), "B's row 1 \\(good\\) lacks"),
+    (edited(lambda b: b["rows"][0].update(budget="five")), "B's row 1 \\(good\\) lacks"),
+    (edited(lambda b: b["rows"][0].update(failure_modes_support=math.nan)),
+     "B's row 1 \\(good\\) lacks"),
+    (edited(lambda b: b["rows"].append(dict(b["rows"][0]))), "B ranks good 1x twice"),
+])
+def test_malformed_leaderboards_get_one_line_naming_what_is_wrong(change, message):
+  with pytest.raises(ConfigError, match=message):
+    agreement.compare(leaderboard(RUNS), change(leaderboard(RUNS)))
 
 
 def test_settings_that_change_neither_results_nor_verdicts_do_not_block():
   b = leaderboard(RUNS)
   b["meta"]["config"]["data"]["loader"]["num_threads"] = 7  # config.RESULT_NEUTRAL.
   b["meta"]["config"]["benchmark"]["seeds"] = 5
+  b["rows"].reverse()  # Rows are matched by method and budget.
   assert agreement.compare(leaderboard(RUNS), b)["agree"]
 
 
@@ -147,10 +244,14 @@ def test_the_command_reads_workdirs_writes_the_comparison_and_exits_by_the_verdi
   assert (tmp_path / "agree.md").read_text() == agreed.stdout
   assert "**The verdicts agree.**" in agreed.stdout
   differed = run(same, other)
-  assert differed.returncode == compare.DIFFERENT_VERDICTS_EXIT_CODE
+  assert differed.returncode == cli.CHECK_FAILED_EXIT_CODE
   assert "| weak | 1x |" in differed.stdout
   missing = run(same, tmp_path / "nowhere")
-  assert missing.returncode == 2
+  assert missing.returncode == cli.USER_ERROR_EXIT_CODE
   assert missing.stderr.strip() == (f"error: {tmp_path / 'nowhere' / 'leaderboard.json'} does "
                                     f"not exist: pass a benchmark workdir or its leaderboard.json")
-  assert run(same).returncode == 2
+  (tmp_path / "null.json").write_text("null")
+  malformed = run(same, tmp_path / "null.json")
+  assert malformed.returncode == cli.USER_ERROR_EXIT_CODE
+  assert malformed.stderr.strip().startswith("error: ") and "Traceback" not in malformed.stderr
+  assert run(same).returncode == cli.USER_ERROR_EXIT_CODE

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from salmu_jax import benchmark, io_utils, report
+from salmu_jax import benchmark, cli, io_utils, report
 from salmu_jax import config as config_lib
 from salmu_jax.data import scenes
 from salmu_jax.evaluation import diagnosis, registry
@@ -141,7 +141,7 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   assert unlearned["extended"]["retrieval"]["fragile"]["count"] == len(fragile)
   # A failed soundness check is an exit status a script can read, after every output.
   failed = [c["name"] for c in saved["checks"] if not c["passed"]]
-  assert done.returncode == (benchmark.CHECK_FAILED_EXIT_CODE if failed else 0), \
+  assert done.returncode == (cli.CHECK_FAILED_EXIT_CODE if failed else 0), \
       done.stderr[-2000:]
   assert (f"soundness checks failed: {', '.join(failed)}" in done.stdout) == bool(failed)
   assert "soundness" in done.stdout or "Soundness" in done.stdout
