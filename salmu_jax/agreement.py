@@ -24,10 +24,6 @@ def row_name(key: tuple) -> str:
   return f"{key[0]} {key[1]:g}x"
 
 
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_leaderboard(board, name: str) -> None:
   """Refuses, in one line, what is not a main-mode leaderboard.json of this version."""
   if not isinstance(board, dict) or not isinstance(board.get("meta"), dict):
@@ -46,7 +42,7 @@ def check_leaderboard(board, name: str) -> None:
   shapes = {"rows": isinstance(board["rows"], list) and bool(board["rows"]),
             "checks": isinstance(board["checks"], list) and all(
                 isinstance(c, dict) and "name" in c and "passed" in c for c in board["checks"]),
-            "rank_confidence": _is_number(board["rank_confidence"]),
+            "rank_confidence": config_lib.finite_number(board["rank_confidence"]),
             "per_seed": isinstance(board["per_seed"], dict)
                         and isinstance(board["per_seed"].get("clean"), list),
             "meta.config": isinstance(meta["config"], dict)
@@ -67,11 +63,11 @@ def check_leaderboard(board, name: str) -> None:
                         f"by an older version; rebuild it by running the benchmark's command "
                         f"on its workdir again")
     interval = row.get("rank_interval")
-    valid = (isinstance(row.get("method"), str) and _is_number(row.get("budget"))
+    valid = (isinstance(row.get("method"), str) and config_lib.finite_number(row.get("budget"))
              and isinstance(row.get("rank"), int) and isinstance(interval, list)
              and len(interval) == 2 and all(isinstance(v, int) for v in interval)
              and isinstance(row.get("failure_modes"), list)
-             and _is_number(row.get("failure_modes_support"))
+             and config_lib.finite_number(row.get("failure_modes_support"))
              and 0 <= row["failure_modes_support"] <= 1)
     if not valid:
       raise ConfigError(f"{where} ({row.get('method')}) lacks a method, budget, rank, "
@@ -127,11 +123,6 @@ def verdict_checks(board: dict) -> list:
   return board["checks"] + [{**c, "name": f"by design: {c['name']}"} for c in by_design]
 
 
-def claims_orders(board: dict) -> bool:
-  """Rank intervals claim nothing from one seed (each is its rank alone)."""
-  return len(board["per_seed"]["clean"]) > 1
-
-
 def separated(upper: dict, lower: dict) -> bool:
   """Do the rank intervals tell `upper` (ranked above) and `lower` apart?"""
   return upper["rank_interval"][1] < lower["rank_interval"][0]
@@ -142,9 +133,9 @@ def order_claims(claims_from: dict, tested_on: dict) -> dict:
   held (the same order, told apart there too), unresolved there (its intervals overlap, or
   one seed) or reversed (told apart in the opposite order: a contradiction)."""
   held, unresolved, reversed_ = [], [], []
-  if claims_orders(claims_from):
+  if report.has_spread(claims_from):
     other = {row_key(r): r for r in tested_on["rows"]}
-    resolves = claims_orders(tested_on)
+    resolves = report.has_spread(tested_on)
     rows = sorted(claims_from["rows"], key=lambda r: r["rank"])
     for upper, lower in itertools.combinations(rows, 2):
       if not separated(upper, lower):

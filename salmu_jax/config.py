@@ -335,7 +335,8 @@ def _require(ok: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def _finite(value) -> bool:
+def finite_number(value) -> bool:
+  """An int or float, finite (a bool is not one, though Python says it is)."""
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -345,7 +346,7 @@ def _count(value) -> bool:
 
 
 def _positive_rate(value, name: str) -> None:
-  _require(_finite(value) and value > 0, f"{name}={value} must be a positive, finite number")
+  _require(finite_number(value) and value > 0, f"{name}={value} must be a positive, finite number")
 
 
 def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -385,7 +386,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   _require(data.retain_base.kind in RETAIN_BASE_KINDS,
            f"data.retain_base.kind={data.retain_base.kind!r} is not one of {RETAIN_BASE_KINDS}")
   for name, weight in data.mixture.items():
-    _require(_finite(weight) and weight >= 0,
+    _require(finite_number(weight) and weight >= 0,
              f"data.mixture.{name}={weight} must be a finite, non-negative weight")
   for name in ("num_threads", "prefetch_buffer_size", "record_cache_mb"):
     value = data.loader[name]
@@ -413,31 +414,31 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
              f"model.{name}={model[name]!r} must be a positive integer")
   memory = model.memory
   _require(isinstance(memory.enabled, bool), f"model.memory.enabled={memory.enabled!r} must be a bool")
-  _require(_finite(memory.temperature) and memory.temperature > 0,
+  _require(finite_number(memory.temperature) and memory.temperature > 0,
            f"model.memory.temperature={memory.temperature} must be a positive number")
-  _require(_finite(memory.min_similarity) and -1 < memory.min_similarity < 1,
+  _require(finite_number(memory.min_similarity) and -1 < memory.min_similarity < 1,
            f"model.memory.min_similarity={memory.min_similarity} must lie strictly between -1 and 1")
-  _require(_finite(memory.value_scale) and memory.value_scale > 0,
+  _require(finite_number(memory.value_scale) and memory.value_scale > 0,
            f"model.memory.value_scale={memory.value_scale} must be a positive number")
   _require(memory.trains in MEMORY_TRAINS,
            f"model.memory.trains={memory.trains!r} is not one of {MEMORY_TRAINS}")
   for name in ("vision_mlp_ratio", "text_mlp_ratio"):
     if name in model:
-      _require(_finite(model[name]) and model[name] > 0,
+      _require(finite_number(model[name]) and model[name] > 0,
                f"model.{name}={model[name]} must be a positive number")
   train = config.train
   _positive_rate(train.learning_rate, "train.learning_rate")
   _positive_rate(config.unlearn.learning_rate, "unlearn.learning_rate")
   for group in (train, config.unlearn):
     prefix = "train" if group is train else "unlearn"
-    _require(_finite(group.grad_clip_norm) and group.grad_clip_norm > 0,
+    _require(finite_number(group.grad_clip_norm) and group.grad_clip_norm > 0,
              f"{prefix}.grad_clip_norm={group.grad_clip_norm} must be a positive number")
-    _require(_finite(group.weight_decay) and group.weight_decay >= 0,
+    _require(finite_number(group.weight_decay) and group.weight_decay >= 0,
              f"{prefix}.weight_decay={group.weight_decay} must be a non-negative number")
   for name in ("b1", "b2"):
-    _require(_finite(train[name]) and 0 <= train[name] < 1,
+    _require(finite_number(train[name]) and 0 <= train[name] < 1,
              f"train.{name}={train[name]} must lie in [0, 1)")
-  _require(_finite(train.eps) and train.eps > 0, f"train.eps={train.eps} must be positive")
+  _require(finite_number(train.eps) and train.eps > 0, f"train.eps={train.eps} must be positive")
   _require(train.loss in LOSS_KINDS, f"train.loss={train.loss!r} is not one of {LOSS_KINDS}")
   _require(train.steps >= 1, f"train.steps={train.steps} must be at least 1")
   _require(0 <= train.warmup_steps <= train.steps,
@@ -484,7 +485,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   for name, group in unlearn.items():
     if isinstance(group, ml_collections.ConfigDict):
       for key, value in group.items():
-        _require(_finite(value), f"unlearn.{name}.{key}={value!r} must be a finite number")
+        _require(finite_number(value), f"unlearn.{name}.{key}={value!r} must be a finite number")
         low, high, what = UNLEARN_RANGES.get(key, (-math.inf, math.inf, ""))
         _require(low <= value <= high and (key != "max_every" or isinstance(value, int)) and
                  (key not in ("beta",) or value > 0),

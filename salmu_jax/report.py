@@ -317,12 +317,16 @@ def _rank_cell(row: dict) -> str:
   return str(row["rank"]) if low == high else f"{row['rank']} ({low}-{high})"
 
 
+def has_spread(board: dict) -> bool:
+  """Several seeds: one settles no verdict and tells no two rows apart (its bootstrap is
+  that seed alone)."""
+  return len(board["per_seed"]["clean"]) > 1
+
+
 def settled(row: dict, board: dict) -> bool:
   """Do the board's seeds settle the row's failure modes: given by at least the rank
-  intervals' confidence share of the seed bootstrap? One seed settles nothing (its
-  bootstrap is that seed alone)."""
-  return (len(board["per_seed"]["clean"]) > 1
-          and row.get("failure_modes_support", 1.0) >= board["rank_confidence"])
+  intervals' confidence share of the seed bootstrap?"""
+  return has_spread(board) and row["failure_modes_support"] >= board["rank_confidence"]
 
 
 def percent(share: float) -> str:
@@ -333,7 +337,7 @@ def percent(share: float) -> str:
 def verdict_cell(row: dict, board: dict) -> str:
   """A row's failure modes, with the share of seed-bootstrap resamples that give them when
   its seeds do not settle them (`settled`)."""
-  if len(board["per_seed"]["clean"]) > 1 and not settled(row, board):
+  if has_spread(board) and not settled(row, board):
     return f"{row['label']} ({percent(row['failure_modes_support'])})"
   return row["label"]
 
