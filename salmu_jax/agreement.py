@@ -216,7 +216,8 @@ def markdown(result: dict) -> str:
   lines += ["", ("**The verdicts agree.**" if result["agree"] else "**The verdicts differ.**")
             + f" Of {s['rows']} rows, {s['settled_in_either']} have failure modes that A or B "
             f"settles (A {s['settled'][0]}, B {s['settled'][1]}: given by at least the rank "
-            f"confidence's share of its seed bootstrap), of which {s['verdicts_contradicted']} "
+            f"confidence's share of its seed bootstrap and by most of its seeds), of which "
+            f"{s['verdicts_contradicted']} "
             f"differ{'s' if s['verdicts_contradicted'] == 1 else ''} in the other; "
             f"{s['same_failure_modes']} of the {s['rows']} have the same failure modes "
             f"({s['same_first_failure_mode']} the same first one); {s['ranks_inside_intervals']} "

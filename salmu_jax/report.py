@@ -323,10 +323,19 @@ def has_spread(board: dict) -> bool:
   return len(board["per_seed"]["clean"]) > 1
 
 
+def seeds_agreeing(row: dict) -> int:
+  """How many seeds give the row's failure modes on their own (its run against that seed's
+  references)."""
+  return sum(label == row["label"] for label in row["per_seed_labels"])
+
+
 def settled(row: dict, board: dict) -> bool:
   """Do the board's seeds settle the row's failure modes: given by at least the rank
-  intervals' confidence share of the seed bootstrap?"""
-  return has_spread(board) and row["failure_modes_support"] >= board["rank_confidence"]
+  intervals' confidence share of the seed bootstrap, and by most seeds on their own? A seed
+  mean just past two thresholds can come out the same in most resamples while each seed
+  says something else."""
+  return (has_spread(board) and row["failure_modes_support"] >= board["rank_confidence"]
+          and 2 * seeds_agreeing(row) > len(row["per_seed_labels"]))
 
 
 def percent(share: float) -> str:
@@ -335,10 +344,11 @@ def percent(share: float) -> str:
 
 
 def verdict_cell(row: dict, board: dict) -> str:
-  """A row's failure modes, with the share of seed-bootstrap resamples that give them when
-  its seeds do not settle them (`settled`)."""
+  """A row's failure modes, with the share of seed-bootstrap resamples and the number of
+  seeds that give them when its seeds do not settle them (`settled`)."""
   if has_spread(board) and not settled(row, board):
-    return f"{row['label']} ({percent(row['failure_modes_support'])})"
+    return (f"{row['label']} ({percent(row['failure_modes_support'])}, "
+            f"{seeds_agreeing(row)} of {len(row['per_seed_labels'])} seeds)")
   return row["label"]
 
 
@@ -465,10 +475,12 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
            "number of failure modes, then balanced (docs/protocol.md §5). "
            + (f"Rank (low-high): the central {confidence} of the rank over a bootstrap of the "
               f"{seeds} seeds; rows whose intervals overlap are not told apart by these seeds. "
-              f"A percentage after the failure modes: the share of the bootstrap's seed means "
-              f"that give them, when under {confidence}: a verdict these seeds do not settle, "
-              f"which another seed draw or another machine's rounding may well change (a "
-              f"settled one near its threshold on every seed can change too)."
+              f"A mark after the failure modes (the share of the bootstrap's seed means that "
+              f"give them, and how many seeds give them on their own), printed when that "
+              f"share is under {confidence} or when half the seeds or more say otherwise: a "
+              f"verdict these seeds do not settle, which another seed draw or another "
+              f"machine's rounding may well change (a settled one near its threshold on every "
+              f"seed can change too)."
               if seeds > 1 else "One seed: no spread measured, so no rank is known to be "
                                 "resolved; run with --seeds=3."), ""]
   lines += markdown_table(*table_rows(board))

@@ -75,11 +75,14 @@ def test_the_support_is_the_bootstraps_share_and_marks_what_the_seeds_do_not_set
   assert borderline["failure_modes"] == []
   assert borderline["failure_modes_support"] == round(16 / 27, 4)
   assert not report.settled(borderline, a) and report.settled(row(a, "weak"), a)
-  assert report.verdict_cell(borderline, a) == "none (59%)"
+  assert report.verdict_cell(borderline, a) == "none (59%, 1 of 3 seeds)"
   assert report.verdict_cell(row(a, "weak"), a) == "ineffective forgetting"
   assert [report.percent(x) for x in (0.8998, 0.9, 1.0, 0.5926)] == ["89%", "90%", "100%", "59%"]
-  at_confidence = {"failure_modes_support": 0.9}
-  assert report.settled(at_confidence, {"per_seed": {"clean": [0, 1]}, "rank_confidence": 0.9})
+  two_seeds = {"per_seed": {"clean": [0, 1]}, "rank_confidence": 0.9}
+  at_confidence = {"failure_modes_support": 0.9, "label": "none", "per_seed_labels": ["none"] * 2}
+  assert report.settled(at_confidence, two_seeds)
+  # Half the seeds is not most of them.
+  assert not report.settled({**at_confidence, "per_seed_labels": ["none", "collapse"]}, two_seeds)
   # The row's own verdict's share, even where another verdict comes out more often: the
   # seed mean says "none", 9 of 27 draws; "ineffective" comes out in 10.
   split = [fake_result({**COMPROMISED, "1.1_RetFail": r, **{k: h for k in HOLDOUTS}})
@@ -90,6 +93,29 @@ def test_the_support_is_the_bootstraps_share_and_marks_what_the_seeds_do_not_set
   single = leaderboard({key: results[:1] for key, results in RUNS.items()})
   assert not any(report.settled(r, single) for r in single["rows"])  # One seed settles nothing.
   assert report.verdict_cell(row(single, "weak"), single) == "ineffective forgetting"
+
+
+# Ineffective, over-generalized, free of both: one seed each, and a seed mean just past both
+# thresholds, where 25 of the 27 draws of the exact bootstrap land too.
+DISAGREEING = [fake_result({**COMPROMISED, "1.1_RetFail": r, **{k: h for k in HOLDOUTS}})
+               for r, h in ((0.16, 0.45), (0.05, 0.2), (0.05, 0.45))]
+
+
+def test_a_verdict_most_seeds_contradict_is_not_settled_however_often_the_mean_gives_it():
+  a = leaderboard({("disagreeing", 1.0): DISAGREEING, **RUNS})
+  disagreeing = row(a, "disagreeing")
+  assert disagreeing["per_seed_labels"] == ["ineffective forgetting",
+                                            "over-generalized forgetting", "none"]
+  assert disagreeing["failure_modes"] == [] and report.seeds_agreeing(disagreeing) == 1
+  assert disagreeing["failure_modes_support"] == round(25 / 27, 4)
+  assert not report.settled(disagreeing, a)
+  assert report.verdict_cell(disagreeing, a) == "none (92%, 1 of 3 seeds)"
+  # Another run may call it ineffective; what makes that a contradiction is the other run
+  # settling "ineffective", not this row's 92%.
+  b = leaderboard({("disagreeing", 1.0): seeds(0.16, 0.17, 0.16), **RUNS})
+  changed = next(r for r in agreement.compare(a, b)["rows"] if r["method"] == "disagreeing")
+  assert changed["failure_modes"] == [[], ["ineffective forgetting"]]
+  assert changed["settled"] == [False, True] and changed["contradicted"]
 
 
 def test_an_unsettled_verdict_may_change():
