@@ -62,17 +62,21 @@ def check_leaderboard(board, name: str) -> None:
       raise ConfigError(f"{where} ({row.get('method')}) has no failure_modes_support: written "
                         f"by an older version; rebuild it by running the benchmark's command "
                         f"on its workdir again")
-    interval = row.get("rank_interval")
+    interval, labels = row.get("rank_interval"), row.get("per_seed_labels")
     valid = (isinstance(row.get("method"), str) and config_lib.finite_number(row.get("budget"))
              and isinstance(row.get("rank"), int) and isinstance(interval, list)
              and len(interval) == 2 and all(isinstance(v, int) for v in interval)
              and isinstance(row.get("failure_modes"), list)
              and config_lib.finite_number(row.get("failure_modes_support"))
-             and 0 <= row["failure_modes_support"] <= 1)
+             and 0 <= row["failure_modes_support"] <= 1
+             # report.settled reads the row's label against each seed's.
+             and isinstance(row.get("label"), str) and isinstance(labels, list)
+             and len(labels) == len(board["per_seed"]["clean"])
+             and all(isinstance(label, str) for label in labels))
     if not valid:
       raise ConfigError(f"{where} ({row.get('method')}) lacks a method, budget, rank, "
-                        f"rank_interval [low, high], failure_modes or failure_modes_support in "
-                        f"[0, 1]")
+                        f"rank_interval [low, high], failure_modes, failure_modes_support in "
+                        f"[0, 1], label or per_seed_labels (one per seed)")
     if row_key(row) in seen:
       raise ConfigError(f"{name} ranks {row_name(row_key(row))} twice")
     seen.add(row_key(row))
@@ -177,7 +181,7 @@ def compare(a: dict, b: dict, names=("A", "B")) -> dict:
         "same_failure_modes": same,
         "same_first_failure_mode": row_a["failure_modes"][:1] == row_b["failure_modes"][:1],
         "contradicted": not same and any(settled),
-        "per_seed_labels": [r.get("per_seed_labels", []) for r in pair],
+        "per_seed_labels": [r["per_seed_labels"] for r in pair],
         "balanced": [r.get("scores", {}).get("balanced", math.nan) for r in pair]})
   checks_b = {c["name"]: c for c in verdict_checks(b)}
   checks = [{"name": c["name"], "passed": [c["passed"], checks_b[c["name"]]["passed"]]}

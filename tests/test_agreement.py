@@ -242,6 +242,8 @@ def test_leaderboards_that_cannot_be_compared_are_refused(change, message):
     (edited(lambda b: b["rows"][0].update(budget="five")), "B's row 1 \\(good\\) lacks"),
     (edited(lambda b: b["rows"][0].update(failure_modes_support=math.nan)),
      "B's row 1 \\(good\\) lacks"),
+    (edited(lambda b: b["rows"][0].pop("per_seed_labels")), "B's row 1 \\(good\\) lacks"),
+    (edited(lambda b: b["rows"][0]["per_seed_labels"].pop()), "B's row 1 \\(good\\) lacks"),
     (edited(lambda b: b["rows"].append(dict(b["rows"][0]))), "B ranks good 1x twice"),
 ])
 def test_malformed_leaderboards_get_one_line_naming_what_is_wrong(change, message):
