@@ -8,7 +8,8 @@ training, the references' scoring, the unlearning runs and their scoring, and th
 models of unlearning by design; each cell is wall seconds (compile seconds in brackets,
 the tracing, lowering and XLA compiling done while the stage ran); `count` is the number
 of stages in the group (the distinct numbers, a/b, where the runs differ). A reused stage
-counts with the seconds of the invocation that ran it (`ran_seconds`).
+counts with the seconds of the invocation that ran it (`ran_seconds`); a `kept` one (a
+stage of an earlier command that this one did not list) does not count.
 """
 import argparse
 import json
@@ -41,6 +42,8 @@ def grouped(stages) -> dict:
   """{group label: [count, wall seconds, compile seconds]}, and the total under "total"."""
   table = {label: [0, 0.0, 0.0] for label, _ in GROUPS} | {"total": [0, 0.0, 0.0]}
   for stage in stages:
+    if stage.get("status") == "kept":
+      continue
     name = re.sub(r"^seed \d+: ", "", stage["stage"])
     label = next((label for label, pattern in GROUPS if re.fullmatch(pattern, name)), None)
     if label is None:

@@ -196,6 +196,7 @@ class Benchmark:
     self._requested = None  # A request mode's forget rows requested so far, per request.
     self._reference_results = {}  # Seed -> the references' results and request blocks.
     self.stages_log = []
+    self.kept_stages_log = []  # stages.json's records of stages this command does not list.
 
   # Paths and configs.
   def seed_dir(self, seed: int) -> str:
@@ -656,10 +657,15 @@ class Benchmark:
     stages = self.stages()
     self.check_workdir()
     # What an earlier invocation spent on each stage, kept for the stages this one reuses,
-    # so that a resumed run or a report rebuild still shows the cost of every stage.
+    # so that a resumed run or a report rebuild still shows the cost of every stage; the
+    # records of stages this command does not list (another --methods) stay in the log as
+    # `kept`, so that a later command that lists them again still finds their cost.
     log_path = os.path.join(self.output_dir, "stages.json")
-    earlier = {s["stage"]: s.get("ran_seconds", s["seconds"])
-               for s in (io_utils.read_json(log_path) if os.path.exists(log_path) else [])}
+    earlier_log = io_utils.read_json(log_path) if os.path.exists(log_path) else []
+    earlier = {s["stage"]: s.get("ran_seconds", s["seconds"]) for s in earlier_log}
+    listed = {stage.name for stage in stages}
+    self.kept_stages_log = [{**s, "status": "kept"} for s in earlier_log
+                            if s["stage"] not in listed]
     with progress.bar(total=len(stages), desc="benchmark", unit="stage", enabled=self.progress,
                       position=0) as bar, CompileClock() as compiling:
       for stage in stages:
@@ -678,7 +684,7 @@ class Benchmark:
                                 "seconds": seconds,
                                 "ran_seconds": earlier.get(stage.name) if reused else seconds,
                                 "compile_seconds": compile_seconds})
-        io_utils.write_json_atomic(log_path, self.stages_log)
+        io_utils.write_json_atomic(log_path, self.stages_log + self.kept_stages_log)
         bar.update(1)
     return self.write_reports(time.perf_counter() - start)
 
@@ -752,7 +758,8 @@ class Benchmark:
 
   def _training_seconds(self) -> dict:
     """{reference: [seconds per seed]} of the training stages (this run's or an earlier's)."""
-    log = {entry["stage"]: entry["ran_seconds"] for entry in self.stages_log}
+    log = {entry["stage"]: entry["ran_seconds"]
+           for entry in self.kept_stages_log + self.stages_log}
     return {reference: [log.get(f"seed {seed}: train {reference}") for seed in self.seeds]
             for reference in REFERENCES + MEMORY_REFERENCES}
 

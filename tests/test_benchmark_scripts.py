@@ -154,7 +154,10 @@ def test_stage_table_groups_every_stage_and_names_a_stray_one(tmp_path):
             {"stage": "seed 1: train compromised", "seconds": 3.0, "ran_seconds": 90.0,
              "status": "reused", "compile_seconds": 0.0},
             {"stage": "seed 0: npo 1x unlearn", "seconds": 5.0, "compile_seconds": 4.0},
-            {"stage": "seed 0: npo 1x evaluate", "seconds": 2.0, "compile_seconds": 0.0}]
+            {"stage": "seed 0: npo 1x evaluate", "seconds": 2.0, "compile_seconds": 0.0},
+            # An earlier command's stage that this one did not list: not this run's cost.
+            {"stage": "seed 0: train clean_memory", "seconds": 80.0, "ran_seconds": 80.0,
+             "status": "kept", "compile_seconds": 5.0}]
   (tmp_path / "run").mkdir()
   (tmp_path / "run" / "stages.json").write_text(json.dumps(stages))
   (tmp_path / "other.json").write_text(json.dumps(stages[:2]))
@@ -163,6 +166,7 @@ def test_stage_table_groups_every_stage_and_names_a_stray_one(tmp_path):
   rows = {line.split(" | ")[0].strip("| "): line for line in result.stdout.splitlines()}
   assert rows["train Compromised"].endswith("| 1/2 | 190 (10) | 100 (10) |")  # ran_seconds.
   assert rows["unlearn (every method and budget)"].endswith("| 0/1 | 5 (4) | - |")
+  assert rows["train Compromised-memory, Clean-memory"].endswith("| 0 | - | - |")
   assert rows["total"].endswith("| 2/5 | 217 (14) | 120 (10) |")
   (tmp_path / "stray.json").write_text(json.dumps([{"stage": "seed 0: lunch", "seconds": 1}]))
   stray = run_script("stage_table.py", f"a={tmp_path / 'stray.json'}")

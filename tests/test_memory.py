@@ -235,6 +235,18 @@ def test_the_benchmark_scores_key_deletion_against_both_pairs_of_references(
   valid = np.asarray(state.params["memory"]["valid"][...])
   offsets = pipeline.memory_offsets(runtime.dataset)
   assert not valid[:offsets["retain_joint"]].any() and valid[offsets["retain_joint"]:].all()
+  # A command that does not list the memory stages keeps their records for one that does.
+  seconds = design["training_seconds"]
+  assert all(seconds[r] for r in benchmark.REFERENCES + benchmark.MEMORY_REFERENCES)
+  between = benchmark.Benchmark(micro_config, str(workdir), methods="salun",
+                                devices=jax.devices()[:1], progress=False, name="micro.py").run()
+  assert not any("memory" in s["stage"] for s in between["stages"])
+  kept = [s for s in io_utils.read_json(workdir / "stages.json") if s["status"] == "kept"]
+  assert {s["stage"] for s in kept} >= {f"seed 0: train {r}" for r in benchmark.MEMORY_REFERENCES}
+  again = benchmark.Benchmark(micro_config, str(workdir), methods="salun,key_deletion",
+                              devices=jax.devices()[:1], progress=False, name="micro.py").run()
+  assert again["by_design"]["training_seconds"] == seconds
+  assert {s["status"] for s in again["stages"]} == {"reused"}
   # A request mode leaves key deletion out of "all" and refuses it by name.
   with pytest.raises(ConfigError, match="salmubench only"):
     benchmark.Benchmark(micro_config, str(workdir), methods="key_deletion", mode="scalability")
