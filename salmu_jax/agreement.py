@@ -13,6 +13,7 @@ import math
 import os
 
 from salmu_jax import config as config_lib, io_utils, report
+from salmu_jax.evaluation import diagnosis
 from salmu_jax.errors import ConfigError
 
 
@@ -72,11 +73,15 @@ def check_leaderboard(board, name: str) -> None:
              # report.settled reads the row's label against each seed's.
              and isinstance(row.get("label"), str) and isinstance(labels, list)
              and len(labels) == len(board["per_seed"]["clean"])
-             and all(isinstance(label, str) for label in labels))
+             and all(isinstance(label, str) for label in labels)
+             # And each failure mode's replication margin (report.near_thresholds).
+             and _margins_valid(row.get("margins")))
     if not valid:
       raise ConfigError(f"{where} ({row.get('method')}) lacks a method, budget, rank, "
                         f"rank_interval [low, high], failure_modes, failure_modes_support in "
-                        f"[0, 1], label or per_seed_labels (one per seed)")
+                        f"[0, 1], label, per_seed_labels (one per seed) or margins (mean and "
+                        f"needed per failure mode; rebuild a leaderboard of an older version by "
+                        f"running the benchmark's command on its workdir again)")
     if row_key(row) in seen:
       raise ConfigError(f"{name} ranks {row_name(row_key(row))} twice")
     seen.add(row_key(row))
@@ -102,7 +107,8 @@ def check_comparable(a: dict, b: dict, names=("A", "B")) -> None:
                       f"{','.join(attacks[0]) or 'none'}; {names[1]}: {','.join(attacks[1]) or 'none'}): "
                       f"superficial forgetting is judged by them; run both with the same --attacks")
   configs = [board["meta"]["config"] for board in (a, b)]
-  differing = config_lib.computation_differences(*configs)
+  # The first training seed (`--config.seed`) picks the seed set, which may differ.
+  differing = [key for key in config_lib.computation_differences(*configs) if key != "seed"]
   if differing:
     raise ConfigError(f"the leaderboards come from configs that compute differently (differ "
                       f"in: {', '.join(differing[:8])}): their numbers are not two measurements "
@@ -119,6 +125,12 @@ def check_comparable(a: dict, b: dict, names=("A", "B")) -> None:
     raise ConfigError(f"the leaderboards run different soundness checks (only in {names[0]}: "
                       f"{'; '.join(only_a) or 'none'}; only in {names[1]}: "
                       f"{'; '.join(only_b) or 'none'}): their criteria (config.benchmark) differ")
+
+
+def _margins_valid(margins) -> bool:
+  return (isinstance(margins, dict) and diagnosis.INEFFECTIVE in margins
+          and all(isinstance(m, dict) and isinstance(m.get("mean"), (int, float))
+                  and isinstance(m.get("needed"), (int, float)) for m in margins.values()))
 
 
 def verdict_checks(board: dict) -> list:
@@ -220,7 +232,8 @@ def markdown(result: dict) -> str:
   lines += ["", ("**The verdicts agree.**" if result["agree"] else "**The verdicts differ.**")
             + f" Of {s['rows']} rows, {s['settled_in_either']} have failure modes that A or B "
             f"settles (A {s['settled'][0]}, B {s['settled'][1]}: given by at least the rank "
-            f"confidence's share of its seed bootstrap and by most of its seeds), of which "
+            f"confidence's share of its seed bootstrap and by most of its seeds, every "
+            f"threshold beyond the replication margin), of which "
             f"{s['verdicts_contradicted']} "
             f"differ{'s' if s['verdicts_contradicted'] == 1 else ''} in the other; "
             f"{s['same_failure_modes']} of the {s['rows']} have the same failure modes "

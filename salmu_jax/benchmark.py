@@ -732,7 +732,7 @@ class Benchmark:
             for m in self.methods for b in self.method_budgets(m)}
     board = report.leaderboard(clean, compromised, runs, self.config.eval,
                                self.config.benchmark.rank_confidence)
-    checks = report.soundness_checks(board, self.config.benchmark)
+    checks = report.soundness_checks(board, self.config.benchmark, self.seeds)
     if self.by_design:
       board["by_design"] = report.by_design(
           clean, compromised, *([read(self.seed_dir(s), f"{r}.json") for s in self.seeds]

@@ -12,6 +12,7 @@ import itertools
 import math
 
 import numpy as np
+from scipy import stats
 
 from salmu_jax.evaluation import diagnosis as diagnosis_lib, metrics as metrics_lib, privacy
 
@@ -56,10 +57,12 @@ def summarize(flat_results: list) -> dict:
   """{key: {mean, std, n}} over seeds of diagnosis_lib.headlines(...) dicts, which must
   hold the same numbers (results scored alike: the same attacks)."""
   keys = set(flat_results[0])
-  for seed, flat in enumerate(flat_results[1:], 1):
+  for position, flat in enumerate(flat_results[1:], 2):
     if set(flat) != keys:
       differ = sorted(keys ^ set(flat))
-      raise ValueError(f"results scored differently across seeds: seed 0 and seed {seed} "
+      raise ValueError(f"results scored differently across seeds: the 1st and the "
+                       f"{position}{'nd' if position == 2 else 'rd' if position == 3 else 'th'} "
+                       f"seed's "
                        f"differ in {', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}; "
                        f"score them again with the same --attacks")
   return {key: spread(_ran([r[key] for r in flat_results], key)) for key in flat_results[0]}
@@ -188,13 +191,16 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
     summary = summarize(results)
     judged[key] = _judge(mean(summary), clean_mean, compromised_mean, thresholds)
     normalized, diagnosis, row_scores = judged[key]
+    # Each seed's own verdict (its run against its references): a seed mean can average
+    # one collapsed seed into a clean label.
+    per_seed = [_judge(r, c, p, thresholds)[1] for r, c, p in
+                zip(results, clean_flat, compromised_flat)]
     rows[key] = {"method": key[0], "budget": key[1], "metrics": summary,
                  "normalized": normalized, "scores": row_scores,
                  "failure_modes": diagnosis["failure_modes"], "label": diagnosis["label"],
-                 # Each seed's own verdict (its run against its references): a seed mean
-                 # can average one collapsed seed into a clean label.
-                 "per_seed_labels": [_judge(r, c, p, thresholds)[1]["label"] for r, c, p in
-                                     zip(results, clean_flat, compromised_flat)],
+                 "per_seed_labels": [d["label"] for d in per_seed],
+                 "margins": replication_margins(diagnosis["margins"],
+                                                [d["margins"] for d in per_seed], confidence),
                  "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]]),
                  "attack_seconds": attack_seconds(runs[key])}
   intervals, verdicts = seed_bootstrap(clean_flat, compromised_flat, runs_flat, thresholds,
@@ -223,6 +229,47 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
           "rank_confidence": confidence,
           "reference_scores": {"clean": clean_scores,
                                "compromised": {"efficacy": 0.0, "utility": 1.0, "balanced": 0.0}}}
+
+
+def replication_margins(mean_margins: dict, per_seed_margins: list, confidence: float) -> dict:
+  """{failure mode: {"mean": the seed mean's margin (diagnosis.criterion_margins), "per_seed":
+  each seed's, "needed": how far from 0 it must lie for another draw of as many seeds to
+  land on the same side}}. "needed" is the one-sided Student-t prediction margin for the
+  difference of two means of n seeds, t(n-1) * sd * sqrt(2 / n), at `confidence` shared out
+  over the k thresholds the verdict is judged at (1 - (1 - confidence) / k each, so that the
+  verdict as a whole holds at `confidence`). A seed bootstrap of three seeds knows only 10
+  resamples and under-reads their spread, so a mean just past a threshold can be settled by
+  it and come out otherwise on other seeds (NaN with fewer than two finite seeds)."""
+  judged = judged_modes({mode: value for mode, value in mean_margins.items()})
+  each = 1 - (1 - confidence) / max(len(judged), 1)
+  out = {}
+  for mode, value in mean_margins.items():
+    seeds = [m.get(mode, math.nan) for m in per_seed_margins]
+    finite = [m for m in seeds if math.isfinite(m)]
+    needed = math.nan
+    if len(finite) >= 2:
+      n = len(finite)
+      needed = float(stats.t.ppf(each, n - 1) * np.std(finite, ddof=1) * math.sqrt(2 / n))
+    out[mode] = {"mean": value, "per_seed": seeds, "needed": needed}
+  return out
+
+
+def judged_modes(mean_margins: dict) -> list:
+  """The failure modes a verdict is judged at, by their seed-mean margins: a number that
+  cannot be computed (NaN) fails its check on any draw of seeds, and superficial forgetting
+  is not judged on a row that is ineffective."""
+  ineffective = mean_margins[diagnosis_lib.INEFFECTIVE]
+  return [mode for mode in diagnosis_lib.FAILURE_MODES  # In this order, however stored.
+          if mode in mean_margins and math.isfinite(mean_margins[mode])
+          and not (mode == diagnosis_lib.SUPERFICIAL and not ineffective >= 0)]
+
+
+def near_thresholds(row: dict) -> list:
+  """The failure modes whose threshold the row's seed mean lies within the replication
+  margin of (`replication_margins`): another draw of seeds may decide them otherwise."""
+  margins = row["margins"]
+  return [mode for mode in judged_modes({mode: m["mean"] for mode, m in margins.items()})
+          if not abs(margins[mode]["mean"]) > margins[mode]["needed"]]
 
 
 def attack_seconds(results: list) -> dict:
@@ -284,18 +331,21 @@ def _reference_checks(clean: dict, compromised: dict, criteria) -> list:
   return checks
 
 
-def soundness_checks(board: dict, criteria) -> list:
+def soundness_checks(board: dict, criteria, seeds: list) -> list:
   """Does the benchmark measure what it claims? On every seed, Compromised must have
   memorized the associations (forget and holdouts) and Clean not, with general knowledge
   equal; over the seed means, the original's failure modes should be visible among the
-  baselines. Each check: name, value (per seed), passed (on every seed)."""
+  baselines. Each check: name, value (per seed, named by `seeds`: the training seeds of
+  the board's per-seed results, in order), passed (on every seed)."""
   per_seed = [_reference_checks(c, p, criteria) for c, p in
               zip(board["per_seed"]["clean"], board["per_seed"]["compromised"])]
+  if len(seeds) != len(per_seed):
+    raise ValueError(f"{len(seeds)} seeds named for {len(per_seed)} seeds' results")
   checks = []
   for i, (name, _, _) in enumerate(per_seed[0]):
     values = [seed_checks[i] for seed_checks in per_seed]
     value = values[0][1] if len(values) == 1 else "; ".join(
-        f"seed {n}: {v[1]}" for n, v in enumerate(values))
+        f"seed {seed}: {v[1]}" for seed, v in zip(seeds, values))
     checks.append({"name": name, "value": value, "passed": all(v[2] for v in values),
                    "per_seed": [v[2] for v in values]})
   for mode in diagnosis_lib.FAILURE_MODES[:3]:  # The original's three; collapse is ours.
@@ -331,11 +381,14 @@ def seeds_agreeing(row: dict) -> int:
 
 def settled(row: dict, board: dict) -> bool:
   """Do the board's seeds settle the row's failure modes: given by at least the rank
-  intervals' confidence share of the seed bootstrap, and by most seeds on their own? A seed
-  mean just past two thresholds can come out the same in most resamples while each seed
-  says something else."""
+  intervals' confidence share of the seed bootstrap, by most seeds on their own, and with
+  every threshold the verdict is judged at beyond the replication margin (`near_thresholds`)?
+  A seed mean just past two thresholds can come out the same in most resamples while each
+  seed says something else; three seeds that agree just past a threshold can be followed by
+  three that do not (benchmarks/RESULTS.md, twelfth session)."""
   return (has_spread(board) and row["failure_modes_support"] >= board["rank_confidence"]
-          and 2 * seeds_agreeing(row) > len(row["per_seed_labels"]))
+          and 2 * seeds_agreeing(row) > len(row["per_seed_labels"])
+          and not near_thresholds(row))
 
 
 def percent(share: float) -> str:
@@ -347,9 +400,16 @@ def verdict_cell(row: dict, board: dict) -> str:
   """A row's failure modes, with the share of seed-bootstrap resamples and the number of
   seeds that give them when its seeds do not settle them (`settled`)."""
   if has_spread(board) and not settled(row, board):
+    near = [SHORT_MODE[mode] for mode in near_thresholds(row)]
     return (f"{row['label']} ({percent(row['failure_modes_support'])}, "
-            f"{seeds_agreeing(row)} of {len(row['per_seed_labels'])} seeds)")
+            f"{seeds_agreeing(row)} of {len(row['per_seed_labels'])} seeds"
+            f"{', near: ' + ', '.join(near) if near else ''})")
   return row["label"]
+
+
+# How an unsettled verdict's mark names the thresholds it lies near.
+SHORT_MODE = dict(zip(diagnosis_lib.FAILURE_MODES, ("ineffective", "over-generalized",
+                                                    "catastrophic", "collapse", "superficial")))
 
 
 def table_rows(board: dict) -> tuple:
@@ -476,11 +536,13 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
            + (f"Rank (low-high): the central {confidence} of the rank over a bootstrap of the "
               f"{seeds} seeds; rows whose intervals overlap are not told apart by these seeds. "
               f"A mark after the failure modes (the share of the bootstrap's seed means that "
-              f"give them, and how many seeds give them on their own), printed when that "
-              f"share is under {confidence} or when half the seeds or more say otherwise: a "
-              f"verdict these seeds do not settle, which another seed draw or another "
-              f"machine's rounding may well change (a settled one near its threshold on every "
-              f"seed can change too)."
+              f"give them, how many seeds give them on their own, and the thresholds the seed "
+              f"mean lies near), printed when that share is under {confidence}, when half the "
+              f"seeds or more say otherwise, or when the seed mean lies within the one-sided "
+              f"Student-t prediction margin of a threshold for another draw of {seeds} seeds "
+              f"({confidence} for the verdict, shared out over its thresholds): a verdict these "
+              f"seeds do not settle, which another seed draw or another machine's rounding may "
+              f"well change."
               if seeds > 1 else "One seed: no spread measured, so no rank is known to be "
                                 "resolved; run with --seeds=3."), ""]
   lines += markdown_table(*table_rows(board))

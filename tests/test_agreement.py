@@ -29,7 +29,7 @@ def leaderboard(runs: dict, where="cpu, 2 CPUs", clean=None) -> dict:
   clean = clean or [fake_result(CLEAN)] * n
   board = report.leaderboard(clean, [fake_result(COMPROMISED)] * n, runs, THRESHOLDS)
   return json.loads(json.dumps({
-      **board, "checks": report.soundness_checks(board, CRITERIA),
+      **board, "checks": report.soundness_checks(board, CRITERIA, list(range(n))),
       "meta": {"mode": "salmubench", "seeds": list(range(n)), "computed_on": [where],
                "attacks": ["relearn"], "config": CONFIG}}))
 
@@ -75,11 +75,13 @@ def test_the_support_is_the_bootstraps_share_and_marks_what_the_seeds_do_not_set
   assert borderline["failure_modes"] == []
   assert borderline["failure_modes_support"] == round(16 / 27, 4)
   assert not report.settled(borderline, a) and report.settled(row(a, "weak"), a)
-  assert report.verdict_cell(borderline, a) == "none (59%, 1 of 3 seeds)"
+  assert report.verdict_cell(borderline, a) == "none (59%, 1 of 3 seeds, near: ineffective)"
   assert report.verdict_cell(row(a, "weak"), a) == "ineffective forgetting"
   assert [report.percent(x) for x in (0.8998, 0.9, 1.0, 0.5926)] == ["89%", "90%", "100%", "59%"]
   two_seeds = {"per_seed": {"clean": [0, 1]}, "rank_confidence": 0.9}
-  at_confidence = {"failure_modes_support": 0.9, "label": "none", "per_seed_labels": ["none"] * 2}
+  clear = {"ineffective forgetting": {"mean": 0.3, "per_seed": [0.29, 0.31], "needed": 0.05}}
+  at_confidence = {"failure_modes_support": 0.9, "label": "none", "per_seed_labels": ["none"] * 2,
+                   "margins": clear}
   assert report.settled(at_confidence, two_seeds)
   # Half the seeds is not most of them.
   assert not report.settled({**at_confidence, "per_seed_labels": ["none", "collapse"]}, two_seeds)
@@ -101,6 +103,48 @@ DISAGREEING = [fake_result({**COMPROMISED, "1.1_RetFail": r, **{k: h for k in HO
                for r, h in ((0.16, 0.45), (0.05, 0.2), (0.05, 0.45))]
 
 
+def genknow_kept(*kept):
+  """Results that forget well and keep the holdouts, with GenKnow at `kept` of Compromised's
+  accuracy above chance (catastrophic below 0.9)."""
+  chance = 1 / 32
+  return [fake_result({**COMPROMISED, "1.1_RetFail": 0.01, **{k: 0.45 for k in HOLDOUTS},
+                       "2.1_GenKnow": chance + k * (COMPROMISED["2.1_GenKnow"] - chance)})
+          for k in kept]
+
+
+def test_three_seeds_that_agree_just_past_a_threshold_do_not_settle_it():
+  """Task Vector 5x of the README's seeds 0-2: catastrophic on every seed, 100% of the
+  bootstrap, at 0.885-0.897 of GenKnow kept; seeds 3-5 then read 0.89-0.97 and call it
+  otherwise. The seed mean must clear the threshold by the Student-t prediction margin of
+  another draw of as many seeds, at the rank confidence shared out over the thresholds."""
+  board = leaderboard({("near", 5.0): genknow_kept(0.885, 0.897, 0.879),
+                       ("far", 5.0): genknow_kept(0.70, 0.75, 0.72), **RUNS})
+  near, far = row(board, "near"), row(board, "far")
+  for r in (near, far):
+    assert r["failure_modes"] == ["catastrophic damage"] and r["failure_modes_support"] == 1.0
+    assert r["per_seed_labels"] == ["catastrophic damage"] * 3
+  margin = near["margins"]["catastrophic damage"]
+  assert margin["per_seed"] == pytest.approx([-0.015, -0.003, -0.021], abs=1e-9)
+  assert margin["mean"] == pytest.approx(-0.013, abs=1e-9)
+  sd = math.sqrt(((0.002 ** 2) + (0.010 ** 2) + (0.008 ** 2)) / 2)
+  # Four thresholds judged (no attack was run): each at 1 - 0.1 / 4, t(0.975, 2) = 4.3027.
+  assert margin["needed"] == pytest.approx(4.3027 * sd * math.sqrt(2 / 3), rel=1e-3)
+  assert report.near_thresholds(near) == ["catastrophic damage"]
+  # Named in the failure modes' order, however stored (leaderboard.json sorts its keys).
+  margin = lambda mean: {"mean": mean, "per_seed": [], "needed": 0.05}
+  stored = {"margins": {"catastrophic damage": margin(-0.01), "ineffective forgetting": margin(0.02),
+                        "over-generalized forgetting": margin(0.3)}}
+  assert report.near_thresholds(stored) == ["ineffective forgetting", "catastrophic damage"]
+  assert not report.settled(near, board) and report.settled(far, board)
+  assert report.verdict_cell(near, board) == "catastrophic damage (100%, 3 of 3 seeds, near: catastrophic)"
+  assert report.verdict_cell(far, board) == "catastrophic damage"
+  # Another draw that calls it otherwise contradicts no verdict this board claims.
+  other = leaderboard({("near", 5.0): genknow_kept(0.965, 0.886, 0.943),
+                       ("far", 5.0): genknow_kept(0.70, 0.75, 0.72), **RUNS})
+  assert row(other, "near")["failure_modes"] == []
+  assert agreement.compare(board, other)["summary"]["verdicts_contradicted"] == 0
+
+
 def test_a_verdict_most_seeds_contradict_is_not_settled_however_often_the_mean_gives_it():
   a = leaderboard({("disagreeing", 1.0): DISAGREEING, **RUNS})
   disagreeing = row(a, "disagreeing")
@@ -109,10 +153,11 @@ def test_a_verdict_most_seeds_contradict_is_not_settled_however_often_the_mean_g
   assert disagreeing["failure_modes"] == [] and report.seeds_agreeing(disagreeing) == 1
   assert disagreeing["failure_modes_support"] == round(25 / 27, 4)
   assert not report.settled(disagreeing, a)
-  assert report.verdict_cell(disagreeing, a) == "none (92%, 1 of 3 seeds)"
+  assert report.verdict_cell(disagreeing, a) == \
+      "none (92%, 1 of 3 seeds, near: ineffective, over-generalized)"
   # Another run may call it ineffective; what makes that a contradiction is the other run
   # settling "ineffective", not this row's 92%.
-  b = leaderboard({("disagreeing", 1.0): seeds(0.16, 0.17, 0.16), **RUNS})
+  b = leaderboard({("disagreeing", 1.0): seeds(0.22, 0.23, 0.22), **RUNS})
   changed = next(r for r in agreement.compare(a, b)["rows"] if r["method"] == "disagreeing")
   assert changed["failure_modes"] == [[], ["ineffective forgetting"]]
   assert changed["settled"] == [False, True] and changed["contradicted"]
@@ -255,6 +300,7 @@ def test_settings_that_change_neither_results_nor_verdicts_do_not_block():
   b = leaderboard(RUNS)
   b["meta"]["config"]["data"]["loader"]["num_threads"] = 7  # config.RESULT_NEUTRAL.
   b["meta"]["config"]["benchmark"]["seeds"] = 5
+  b["meta"]["config"]["seed"], b["meta"]["seeds"] = 3, [3, 4, 5]  # Another seed set: a check.
   b["rows"].reverse()  # Rows are matched by method and budget.
   assert agreement.compare(leaderboard(RUNS), b)["agree"]
 

@@ -409,7 +409,7 @@ def test_an_attack_the_references_do_not_survive_is_left_unchecked():
 def test_seeds_scored_with_different_attacks_are_refused():
   one = diagnosis.headlines(attacked(CLEAN, 0.001, 0.01, 0.001))
   other = {k: v for k, v in one.items() if not k.startswith("quantize/")}
-  with pytest.raises(ValueError, match="seed 0 and seed 1 differ in quantize/int4/1.1_RetFail"):
+  with pytest.raises(ValueError, match="the 1st and the 2nd seed's differ in quantize/int4/1.1_RetFail"):
     report.summarize([one, other])
   with pytest.raises(ValueError, match="scored differently"):
     report.summarize([other, one])

@@ -365,7 +365,7 @@ def test_leaderboard_means_spreads_ranks_and_diagnoses():
   assert board["reference_scores"]["clean"]["efficacy"] == pytest.approx(1.0)
   assert [r["rank_interval"] for r in board["rows"]] == [[1, 1], [2, 2], [3, 3], [4, 4]]
 
-  checks = {c["name"]: c for c in report.soundness_checks(board, CRITERIA)}
+  checks = {c["name"]: c for c in report.soundness_checks(board, CRITERIA, [0, 1])}
   assert checks["RetFail MRR: Compromised >= 5x Clean"]["passed"]
   assert checks["holdout_identity retrieval MRR: Compromised >= 5x Clean"]["passed"]
   genknow = "GenKnow: |Compromised - Clean| <= 0.1 of their accuracy above chance"
@@ -376,7 +376,7 @@ def test_leaderboard_means_spreads_ranks_and_diagnoses():
   # A Clean that memorized too is caught.
   leaky = report.leaderboard([fake_result(COMPROMISED)], [fake_result(COMPROMISED)],
                              {key: results[:1] for key, results in runs.items()}, THRESHOLDS)
-  failed = [c["name"] for c in report.soundness_checks(leaky, CRITERIA) if not c["passed"]]
+  failed = [c["name"] for c in report.soundness_checks(leaky, CRITERIA, [0]) if not c["passed"]]
   assert "RetFail MRR: Compromised >= 5x Clean" in failed
   assert "InterIdSim: Compromised > Clean" in failed and "every efficacy metric: Compromised > Clean" in failed
   json.dumps(board)  # Serializable as leaderboard.json.
@@ -400,13 +400,16 @@ def test_a_number_that_cannot_be_computed_fails_its_check():
 
 
 def test_each_soundness_check_holds_on_every_seed():
-  # Seed 1's Clean lost general knowledge: the seed mean would hide it, the per-seed check not.
+  # Seed 4's Clean lost general knowledge: the seed mean would hide it, the per-seed check not.
   clean = [fake_result(CLEAN), fake_result({**CLEAN, "2.1_GenKnow": 0.6})]
   board = report.leaderboard(clean, [fake_result(COMPROMISED)] * 2, {}, THRESHOLDS)
-  genknow = {c["name"]: c for c in report.soundness_checks(board, CRITERIA)}[
+  genknow = {c["name"]: c for c in report.soundness_checks(board, CRITERIA, [3, 4])}[
       "GenKnow: |Compromised - Clean| <= 0.1 of their accuracy above chance"]
   assert genknow["per_seed"] == [True, False] and not genknow["passed"]
-  assert genknow["value"].startswith("seed 0: 0.910 vs 0.900") and "seed 1: 0.910 vs 0.600" in genknow["value"]
+  # Named by their training seeds (--config.seed=3 runs seeds 3, 4, ...), not positions.
+  assert genknow["value"].startswith("seed 3: 0.910 vs 0.900") and "seed 4: 0.910 vs 0.600" in genknow["value"]
+  with pytest.raises(ValueError, match="1 seeds named for 2"):
+    report.soundness_checks(board, CRITERIA, [3])
 
 
 def test_seed_bootstrap_is_exact_and_rank_intervals_show_what_seeds_resolve():

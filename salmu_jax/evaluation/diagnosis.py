@@ -4,6 +4,7 @@ Everything here reads result dicts (salmu_jax.evaluation.evaluator's JSON) or th
 `headlines` of them, so that a leaderboard can be rebuilt, and a verdict checked, from
 the JSON files alone (docs/protocol.md §3).
 """
+import math
 
 from salmu_jax.errors import ConfigError
 from salmu_jax.evaluation import metrics, privacy
@@ -221,29 +222,46 @@ def normalize_and_diagnose(values: dict, clean: dict, compromised: dict, thresho
   normalized["privleak"] = privacy_leakage(values, clean)
   normalized["attacks"] = recovered = attack_recovery(values, clean, compromised,
                                                       thresholds.min_attack_gap_fraction)
-  # Each check passes only when its number is at least the threshold, so a number that
-  # cannot be computed (NaN: a degenerate reference) fails it instead of passing silently.
-  passes = lambda value, threshold: bool(value >= threshold)
-  modes = []
-  if not passes(normalized["efficacy"]["1.1_RetFail"], thresholds.ineffective_below):
-    modes.append(INEFFECTIVE)
-  if not all(passes(kept[f"retrieval/{split}"], thresholds.overgeneralized_below)
-             for split in ("holdout_identity", "holdout_association")):
-    modes.append(OVERGENERALIZED)
-  if not passes(kept["2.1_GenKnow"], 1 - thresholds.catastrophic_drop_fraction):
-    modes.append(CATASTROPHIC)
-  if not all(passes(values[key], thresholds.collapse_spread_ratio * min(clean[key], compromised[key]))
-             for key in ("spread/image", "spread/caption")):
-    modes.append(COLLAPSE)
+  margins = criterion_margins(normalized, values, clean, compromised, thresholds)
+  # Each check passes only when its margin is at least 0, so a number that cannot be
+  # computed (NaN: a degenerate reference) fails it instead of passing silently.
+  modes = [mode for mode in FAILURE_MODES[:4] if not margins[mode] >= 0]
   # Forgotten by the behavioural metrics, but an attack brings back more than
   # `superficial_recovery_above` of the gap (a recovery that cannot be computed fails).
   unchecked = {name: attack["unchecked"] for name, attack in recovered.items()
                if "unchecked" in attack}
-  if INEFFECTIVE not in modes and not all(
-      passes(thresholds.superficial_recovery_above, attack["recovery"])
-      for name, attack in recovered.items() if name not in unchecked):
+  if INEFFECTIVE not in modes and SUPERFICIAL in margins and not margins[SUPERFICIAL] >= 0:
     modes.append(SUPERFICIAL)
   label = ", ".join(modes) or "none"
   if unchecked:
     label += f" (unchecked: {', '.join(unchecked)})"
-  return normalized, {"failure_modes": modes, "label": label, "unchecked": unchecked}
+  return normalized, {"failure_modes": modes, "label": label, "unchecked": unchecked,
+                      "margins": margins}
+
+
+def criterion_margins(normalized: dict, values: dict, clean: dict, compromised: dict,
+                      thresholds) -> dict:
+  """{failure mode: how far its number lies on the passing side of its threshold}: the
+  mode is diagnosed when the margin is below 0 or NaN. Superficial forgetting's is left out
+  when no attack was checked. A verdict whose margins are small beside the seeds' spread
+  may come out otherwise on other seeds (report.settled)."""
+  kept = normalized["kept"]
+  margins = {
+      INEFFECTIVE: normalized["efficacy"]["1.1_RetFail"] - thresholds.ineffective_below,
+      OVERGENERALIZED: _least(kept[f"retrieval/{split}"] - thresholds.overgeneralized_below
+                              for split in ("holdout_identity", "holdout_association")),
+      CATASTROPHIC: kept["2.1_GenKnow"] - (1 - thresholds.catastrophic_drop_fraction),
+      COLLAPSE: _least(values[key] - thresholds.collapse_spread_ratio * min(clean[key],
+                                                                            compromised[key])
+                       for key in ("spread/image", "spread/caption"))}
+  recoveries = [attack["recovery"] for attack in normalized["attacks"].values()
+                if "unchecked" not in attack]
+  if recoveries:
+    margins[SUPERFICIAL] = _least(thresholds.superficial_recovery_above - r for r in recoveries)
+  return {mode: float(margin) for mode, margin in margins.items()}
+
+
+def _least(margins) -> float:
+  """The smallest margin, NaN if any is NaN (a check that cannot be computed fails)."""
+  margins = list(margins)
+  return math.nan if any(m != m for m in margins) else min(margins)
