@@ -40,9 +40,14 @@ def check_leaderboard(board, name: str) -> None:
                       f"{', '.join(missing)}); rebuild it by running the benchmark's command on "
                       f"its workdir again")
   meta = board["meta"]
+  checks_valid = lambda checks: isinstance(checks, list) and all(
+      isinstance(c, dict) and isinstance(c.get("name"), str) and "passed" in c for c in checks)
   shapes = {"rows": isinstance(board["rows"], list) and bool(board["rows"]),
-            "checks": isinstance(board["checks"], list) and all(
-                isinstance(c, dict) and "name" in c and "passed" in c for c in board["checks"]),
+            "checks": checks_valid(board["checks"]),
+            "by_design": isinstance(board.get("by_design", {}), dict)
+                         and checks_valid(board.get("by_design", {}).get("checks", [])),
+            "meta.computed_on": isinstance(meta.get("computed_on", []), list)
+                                and all(isinstance(w, str) for w in meta.get("computed_on", [])),
             "rank_confidence": config_lib.finite_number(board["rank_confidence"]),
             "per_seed": isinstance(board["per_seed"], dict)
                         and isinstance(board["per_seed"].get("clean"), list),
@@ -68,6 +73,8 @@ def check_leaderboard(board, name: str) -> None:
              and isinstance(row.get("rank"), int) and isinstance(interval, list)
              and len(interval) == 2 and all(isinstance(v, int) for v in interval)
              and isinstance(row.get("failure_modes"), list)
+             and all(isinstance(mode, str) for mode in row["failure_modes"])
+             and isinstance(row.get("scores", {}), dict)
              and config_lib.finite_number(row.get("failure_modes_support"))
              and 0 <= row["failure_modes_support"] <= 1
              # report.settled reads the row's label against each seed's.
@@ -128,9 +135,13 @@ def check_comparable(a: dict, b: dict, names=("A", "B")) -> None:
 
 
 def _margins_valid(margins) -> bool:
-  return (isinstance(margins, dict) and diagnosis.INEFFECTIVE in margins
-          and all(isinstance(m, dict) and isinstance(m.get("mean"), (int, float))
-                  and isinstance(m.get("needed"), (int, float)) for m in margins.values()))
+  """Every failure mode judged without an attack has a margin; each a finite or NaN mean
+  and a non-negative (or NaN: not measured) needed margin."""
+  number = lambda v: config_lib.finite_number(v) or (isinstance(v, float) and math.isnan(v))
+  return (isinstance(margins, dict) and set(diagnosis.FAILURE_MODES[:4]) <= set(margins)
+          and set(margins) <= set(diagnosis.FAILURE_MODES)
+          and all(isinstance(m, dict) and number(m.get("mean")) and number(m.get("needed"))
+                  and not m["needed"] < 0 for m in margins.values()))
 
 
 def verdict_checks(board: dict) -> list:

@@ -336,8 +336,14 @@ def _require(ok: bool, message: str) -> None:
 
 
 def finite_number(value) -> bool:
-  """An int or float, finite (a bool is not one, though Python says it is)."""
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  """An int or float, finite (a bool is not one, though Python says it is; an int too large
+  for a float is not finite for what reads it)."""
+  if not isinstance(value, (int, float)) or isinstance(value, bool):
+    return False
+  try:
+    return math.isfinite(value)
+  except OverflowError:
+    return False
 
 
 def _count(value) -> bool:

@@ -266,7 +266,8 @@ def judged_modes(mean_margins: dict) -> list:
 
 def near_thresholds(row: dict) -> list:
   """The failure modes whose threshold the row's seed mean lies within the replication
-  margin of (`replication_margins`): another draw of seeds may decide them otherwise."""
+  margin of (`replication_margins`): another draw of seeds may decide them otherwise. One
+  whose margin was not measured (fewer than two seeds with a finite number) counts as near."""
   margins = row["margins"]
   return [mode for mode in judged_modes({mode: m["mean"] for mode, m in margins.items()})
           if not abs(margins[mode]["mean"]) > margins[mode]["needed"]]

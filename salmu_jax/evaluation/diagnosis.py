@@ -247,18 +247,26 @@ def criterion_margins(normalized: dict, values: dict, clean: dict, compromised: 
   may come out otherwise on other seeds (report.settled)."""
   kept = normalized["kept"]
   margins = {
-      INEFFECTIVE: normalized["efficacy"]["1.1_RetFail"] - thresholds.ineffective_below,
-      OVERGENERALIZED: _least(kept[f"retrieval/{split}"] - thresholds.overgeneralized_below
+      INEFFECTIVE: _margin(normalized["efficacy"]["1.1_RetFail"], thresholds.ineffective_below),
+      OVERGENERALIZED: _least(_margin(kept[f"retrieval/{split}"], thresholds.overgeneralized_below)
                               for split in ("holdout_identity", "holdout_association")),
-      CATASTROPHIC: kept["2.1_GenKnow"] - (1 - thresholds.catastrophic_drop_fraction),
-      COLLAPSE: _least(values[key] - thresholds.collapse_spread_ratio * min(clean[key],
-                                                                            compromised[key])
+      CATASTROPHIC: _margin(kept["2.1_GenKnow"], 1 - thresholds.catastrophic_drop_fraction),
+      COLLAPSE: _least(_margin(values[key], thresholds.collapse_spread_ratio
+                               * min(clean[key], compromised[key]))
                        for key in ("spread/image", "spread/caption"))}
   recoveries = [attack["recovery"] for attack in normalized["attacks"].values()
                 if "unchecked" not in attack]
   if recoveries:
-    margins[SUPERFICIAL] = _least(thresholds.superficial_recovery_above - r for r in recoveries)
+    margins[SUPERFICIAL] = _least(_margin(thresholds.superficial_recovery_above, r)
+                                  for r in recoveries)
   return {mode: float(margin) for mode, margin in margins.items()}
+
+
+def _margin(value, threshold) -> float:
+  """value - threshold, whose sign is the check `value >= threshold` (NaN: fails), also
+  where both are the same infinity (0: passes)."""
+  difference = value - threshold
+  return 0.0 if difference != difference and value >= threshold else difference
 
 
 def _least(margins) -> float:
