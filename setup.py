@@ -18,7 +18,7 @@ setup(
         "importlib_resources",  # tfds needs it for builders defined in a package (etils[epath]).
         "etils[epath]",
         "numpy>=1.26",
-        "scipy>=1.11",  # Student-t quantiles of the replication margins (report.py); jax needs it too.
+        "scipy>=1.11",  # The Student-t quantile of the replication margins (report.py); jax needs it too.
         "absl-py>=2.1",
         "ml-collections>=1.0",
         "tokenizers>=0.20",
