@@ -135,30 +135,48 @@ def seed_resamples(n: int) -> list:
           for _ in range(MONTE_CARLO_RESAMPLES)]
 
 
-def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds,
-                   confidence: float) -> tuple:
+def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confidence: float,
+                   undecided=None) -> tuple:
   """What these seeds settle, from the seed means of every bootstrap resample:
   ({row key: (low, high)}, the central `confidence` share of each row's rank: two rows
   whose intervals overlap are not told apart; {row key: {failure modes (frozenset):
-  probability}}: how often each verdict comes out)."""
-  ranks = {key: [] for key in runs}
+  probability}}: how often each verdict comes out).
+
+  undecided: {row key: failure modes (`undecided_modes`)} that another draw of seeds may
+  decide either way, which the resamples of a few seeds under-read. Rows are ranked by their
+  number of failure modes first, so in each resample a row's low end is its rank without its
+  undecided modes against every other row with all of theirs, and its high end the reverse:
+  two intervals that do not overlap then keep their order however those verdicts come out."""
+  undecided = undecided or {}
+  best, worst = {key: [] for key in runs}, {key: [] for key in runs}
   verdicts = {key: {} for key in runs}
   for weights, probability in seed_resamples(len(clean)):
     clean_mean, compromised_mean = (_weighted_mean(r, weights) for r in (clean, compromised))
     judged = {key: _judge(_weighted_mean(results, weights), clean_mean, compromised_mean,
                           thresholds) for key, results in runs.items()}
-    for rank, key in enumerate(_rank_order(judged), 1):
-      ranks[key].append((rank, probability))
-      modes = frozenset(judged[key][1]["failure_modes"])
+    fewest, most, ties = {}, {}, {}
+    for key, (_, diagnosis, row_scores) in judged.items():
+      modes = frozenset(diagnosis["failure_modes"])
       verdicts[key][modes] = verdicts[key].get(modes, 0.0) + probability
-  intervals = {}
-  for key, draws in ranks.items():
-    values = np.array(sorted(draws))
-    cumulative = np.cumsum(values[:, 1]) / values[:, 1].sum()
-    low = values[np.searchsorted(cumulative, (1 - confidence) / 2 - 1e-12), 0]
-    high = values[np.searchsorted(cumulative, (1 + confidence) / 2 - 1e-12), 0]
-    intervals[key] = (int(low), int(high))
+      maybe = frozenset(undecided.get(key, ()))
+      fewest[key], most[key] = len(modes - maybe), len(modes | maybe)
+      # _rank_order's key after the count.
+      ties[key] = (bool(diagnosis["unchecked"]), -row_scores["balanced"], key[0], key[1])
+    for key in runs:
+      above = lambda count, this: sum((count[o], ties[o]) < (this, ties[key])
+                                      for o in runs if o != key)
+      best[key].append((1 + above(most, fewest[key]), probability))
+      worst[key].append((1 + above(fewest, most[key]), probability))
+  intervals = {key: (_quantile(best[key], (1 - confidence) / 2),
+                     _quantile(worst[key], (1 + confidence) / 2)) for key in runs}
   return intervals, verdicts
+
+
+def _quantile(draws: list, share: float) -> int:
+  """The smallest rank at or below which `share` of the (rank, probability) draws lie."""
+  values = np.array(sorted(draws))
+  cumulative = np.cumsum(values[:, 1]) / values[:, 1].sum()
+  return int(values[np.searchsorted(cumulative, share - 1e-12), 0])
 
 
 def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
@@ -168,8 +186,8 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
 
   Normalization and diagnosis use seed means (references of the same seeds). Rows are
   ordered by the number of failure modes, then by the balanced score; each carries the
-  rank interval of the seed bootstrap and how often the bootstrap gives its failure modes
-  (`seed_bootstrap`).
+  rank interval of the seed bootstrap, widened by the verdicts another draw of seeds may
+  decide otherwise, and how often the bootstrap gives its failure modes (`seed_bootstrap`).
   """
   if not clean:
     raise ValueError("a leaderboard needs the references' results of at least one seed")
@@ -203,8 +221,10 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
                                                 [d["margins"] for d in per_seed], confidence),
                  "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]]),
                  "attack_seconds": attack_seconds(runs[key])}
+  # One seed tells no rows apart (has_spread) and measures no margin: nothing to widen.
+  undecided = {key: undecided_modes(row) for key, row in rows.items()} if len(clean) > 1 else {}
   intervals, verdicts = seed_bootstrap(clean_flat, compromised_flat, runs_flat, thresholds,
-                                       confidence)
+                                       confidence, undecided)
   ordered = []
   for rank, key in enumerate(_rank_order(judged), 1):
     rows[key]["rank"], rows[key]["rank_interval"] = rank, list(intervals[key])
@@ -272,6 +292,16 @@ def near_thresholds(row: dict) -> list:
   margins = row["margins"]
   return [mode for mode in judged_modes({mode: m["mean"] for mode, m in margins.items()})
           if not abs(margins[mode]["mean"]) > margins[mode]["needed"]]
+
+
+def undecided_modes(row: dict) -> frozenset:
+  """The failure modes another draw of seeds may give the row or not: those near their
+  threshold (`near_thresholds`), and superficial forgetting too when ineffective forgetting
+  is near (it is judged only on a row that is not ineffective)."""
+  near = set(near_thresholds(row))
+  if diagnosis_lib.INEFFECTIVE in near and diagnosis_lib.SUPERFICIAL in row["margins"]:
+    near.add(diagnosis_lib.SUPERFICIAL)
+  return frozenset(near)
 
 
 def attack_seconds(results: list) -> dict:
@@ -536,7 +566,9 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
            "Compromised), each clipped to [0, 1]; balanced = their harmonic mean. Ranked by the "
            "number of failure modes, then balanced (docs/protocol.md §5). "
            + (f"Rank (low-high): the central {confidence} of the rank over a bootstrap of the "
-              f"{seeds} seeds; rows whose intervals overlap are not told apart by these seeds. "
+              f"{seeds} seeds, each row's low end without the failure modes it lies near and "
+              f"its high end with them (another draw of seeds may decide those either way); "
+              f"rows whose intervals overlap are not told apart by these seeds. "
               f"A mark after the failure modes (the share of the bootstrap's seed means that "
               f"give them, how many seeds give them on their own, and the thresholds the seed "
               f"mean lies near), printed when that share is under {confidence}, when half the "
@@ -767,7 +799,8 @@ budgets {esc(', '.join(f'{b:g}x' for b in meta['budgets']))}; {esc(versions)}.
 <h2>Leaderboard</h2>
 <p>Ranked by the number of failure modes, then by the harmonic mean of efficacy and utility
 (docs/protocol.md §5); rank (low-high) is the central {board['rank_confidence']:.0%} over a
-bootstrap of the seeds. Failure modes: {esc(', '.join(diagnosis_lib.FAILURE_MODES))}.</p>
+bootstrap of the seeds, the low end without the failure modes a row lies near and the high end
+with them. Failure modes: {esc(', '.join(diagnosis_lib.FAILURE_MODES))}.</p>
 {table}
 <h2>What the models still tell apart</h2>
 <p>Own-caption retrieval MRR per split and the spread of images and captions (1 - mean cosine

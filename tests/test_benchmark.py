@@ -433,6 +433,33 @@ def test_seed_bootstrap_is_exact_and_rank_intervals_show_what_seeds_resolve():
   assert "| 1 (1-2) |" in table and "| 3 | far |" in table
 
 
+def test_an_order_that_rests_on_an_unsettled_verdict_is_not_told_apart():
+  """Rows rank by their number of failure modes first: an order decided by a verdict near its
+  threshold is claimed only if it holds however that verdict comes out (seeds 3-5 and 9-11
+  reversed two such orders, benchmarks/RESULTS.md)."""
+  row = lambda retfail, image_spreads: [fake_result({**COMPROMISED, "1.1_RetFail": retfail,
+                                                     **{k: 0.45 for k in HOLDOUTS},
+                                                     "spread/image": s}) for s in image_spreads]
+  # Collapse below 0.35 (half the references' 0.7): "wobbly" lies above it on every seed and
+  # in every resample, but by 0.01 on two seeds of three.
+  runs = {("wobbly", 1.0): row(0.001, (0.36, 0.36, 0.60)), ("steady", 1.0): row(0.01, (0.7,) * 3),
+          ("collapsed", 1.0): row(0.02, (0.1,) * 3)}
+  board = report.leaderboard([fake_result(CLEAN)] * 3, [fake_result(COMPROMISED)] * 3, runs,
+                             THRESHOLDS, confidence=0.9)
+  rows = {r["method"]: r for r in board["rows"]}
+  assert [r["method"] for r in board["rows"]] == ["wobbly", "steady", "collapsed"]
+  assert rows["wobbly"]["failure_modes_support"] == 1.0  # The bootstrap alone reads it settled,
+  assert report.undecided_modes(rows["wobbly"]) == {diagnosis.COLLAPSE}  # the margin does not:
+  assert rows["wobbly"]["rank_interval"] == rows["steady"]["rank_interval"] == [1, 2]
+  assert rows["collapsed"]["rank_interval"] == [3, 3]  # Below either, however wobbly's comes out.
+  assert not report.settled(rows["wobbly"], board) and report.settled(rows["steady"], board)
+  # Without the widening the seed bootstrap would tell wobbly and steady apart.
+  intervals, _ = report.seed_bootstrap(board["per_seed"]["clean"], board["per_seed"]["compromised"],
+                                       {k: [diagnosis.headlines(r) for r in v] for k, v in runs.items()},
+                                       THRESHOLDS, 0.9)
+  assert intervals[("wobbly", 1.0)] == (1, 1) and intervals[("steady", 1.0)] == (2, 2)
+
+
 def test_the_device_line_names_the_processor_and_cpus_on_cpu_only():
   cpu = {"device": "cpu", "num_devices": 1, "host_cpus": 2, "cpu": "AMD EPYC, avx512f"}
   assert report.device_line(cpu) == "cpu, 2 CPUs (AMD EPYC, avx512f)"
