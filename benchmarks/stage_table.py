@@ -8,8 +8,8 @@ training, the references' scoring, the unlearning runs and their scoring, and th
 models of unlearning by design; each cell is wall seconds (compile seconds in brackets,
 the tracing, lowering and XLA compiling done while the stage ran); `count` is the number
 of stages in the group (the distinct numbers, a/b, where the runs differ). A reused stage
-counts with the seconds of the invocation that ran it (`ran_seconds`); a `kept` one (a
-stage of an earlier command that this one did not list) does not count.
+counts with the seconds of the invocation that ran it (`ran_seconds`, `ran_compile_seconds`);
+a `kept` one (a stage of an earlier command that this one did not list) does not count.
 """
 import argparse
 import json
@@ -52,7 +52,7 @@ def grouped(stages) -> dict:
     for key in (label, "total"):
       table[key][0] += 1
       table[key][1] += seconds
-      table[key][2] += stage.get("compile_seconds") or 0.0
+      table[key][2] += stage.get("ran_compile_seconds", stage.get("compile_seconds")) or 0.0
   return table
 
 

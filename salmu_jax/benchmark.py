@@ -662,7 +662,9 @@ class Benchmark:
     # `kept`, so that a later command that lists them again still finds their cost.
     log_path = os.path.join(self.output_dir, "stages.json")
     earlier_log = io_utils.read_json(log_path) if os.path.exists(log_path) else []
-    earlier = {s["stage"]: s.get("ran_seconds", s["seconds"]) for s in earlier_log}
+    earlier = {s["stage"]: (s.get("ran_seconds", s["seconds"]),
+                            s.get("ran_compile_seconds", s.get("compile_seconds")))
+               for s in earlier_log}
     listed = {stage.name for stage in stages}
     self.kept_stages_log = [{**s, "status": "kept"} for s in earlier_log
                             if s["stage"] not in listed]
@@ -680,10 +682,10 @@ class Benchmark:
           reused, seconds = False, self._ran_inline.pop(stage.name)
           self.stages_log[-1]["seconds"] = self.stages_log[-1]["ran_seconds"] = round(
               self.stages_log[-1]["seconds"] - seconds, 2)
+        ran = earlier.get(stage.name, (None, None)) if reused else (seconds, compile_seconds)
         self.stages_log.append({"stage": stage.name, "status": "reused" if reused else "ran",
-                                "seconds": seconds,
-                                "ran_seconds": earlier.get(stage.name) if reused else seconds,
-                                "compile_seconds": compile_seconds})
+                                "seconds": seconds, "ran_seconds": ran[0],
+                                "compile_seconds": compile_seconds, "ran_compile_seconds": ran[1]})
         io_utils.write_json_atomic(log_path, self.stages_log + self.kept_stages_log)
         bar.update(1)
     return self.write_reports(time.perf_counter() - start)

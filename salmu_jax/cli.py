@@ -7,6 +7,9 @@ from; 3 a check the stage exists for failed, after every output (salmu_jax.bench
 soundness check; salmu_jax.compare: two leaderboards' verdicts contradict each other).
 """
 import errno
+import importlib.metadata
+import importlib.util
+import os
 import signal
 import sys
 
@@ -18,13 +21,34 @@ from salmu_jax.errors import Preempted, SalmuError
 USER_ERROR_EXIT_CODE = 2
 CHECK_FAILED_EXIT_CODE = 3
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # What a shell reports for a SIGTERM'd program.
+# XLA:CPU's LLVM optimization level: 1 instead of the default 2 compiled one cold seed of the
+# tiny benchmark in 54 s instead of 64 s (6 min 8 s against 6 min 34 s in all), with the same
+# bits in every result file and a train step as fast (benchmarks/RESULTS.md, thirteenth session).
+CPU_COMPILER_FLAGS = {"--xla_backend_optimization_level": "1"}
+
+
+def use_cpu_compiler_flags() -> None:
+  """Adds CPU_COMPILER_FLAGS to XLA_FLAGS, which XLA reads when it first compiles, where the
+  user has not set them and jax can only run on the CPU (an accelerator's compiler reads
+  the same flag). Results record XLA_FLAGS (training.runtime.cpu_meta)."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  accelerator = (importlib.metadata.entry_points(group="jax_plugins")
+                 or importlib.util.find_spec("jax_plugins") or importlib.util.find_spec("libtpu"))
+  if platforms != "cpu" and (platforms or accelerator):
+    return
+  current = os.environ.get("XLA_FLAGS", "")
+  given = {item.split("=", 1)[0] for item in current.split()}
+  extra = [f"{flag}={value}" for flag, value in CPU_COMPILER_FLAGS.items() if flag not in given]
+  if extra:
+    os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
 
 
 def run(body) -> None:
-  """Runs a stage's `body()` the way every stage runs: libraries' logs at WARNING, the
-  multi-process runtime started when the distributed flags ask for it, and the errors
-  above as one line and an exit code."""
+  """Runs a stage's `body()` the way every stage runs: libraries' logs at WARNING, the CPU
+  compiler's flags, the multi-process runtime started when the distributed flags ask for
+  it, and the errors above as one line and an exit code."""
   logging.set_verbosity(logging.WARNING)  # tfds and orbax log every file they touch.
+  use_cpu_compiler_flags()
   try:
     if "distributed" in flags.FLAGS:
       distributed.initialize_from_flags()

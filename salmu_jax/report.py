@@ -6,6 +6,7 @@ those dicts, so a leaderboard can be rebuilt from the JSON files alone.
 """
 import base64
 import datetime
+import functools
 import html
 import io
 import itertools
@@ -144,9 +145,12 @@ def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confi
 
   undecided: {row key: failure modes (`undecided_modes`)} that another draw of seeds may
   decide either way, which the resamples of a few seeds under-read. Rows are ranked by their
-  number of failure modes first, so in each resample a row's low end is its rank without its
-  undecided modes against every other row with all of theirs, and its high end the reverse:
-  two intervals that do not overlap then keep their order however those verdicts come out."""
+  number of failure modes first, so in each resample a row's low end is its rank with the
+  fewest failure modes its undecided ones allow against every other row with the most
+  theirs allow, and its high end the reverse: in that resample, a row whose high end lies
+  above another's low end stays above it however those verdicts come out. Not covered:
+  whether an attack can be checked at all (the references' gap kept under it, and a
+  relearned copy that diverges), which decides superficial forgetting and `unchecked`."""
   undecided = undecided or {}
   best, worst = {key: [] for key in runs}, {key: [] for key in runs}
   verdicts = {key: {} for key in runs}
@@ -158,8 +162,7 @@ def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confi
     for key, (_, diagnosis, row_scores) in judged.items():
       modes = frozenset(diagnosis["failure_modes"])
       verdicts[key][modes] = verdicts[key].get(modes, 0.0) + probability
-      maybe = frozenset(undecided.get(key, ()))
-      fewest[key], most[key] = len(modes - maybe), len(modes | maybe)
+      fewest[key], most[key] = _count_range(modes, frozenset(undecided.get(key, ())))
       # _rank_order's key after the count.
       ties[key] = (bool(diagnosis["unchecked"]), -row_scores["balanced"], key[0], key[1])
     for key in runs:
@@ -170,6 +173,21 @@ def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confi
   intervals = {key: (_quantile(best[key], (1 - confidence) / 2),
                      _quantile(worst[key], (1 + confidence) / 2)) for key in runs}
   return intervals, verdicts
+
+
+@functools.lru_cache(maxsize=None)
+def _count_range(modes: frozenset, undecided: frozenset) -> tuple:
+  """(fewest, most) failure modes a row with these can have when each undecided one may
+  come out either way. Superficial forgetting is judged only on a row that is not
+  ineffective, so no outcome counts both."""
+  counts = []
+  for size in range(len(undecided) + 1):
+    for chosen in itertools.combinations(sorted(undecided), size):
+      outcome = set(modes - undecided) | set(chosen)
+      if diagnosis_lib.INEFFECTIVE in outcome:
+        outcome.discard(diagnosis_lib.SUPERFICIAL)
+      counts.append(len(outcome))
+  return min(counts), max(counts)
 
 
 def _quantile(draws: list, share: float) -> int:
@@ -227,7 +245,10 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
                                        confidence, undecided)
   ordered = []
   for rank, key in enumerate(_rank_order(judged), 1):
-    rows[key]["rank"], rows[key]["rank_interval"] = rank, list(intervals[key])
+    # The seed mean's own rank lies inside (from 5 seeds on, the resample that takes each
+    # seed once can fall outside the central share).
+    low, high = intervals[key]
+    rows[key]["rank"], rows[key]["rank_interval"] = rank, [min(low, rank), max(high, rank)]
     # The share of resamples whose seed mean gives this row's failure modes. Below
     # `confidence` another seed draw, or another machine's rounding, may well change them.
     total = sum(verdicts[key].values())
@@ -566,8 +587,9 @@ def markdown(board: dict, checks: list, meta: dict) -> str:
            "Compromised), each clipped to [0, 1]; balanced = their harmonic mean. Ranked by the "
            "number of failure modes, then balanced (docs/protocol.md §5). "
            + (f"Rank (low-high): the central {confidence} of the rank over a bootstrap of the "
-              f"{seeds} seeds, each row's low end without the failure modes it lies near and "
-              f"its high end with them (another draw of seeds may decide those either way); "
+              f"{seeds} seeds, each row's low end taken without the failure modes it lies "
+              f"near and every other row with theirs, its high end the reverse (another draw of "
+              f"seeds may decide those either way); "
               f"rows whose intervals overlap are not told apart by these seeds. "
               f"A mark after the failure modes (the share of the bootstrap's seed means that "
               f"give them, how many seeds give them on their own, and the thresholds the seed "
@@ -799,8 +821,8 @@ budgets {esc(', '.join(f'{b:g}x' for b in meta['budgets']))}; {esc(versions)}.
 <h2>Leaderboard</h2>
 <p>Ranked by the number of failure modes, then by the harmonic mean of efficacy and utility
 (docs/protocol.md §5); rank (low-high) is the central {board['rank_confidence']:.0%} over a
-bootstrap of the seeds, the low end without the failure modes a row lies near and the high end
-with them. Failure modes: {esc(', '.join(diagnosis_lib.FAILURE_MODES))}.</p>
+bootstrap of the seeds, the low end taken without the failure modes a row lies near and every
+other row with theirs, the high end the reverse. Failure modes: {esc(', '.join(diagnosis_lib.FAILURE_MODES))}.</p>
 {table}
 <h2>What the models still tell apart</h2>
 <p>Own-caption retrieval MRR per split and the spread of images and captions (1 - mean cosine

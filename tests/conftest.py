@@ -10,6 +10,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 # slows by ~15%; its steady-state gain needs long runs. tests/test_host_memory.py sets
 # its own. Before anything imports salmu_jax; SALMU_JAX_SYSTEM_MALLOC=0 tests with it.
 os.environ.setdefault("SALMU_JAX_SYSTEM_MALLOC", "1")
+# The CPU compiler's flags of every command-line stage (salmu_jax/cli.py): the suite is
+# mostly compiling, and its in-process stages should compile as the commands do.
+from salmu_jax import cli  # noqa: E402
+
+cli.use_cpu_compiler_flags()
 # Many tests compile the same micro programs (one step per method, the encoders) in new
 # closures, new Unlearners or subprocesses: one persistent compilation cache for the
 # session, every program in it, read by the subprocesses too (they inherit the

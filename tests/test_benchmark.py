@@ -126,6 +126,7 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   assert all(m in page for m in METHODS) and "Is the benchmark sound?" in page
 
   # The CLI on the finished directory: every stage reused, the reports rewritten.
+  before_rebuild = {s["stage"]: s for s in io_utils.read_json(workdir / "stages.json")}
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   done = subprocess.run(
       [sys.executable, "-m", "salmu_jax.benchmark", f"--config={config_path('micro')}",
@@ -149,6 +150,9 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   assert {s["status"] for s in rerun} == {"reused"}
   # The cost of each stage survives the rebuild: the kill run's or the resumed run's.
   assert all(s["ran_seconds"] > 0 for s in rerun if "ssd" in s["stage"] or "clean" in s["stage"])
+  assert [s["ran_compile_seconds"] for s in rerun] == [
+      before_rebuild[s["stage"]]["ran_compile_seconds"] for s in rerun]
+  assert any(s["ran_compile_seconds"] > 0 for s in rerun)
 
   # Another recipe in the same directory would silently reuse these stages: refused.
   micro_config.unlearn.learning_rate = 0.5
@@ -458,6 +462,12 @@ def test_an_order_that_rests_on_an_unsettled_verdict_is_not_told_apart():
                                        {k: [diagnosis.headlines(r) for r in v] for k, v in runs.items()},
                                        THRESHOLDS, 0.9)
   assert intervals[("wobbly", 1.0)] == (1, 1) and intervals[("steady", 1.0)] == (2, 2)
+  # Superficial forgetting is judged only on a row that is not ineffective: a row near
+  # ineffective has one of the two at most, never both.
+  ineffective, superficial = diagnosis.INEFFECTIVE, diagnosis.SUPERFICIAL
+  assert report._count_range(frozenset({ineffective}), frozenset({ineffective, superficial})) == (0, 1)
+  assert report._count_range(frozenset({superficial, diagnosis.COLLAPSE}),
+                             frozenset({ineffective, superficial})) == (1, 2)
 
 
 def test_the_device_line_names_the_processor_and_cpus_on_cpu_only():

@@ -152,7 +152,7 @@ def test_stage_table_groups_every_stage_and_names_a_stray_one(tmp_path):
   stages = [{"stage": "build SALMU-synth", "seconds": 20.0, "compile_seconds": 0.0},
             {"stage": "seed 0: train compromised", "seconds": 100.0, "compile_seconds": 10.0},
             {"stage": "seed 1: train compromised", "seconds": 3.0, "ran_seconds": 90.0,
-             "status": "reused", "compile_seconds": 0.0},
+             "status": "reused", "compile_seconds": 0.0, "ran_compile_seconds": 8.0},
             {"stage": "seed 0: npo 1x unlearn", "seconds": 5.0, "compile_seconds": 4.0},
             {"stage": "seed 0: npo 1x evaluate", "seconds": 2.0, "compile_seconds": 0.0},
             # An earlier command's stage that this one did not list: not this run's cost.
@@ -164,10 +164,10 @@ def test_stage_table_groups_every_stage_and_names_a_stray_one(tmp_path):
   result = run_script("stage_table.py", f"a={tmp_path / 'run'}", f"b={tmp_path / 'other.json'}")
   assert result.returncode == 0, result.stderr
   rows = {line.split(" | ")[0].strip("| "): line for line in result.stdout.splitlines()}
-  assert rows["train Compromised"].endswith("| 1/2 | 190 (10) | 100 (10) |")  # ran_seconds.
+  assert rows["train Compromised"].endswith("| 1/2 | 190 (18) | 100 (10) |")  # ran_seconds.
   assert rows["unlearn (every method and budget)"].endswith("| 0/1 | 5 (4) | - |")
   assert rows["train Compromised-memory, Clean-memory"].endswith("| 0 | - | - |")
-  assert rows["total"].endswith("| 2/5 | 217 (14) | 120 (10) |")
+  assert rows["total"].endswith("| 2/5 | 217 (22) | 120 (10) |")
   (tmp_path / "stray.json").write_text(json.dumps([{"stage": "seed 0: lunch", "seconds": 1}]))
   stray = run_script("stage_table.py", f"a={tmp_path / 'stray.json'}")
   assert stray.returncode != 0 and "'seed 0: lunch' belongs to no group" in stray.stderr

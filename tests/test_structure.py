@@ -100,3 +100,25 @@ def test_every_stage_reports_a_full_disk_in_one_line(capsys):
   assert capsys.readouterr().err == (
       "error: No space left on device: /runs/tiny/metrics.jsonl; free some space and run the "
       "same command again: finished work is kept\n")
+
+
+def test_the_cpu_compiler_flags_are_added_only_where_nobody_chose_otherwise(monkeypatch):
+  """cli.use_cpu_compiler_flags: every stage's XLA:CPU optimization level, not a user's or
+  an accelerator's."""
+  from salmu_jax import cli
+
+  def flags_after(xla_flags, platforms=None):
+    monkeypatch.setenv("XLA_FLAGS", xla_flags)
+    if platforms is None:
+      monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    else:
+      monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    cli.use_cpu_compiler_flags()
+    return os.environ["XLA_FLAGS"]
+  assert flags_after("") == "--xla_backend_optimization_level=1"  # No accelerator installed.
+  assert flags_after("--xla_force_host_platform_device_count=8", "cpu") == (
+      "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1")
+  assert flags_after("--xla_backend_optimization_level=2") == "--xla_backend_optimization_level=2"
+  assert flags_after("", "cuda") == "" and flags_after("", "cpu,cuda") == ""
+  monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: name == "libtpu")
+  assert flags_after("") == ""  # A TPU runtime is installed: its compiler reads the flag too.
