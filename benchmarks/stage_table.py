@@ -8,8 +8,11 @@ training, the references' scoring, the unlearning runs and their scoring, and th
 models of unlearning by design; each cell is wall seconds (compile seconds in brackets,
 the tracing, lowering and XLA compiling done while the stage ran); `count` is the number
 of stages in the group (the distinct numbers, a/b, where the runs differ). A reused stage
-counts with the seconds of the invocation that ran it (`ran_seconds`, `ran_compile_seconds`);
-a `kept` one (a stage of an earlier command that this one did not list) does not count.
+counts with the seconds of the invocation that ran it (`ran_seconds`, `ran_compile_seconds`;
+compile seconds "?" where older code reused it and kept only its wall seconds); a `kept` one
+(a stage of an earlier command that this one did not list) does not count. An unlearned
+model scored inside its unlearning stage moves its wall seconds to the scoring's row, and
+its compile seconds stay in the unlearning's.
 """
 import argparse
 import json
@@ -39,7 +42,9 @@ def read_stages(path: str) -> list:
 
 
 def grouped(stages) -> dict:
-  """{group label: [count, wall seconds, compile seconds]}, and the total under "total"."""
+  """{group label: [count, wall seconds, compile seconds]}, and the total under "total";
+  compile seconds None where a stage's are unknown (reused by older code, which kept only
+  its wall seconds)."""
   table = {label: [0, 0.0, 0.0] for label, _ in GROUPS} | {"total": [0, 0.0, 0.0]}
   for stage in stages:
     if stage.get("status") == "kept":
@@ -52,7 +57,10 @@ def grouped(stages) -> dict:
     for key in (label, "total"):
       table[key][0] += 1
       table[key][1] += seconds
-      table[key][2] += stage.get("ran_compile_seconds", stage.get("compile_seconds")) or 0.0
+      compiled = stage.get("ran_compile_seconds", stage.get("compile_seconds")
+                           if stage.get("status", "ran") == "ran" else None)
+      table[key][2] = None if compiled is None or table[key][2] is None else (
+          table[key][2] + compiled)
   return table
 
 
@@ -68,7 +76,8 @@ def main():
     runs[name] = grouped(read_stages(path))
   rows = []
   for label in [label for label, _ in GROUPS] + ["total"]:
-    cells = [f"{t[label][1]:.0f} ({t[label][2]:.0f})" if t[label][0] else "-"
+    compile_cell = lambda seconds: "?" if seconds is None else f"{seconds:.0f}"
+    cells = [f"{t[label][1]:.0f} ({compile_cell(t[label][2])})" if t[label][0] else "-"
              for t in runs.values()]
     counts = {t[label][0] for t in runs.values()}
     rows.append([label, "/".join(str(c) for c in sorted(counts))] + cells)

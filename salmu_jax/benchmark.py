@@ -662,8 +662,11 @@ class Benchmark:
     # `kept`, so that a later command that lists them again still finds their cost.
     log_path = os.path.join(self.output_dir, "stages.json")
     earlier_log = io_utils.read_json(log_path) if os.path.exists(log_path) else []
-    earlier = {s["stage"]: (s.get("ran_seconds", s["seconds"]),
-                            s.get("ran_compile_seconds", s.get("compile_seconds")))
+    # (A record of older code has no ran_compile_seconds: its compile seconds are the ran
+    # ones only where it ran the stage; unknown where it reused it.)
+    earlier = {s["stage"]: (s.get("ran_seconds", s["seconds"]), s.get(
+                   "ran_compile_seconds",
+                   s.get("compile_seconds") if s.get("status", "ran") == "ran" else None))
                for s in earlier_log}
     listed = {stage.name for stage in stages}
     self.kept_stages_log = [{**s, "status": "kept"} for s in earlier_log

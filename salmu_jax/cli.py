@@ -14,6 +14,7 @@ import signal
 import sys
 
 from absl import flags, logging
+from jax._src import xla_bridge  # backends_are_initialized: no public equivalent.
 
 from salmu_jax import distributed
 from salmu_jax.errors import Preempted, SalmuError
@@ -28,19 +29,30 @@ CPU_COMPILER_FLAGS = {"--xla_backend_optimization_level": "1"}
 
 
 def use_cpu_compiler_flags() -> None:
-  """Adds CPU_COMPILER_FLAGS to XLA_FLAGS, which XLA reads when it first compiles, where the
-  user has not set them and jax can only run on the CPU (an accelerator's compiler reads
-  the same flag). Results record XLA_FLAGS (training.runtime.cpu_meta)."""
-  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
-  accelerator = (importlib.metadata.entry_points(group="jax_plugins")
-                 or importlib.util.find_spec("jax_plugins") or importlib.util.find_spec("libtpu"))
-  if platforms != "cpu" and (platforms or accelerator):
+  """Adds CPU_COMPILER_FLAGS to XLA_FLAGS where the user has not set them and jax can only
+  run on the CPU (an accelerator's compiler reads the same flag). XLA reads XLA_FLAGS when
+  jax initializes its backend; after that, a flag set here would be recorded in results
+  (training.runtime.cpu_meta) and in the compilation cache's keys without applying, so
+  nothing is set then."""
+  if not _cpu_only() or xla_bridge.backends_are_initialized():
     return
   current = os.environ.get("XLA_FLAGS", "")
   given = {item.split("=", 1)[0] for item in current.split()}
   extra = [f"{flag}={value}" for flag, value in CPU_COMPILER_FLAGS.items() if flag not in given]
   if extra:
     os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+
+
+def _cpu_only() -> bool:
+  """JAX_PLATFORMS names the CPU alone, or no accelerator runtime is installed: a jax plugin
+  (entry point or `jax_plugins` package), libtpu, or a PJRT library named in the environment."""
+  platforms = {p.strip().lower() for p in os.environ.get("JAX_PLATFORMS", "").split(",")}
+  if platforms - {""} == {"cpu"}:
+    return True
+  return not (importlib.metadata.entry_points(group="jax_plugins")
+              or importlib.util.find_spec("jax_plugins") or importlib.util.find_spec("libtpu")
+              or os.environ.get("TPU_LIBRARY_PATH")
+              or os.environ.get("PJRT_NAMES_AND_LIBRARY_PATHS"))
 
 
 def run(body) -> None:

@@ -10,11 +10,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 # slows by ~15%; its steady-state gain needs long runs. tests/test_host_memory.py sets
 # its own. Before anything imports salmu_jax; SALMU_JAX_SYSTEM_MALLOC=0 tests with it.
 os.environ.setdefault("SALMU_JAX_SYSTEM_MALLOC", "1")
-# The CPU compiler's flags of every command-line stage (salmu_jax/cli.py): the suite is
-# mostly compiling, and its in-process stages should compile as the commands do.
-from salmu_jax import cli  # noqa: E402
-
-cli.use_cpu_compiler_flags()
 # Many tests compile the same micro programs (one step per method, the encoders) in new
 # closures, new Unlearners or subprocesses: one persistent compilation cache for the
 # session, every program in it, read by the subprocesses too (they inherit the
@@ -27,8 +22,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+# The CPU compiler's flags of every command-line stage (salmu_jax/cli.py): the suite is
+# mostly compiling, and its in-process stages should compile as the commands do. After the
+# cache's settings: importing salmu_jax imports jax, which reads them once.
+from salmu_jax import cli  # noqa: E402
 
+cli.use_cpu_compiler_flags()
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"], (
+    "jax was imported before tests/conftest.py set its compilation cache")
 
 from salmu_jax import config as config_lib  # noqa: E402
 from salmu_jax.data import builder  # noqa: E402

@@ -160,6 +160,9 @@ def test_stage_table_groups_every_stage_and_names_a_stray_one(tmp_path):
              "status": "kept", "compile_seconds": 5.0}]
   (tmp_path / "run").mkdir()
   (tmp_path / "run" / "stages.json").write_text(json.dumps(stages))
+  # Reused by older code: its wall seconds kept, its compile seconds not.
+  older = [dict(stages[1], status="reused", seconds=1.0, ran_seconds=100.0, compile_seconds=0.0)]
+  (tmp_path / "older.json").write_text(json.dumps(older))
   (tmp_path / "other.json").write_text(json.dumps(stages[:2]))
   result = run_script("stage_table.py", f"a={tmp_path / 'run'}", f"b={tmp_path / 'other.json'}")
   assert result.returncode == 0, result.stderr
@@ -168,6 +171,8 @@ def test_stage_table_groups_every_stage_and_names_a_stray_one(tmp_path):
   assert rows["unlearn (every method and budget)"].endswith("| 0/1 | 5 (4) | - |")
   assert rows["train Compromised-memory, Clean-memory"].endswith("| 0 | - | - |")
   assert rows["total"].endswith("| 2/5 | 217 (22) | 120 (10) |")
+  result = run_script("stage_table.py", f"older={tmp_path / 'older.json'}")
+  assert "| train Compromised | 1 | 100 (?) |" in result.stdout, result.stdout
   (tmp_path / "stray.json").write_text(json.dumps([{"stage": "seed 0: lunch", "seconds": 1}]))
   stray = run_script("stage_table.py", f"a={tmp_path / 'stray.json'}")
   assert stray.returncode != 0 and "'seed 0: lunch' belongs to no group" in stray.stderr

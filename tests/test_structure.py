@@ -103,22 +103,47 @@ def test_every_stage_reports_a_full_disk_in_one_line(capsys):
 
 
 def test_the_cpu_compiler_flags_are_added_only_where_nobody_chose_otherwise(monkeypatch):
-  """cli.use_cpu_compiler_flags: every stage's XLA:CPU optimization level, not a user's or
-  an accelerator's."""
+  """cli.use_cpu_compiler_flags: every stage's XLA:CPU optimization level, not a user's, an
+  accelerator's, or one set too late to apply."""
   from salmu_jax import cli
 
-  def flags_after(xla_flags, platforms=None):
+  installed = set()  # The accelerator runtimes this fake machine has.
+  monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: name in installed or None)
+  monkeypatch.setattr(cli.importlib.metadata, "entry_points", lambda group: [])
+  monkeypatch.setattr(cli.xla_bridge, "backends_are_initialized", lambda: False)
+  for name in ("JAX_PLATFORMS", "TPU_LIBRARY_PATH", "PJRT_NAMES_AND_LIBRARY_PATHS"):
+    monkeypatch.delenv(name, raising=False)
+
+  def flags_after(xla_flags, platforms=""):
     monkeypatch.setenv("XLA_FLAGS", xla_flags)
-    if platforms is None:
-      monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-    else:
-      monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
     cli.use_cpu_compiler_flags()
     return os.environ["XLA_FLAGS"]
-  assert flags_after("") == "--xla_backend_optimization_level=1"  # No accelerator installed.
+  level1 = "--xla_backend_optimization_level=1"
+  assert flags_after("") == level1 and flags_after("", "cpu,cuda") == level1  # Only a CPU here.
   assert flags_after("--xla_force_host_platform_device_count=8", "cpu") == (
-      "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1")
+      "--xla_force_host_platform_device_count=8 " + level1)
   assert flags_after("--xla_backend_optimization_level=2") == "--xla_backend_optimization_level=2"
-  assert flags_after("", "cuda") == "" and flags_after("", "cpu,cuda") == ""
-  monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: name == "libtpu")
-  assert flags_after("") == ""  # A TPU runtime is installed: its compiler reads the flag too.
+  installed.add("libtpu")  # A TPU runtime: its compiler reads the flag too.
+  assert flags_after("") == "" and flags_after("", "cpu,tpu") == ""
+  assert flags_after("", " cpu") == level1  # Unless the CPU alone is asked for.
+  installed.clear()
+  monkeypatch.setenv("TPU_LIBRARY_PATH", "/opt/libtpu.so")
+  assert flags_after("") == ""
+  monkeypatch.delenv("TPU_LIBRARY_PATH")
+  # jax has read XLA_FLAGS already: a flag set now would be recorded without applying.
+  monkeypatch.setattr(cli.xla_bridge, "backends_are_initialized", lambda: True)
+  assert flags_after("") == ""
+
+
+def test_no_stage_starts_jax_before_its_opening_sets_the_compiler_flags():
+  """Importing a command-line stage must leave jax's backend unstarted: cli.run sets
+  XLA_FLAGS after the imports, and XLA reads them once, when the backend starts."""
+  code = ("import importlib\n"
+          f"for stage in {sorted(STAGES)!r}:\n"
+          "  importlib.import_module(stage)\n"
+          "from jax._src import xla_bridge\n"
+          "assert not xla_bridge.backends_are_initialized()\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                        env=dict(os.environ, XLA_FLAGS=""))
+  assert done.returncode == 0, done.stderr[-2000:]
