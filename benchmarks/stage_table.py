@@ -21,6 +21,8 @@ import re
 
 from common import markdown_table
 
+from salmu_jax import stage_log
+
 GROUPS = (  # (label, pattern of the stage name after "seed S: ")
     ("build SALMU-synth", r"build SALMU-synth"),
     ("train Compromised", r"train compromised"),
@@ -57,8 +59,7 @@ def grouped(stages) -> dict:
     for key in (label, "total"):
       table[key][0] += 1
       table[key][1] += seconds
-      compiled = stage.get("ran_compile_seconds", stage.get("compile_seconds")
-                           if stage.get("status", "ran") == "ran" else None)
+      compiled = stage_log.ran_compile_seconds(stage)
       table[key][2] = None if compiled is None or table[key][2] is None else (
           table[key][2] + compiled)
   return table

@@ -53,7 +53,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from salmu_jax import checkpointing, cli, distributed, io_utils, progress, report  # noqa: E402
-from salmu_jax import request_report  # noqa: E402
+from salmu_jax import request_report, stage_log  # noqa: E402
 from salmu_jax import config as config_lib  # noqa: E402
 from salmu_jax.data import builder, layout, pipeline, requests, scenes  # noqa: E402
 from salmu_jax.errors import ConfigError  # noqa: E402
@@ -662,11 +662,7 @@ class Benchmark:
     # `kept`, so that a later command that lists them again still finds their cost.
     log_path = os.path.join(self.output_dir, "stages.json")
     earlier_log = io_utils.read_json(log_path) if os.path.exists(log_path) else []
-    # (A record of older code has no ran_compile_seconds: its compile seconds are the ran
-    # ones only where it ran the stage; unknown where it reused it.)
-    earlier = {s["stage"]: (s.get("ran_seconds", s["seconds"]), s.get(
-                   "ran_compile_seconds",
-                   s.get("compile_seconds") if s.get("status", "ran") == "ran" else None))
+    earlier = {s["stage"]: (s.get("ran_seconds", s["seconds"]), stage_log.ran_compile_seconds(s))
                for s in earlier_log}
     listed = {stage.name for stage in stages}
     self.kept_stages_log = [{**s, "status": "kept"} for s in earlier_log

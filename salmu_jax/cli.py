@@ -23,8 +23,9 @@ USER_ERROR_EXIT_CODE = 2
 CHECK_FAILED_EXIT_CODE = 3
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # What a shell reports for a SIGTERM'd program.
 # XLA:CPU's LLVM optimization level: 1 instead of the default 2 compiled one cold seed of the
-# tiny benchmark in 54 s instead of 64 s (6 min 8 s against 6 min 34 s in all), with the same
-# bits in every result file and a train step as fast (benchmarks/RESULTS.md, thirteenth session).
+# tiny benchmark in 51-52 s instead of 60-65 s (6 min 3 s and 5 min 58 s against 6 min 35 s
+# and 6 min 27 s in all, two alternating pairs), with the same bits in every result file and
+# a train step as fast (benchmarks/RESULTS.md, thirteenth session).
 CPU_COMPILER_FLAGS = {"--xla_backend_optimization_level": "1"}
 
 
