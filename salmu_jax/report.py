@@ -62,11 +62,16 @@ def summarize(flat_results: list) -> dict:
     if set(flat) != keys:
       differ = sorted(keys ^ set(flat))
       raise ValueError(f"results scored differently across seeds: the 1st and the "
-                       f"{position}{'nd' if position == 2 else 'rd' if position == 3 else 'th'} "
-                       f"seed's "
+                       f"{ordinal(position)} seed's "
                        f"differ in {', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}; "
                        f"score them again with the same --attacks")
   return {key: spread(_ran([r[key] for r in flat_results], key)) for key in flat_results[0]}
+
+
+def ordinal(n: int) -> str:
+  """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 22nd, ..."""
+  suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+  return f"{n}{suffix}"
 
 
 def _ran(values: list, key: str, weights=None):
@@ -137,7 +142,7 @@ def seed_resamples(n: int) -> list:
 
 
 def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confidence: float,
-                   undecided=None) -> tuple:
+                   undecided=None, open_checks=frozenset()) -> tuple:
   """What these seeds settle, from the seed means of every bootstrap resample:
   ({row key: (low, high)}, the central `confidence` share of each row's rank: two rows
   whose intervals overlap are not told apart; {row key: {failure modes (frozenset):
@@ -148,9 +153,12 @@ def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confi
   number of failure modes first, so in each resample a row's low end is its rank with the
   fewest failure modes its undecided ones allow against every other row with the most
   theirs allow, and its high end the reverse: in that resample, a row whose high end lies
-  above another's low end stays above it however those verdicts come out. Not covered:
-  whether an attack can be checked at all (the references' gap kept under it, and a
-  relearned copy that diverges), which decides superficial forgetting and `unchecked`."""
+  above another's low end stays above it however those verdicts come out.
+
+  open_checks: row keys whose attacks another draw of seeds may find checkable or not
+  (`checkability_near`); such a row's low end takes it as fully checked and its high end
+  as unchecked (a row with an unchecked attack ranks below the fully checked rows of its
+  failure count); its superficial verdict is among its `undecided` ones."""
   undecided = undecided or {}
   best, worst = {key: [] for key in runs}, {key: [] for key in runs}
   verdicts = {key: {} for key in runs}
@@ -158,18 +166,19 @@ def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confi
     clean_mean, compromised_mean = (_weighted_mean(r, weights) for r in (clean, compromised))
     judged = {key: _judge(_weighted_mean(results, weights), clean_mean, compromised_mean,
                           thresholds) for key, results in runs.items()}
-    fewest, most, ties = {}, {}, {}
+    fewest, most, best_ties, worst_ties = {}, {}, {}, {}
     for key, (_, diagnosis, row_scores) in judged.items():
       modes = frozenset(diagnosis["failure_modes"])
       verdicts[key][modes] = verdicts[key].get(modes, 0.0) + probability
       fewest[key], most[key] = _count_range(modes, frozenset(undecided.get(key, ())))
       # _rank_order's key after the count.
-      ties[key] = (bool(diagnosis["unchecked"]), -row_scores["balanced"], key[0], key[1])
+      unchecked, rest = bool(diagnosis["unchecked"]), (-row_scores["balanced"], key[0], key[1])
+      best_ties[key] = (unchecked and key not in open_checks,) + rest
+      worst_ties[key] = (unchecked or key in open_checks,) + rest
     for key in runs:
-      above = lambda count, this: sum((count[o], ties[o]) < (this, ties[key])
-                                      for o in runs if o != key)
-      best[key].append((1 + above(most, fewest[key]), probability))
-      worst[key].append((1 + above(fewest, most[key]), probability))
+      above = lambda counts, ties, this: sum((counts[o], ties[o]) < this for o in runs if o != key)
+      best[key].append((1 + above(most, worst_ties, (fewest[key], best_ties[key])), probability))
+      worst[key].append((1 + above(fewest, best_ties, (most[key], worst_ties[key])), probability))
   intervals = {key: (_quantile(best[key], (1 - confidence) / 2),
                      _quantile(worst[key], (1 + confidence) / 2)) for key in runs}
   return intervals, verdicts
@@ -229,20 +238,29 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
     normalized, diagnosis, row_scores = judged[key]
     # Each seed's own verdict (its run against its references): a seed mean can average
     # one collapsed seed into a clean label.
-    per_seed = [_judge(r, c, p, thresholds)[1] for r, c, p in
+    per_seed = [_judge(r, c, p, thresholds) for r, c, p in
                 zip(results, clean_flat, compromised_flat)]
     rows[key] = {"method": key[0], "budget": key[1], "metrics": summary,
                  "normalized": normalized, "scores": row_scores,
                  "failure_modes": diagnosis["failure_modes"], "label": diagnosis["label"],
-                 "per_seed_labels": [d["label"] for d in per_seed],
+                 "per_seed_labels": [d["label"] for _, d, _ in per_seed],
                  "margins": replication_margins(diagnosis["margins"],
-                                                [d["margins"] for d in per_seed], confidence),
+                                                [d["margins"] for _, d, _ in per_seed], confidence),
+                 "attack_margins": _margins(recovery_margins(normalized, thresholds),
+                                            [recovery_margins(n, thresholds) for n, _, _ in per_seed],
+                                            confidence),
                  "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]]),
                  "attack_seconds": attack_seconds(runs[key])}
+  checkability = attack_checkability(clean_flat, compromised_flat, thresholds, confidence)
+  for key, results in runs_flat.items():
+    rows[key]["checkability_near"] = checkability_near(checkability, results, clean_flat,
+                                                       compromised_flat)
   # One seed tells no rows apart (has_spread) and measures no margin: nothing to widen.
   undecided = {key: undecided_modes(row) for key, row in rows.items()} if len(clean) > 1 else {}
+  open_checks = frozenset(key for key, row in rows.items()
+                          if row["checkability_near"]) if len(clean) > 1 else frozenset()
   intervals, verdicts = seed_bootstrap(clean_flat, compromised_flat, runs_flat, thresholds,
-                                       confidence, undecided)
+                                       confidence, undecided, open_checks)
   ordered = []
   for rank, key in enumerate(_rank_order(judged), 1):
     # The seed mean's own rank lies inside (from 5 seeds on, the resample that takes each
@@ -261,6 +279,7 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
                                                ("compromised", compromised_mean))}
   return {"references": references, "rows": ordered,
           "reference_normalized": reference_normalized,
+          "attack_checkability": checkability,
           "ineffective_below": thresholds.ineffective_below,
           "superficial_recovery_above": thresholds.superficial_recovery_above,
           "reference_attack_seconds": {"clean": attack_seconds(clean),
@@ -275,25 +294,35 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
 def replication_margins(mean_margins: dict, per_seed_margins: list, confidence: float) -> dict:
   """{failure mode: {"mean": the seed mean's margin (diagnosis.criterion_margins), "per_seed":
   each seed's, "needed": how far from 0 it must lie for another draw of as many seeds to
-  land on the same side}}. "needed" is the one-sided Student-t prediction margin for the
-  difference of two means of n seeds, t(n-1) * sd * sqrt(2 / n), at `confidence` shared out
-  over the k thresholds the verdict is judged at (1 - (1 - confidence) / k each, so that the
-  verdict as a whole holds at `confidence`). A seed bootstrap of three seeds knows only 10
-  resamples and under-reads their spread, so a mean just past a threshold can be settled by
-  it and come out otherwise on other seeds (NaN with fewer than two finite seeds)."""
+  land on the same side (`prediction_margin`)}}, at `confidence` shared out over the k
+  thresholds the verdict is judged at (1 - (1 - confidence) / k each, so that the verdict as
+  a whole holds at `confidence`). A seed bootstrap of three seeds knows only 10 resamples and
+  under-reads their spread, so a mean just past a threshold can be settled by it and come
+  out otherwise on other seeds."""
   each = 1 - (1 - confidence) / max(len(judged_modes(mean_margins)), 1)
+  return _margins(mean_margins, per_seed_margins, each)
+
+
+def _margins(mean_margins: dict, per_seed_margins: list, confidence: float) -> dict:
   out = {}
-  for mode, value in mean_margins.items():
-    seeds = [m.get(mode, math.nan) for m in per_seed_margins]
-    finite = [m for m in seeds if math.isfinite(m)]
-    needed = math.nan
-    if len(finite) >= 2:
-      n = len(finite)
-      # special.stdtrit: the Student-t quantile (scipy.stats.t.ppf's, without importing
-      # scipy.stats, ~0.6 s on every start of a CLI that reads reports).
-      needed = float(special.stdtrit(n - 1, each) * np.std(finite, ddof=1) * math.sqrt(2 / n))
-    out[mode] = {"mean": value, "per_seed": seeds, "needed": needed}
+  for name, value in mean_margins.items():
+    seeds = [m.get(name, math.nan) for m in per_seed_margins]
+    out[name] = {"mean": value, "per_seed": seeds, "needed": prediction_margin(seeds, confidence)}
   return out
+
+
+def prediction_margin(per_seed: list, confidence: float) -> float:
+  """How far from 0 a seed mean must lie for another draw of as many seeds to land on the
+  same side at `confidence`: the one-sided Student-t prediction margin for the difference of
+  two means of n seeds, t(n-1) * sd * sqrt(2 / n), over the finite values (NaN with fewer
+  than two)."""
+  finite = [m for m in per_seed if math.isfinite(m)]
+  if len(finite) < 2:
+    return math.nan
+  n = len(finite)
+  # special.stdtrit: the Student-t quantile (scipy.stats.t.ppf's, without importing
+  # scipy.stats, ~0.6 s on every start of a CLI that reads reports).
+  return float(special.stdtrit(n - 1, confidence) * np.std(finite, ddof=1) * math.sqrt(2 / n))
 
 
 def judged_modes(mean_margins: dict) -> list:
@@ -309,10 +338,30 @@ def judged_modes(mean_margins: dict) -> list:
 def near_thresholds(row: dict) -> list:
   """The failure modes whose threshold the row's seed mean lies within the replication
   margin of (`replication_margins`): another draw of seeds may decide them otherwise. One
-  whose margin was not measured (fewer than two seeds with a finite number) counts as near."""
+  whose margin was not measured (fewer than two seeds with a finite number) counts as near.
+  Superficial forgetting also counts as near on a row that is not ineffective when another
+  draw may find an attack checkable or not (`checkability_near`) whose recovery is not
+  clearly below the superficial threshold (`attack_margins`): it would enter the verdict,
+  or leave it."""
   margins = row["margins"]
-  return [mode for mode in judged_modes({mode: m["mean"] for mode, m in margins.items()})
-          if not abs(margins[mode]["mean"]) > margins[mode]["needed"]]
+  near = {mode for mode in judged_modes({mode: m["mean"] for mode, m in margins.items()})
+          if not abs(margins[mode]["mean"]) > margins[mode]["needed"]}
+  if _open_recoveries(row) and margins[diagnosis_lib.INEFFECTIVE]["mean"] >= 0:
+    near.add(diagnosis_lib.SUPERFICIAL)
+  return [mode for mode in diagnosis_lib.FAILURE_MODES if mode in near]
+
+
+def _open_recoveries(row: dict) -> list:
+  """The attacks of `checkability_near` whose recovery lies past or within the replication
+  margin of the superficial threshold: whether they are checked decides the verdict. A
+  recovery no seed measured (a fine-tune that diverged on every seed) enters no verdict."""
+  open_attacks = []
+  for attack in row.get("checkability_near", ()):
+    margin = row["attack_margins"].get(attack)
+    measured = margin is not None and any(math.isfinite(m) for m in margin["per_seed"])
+    if measured and not margin["mean"] > margin["needed"]:  # NaN: not clearly below.
+      open_attacks.append(attack)
+  return open_attacks
 
 
 def undecided_modes(row: dict) -> frozenset:
@@ -320,9 +369,47 @@ def undecided_modes(row: dict) -> frozenset:
   threshold (`near_thresholds`), and superficial forgetting too when ineffective forgetting
   is near (it is judged only on a row that is not ineffective)."""
   near = set(near_thresholds(row))
-  if diagnosis_lib.INEFFECTIVE in near and diagnosis_lib.SUPERFICIAL in row["margins"]:
+  if diagnosis_lib.INEFFECTIVE in near and (diagnosis_lib.SUPERFICIAL in row["margins"]
+                                            or _open_recoveries(row)):
     near.add(diagnosis_lib.SUPERFICIAL)
   return frozenset(near)
+
+
+def recovery_margins(normalized: dict, thresholds) -> dict:
+  """{attack: how far its recovery lies below eval.superficial_recovery_above}, of every
+  attack the references went through, checked or not."""
+  return {attack: thresholds.superficial_recovery_above - result["recovery"]
+          for attack, result in normalized["attacks"].items() if "recovery" in result}
+
+
+def attack_checkability(clean: list, compromised: list, thresholds, confidence: float) -> dict:
+  """{attack: {"mean", "per_seed", "needed"}: the margin of the share of their RetFail gap
+  the references keep under it, over eval.min_attack_gap_fraction}, from per-seed
+  `headlines`, and the `prediction_margin` it must exceed: below that share the attack
+  cannot show anything and is unchecked for every row, so references just above it on a
+  few seeds can be just below it on others."""
+  kept = lambda c, p: {attack: result["reference_gap_kept"] - thresholds.min_attack_gap_fraction
+                       for attack, result in diagnosis_lib.attack_recovery(
+                           p, c, p, thresholds.min_attack_gap_fraction).items()
+                       if "reference_gap_kept" in result}
+  mean = lambda results: {key: value["mean"] for key, value in summarize(results).items()}
+  return _margins(kept(mean(clean), mean(compromised)),
+                  [kept(c, p) for c, p in zip(clean, compromised)], confidence)
+
+
+def checkability_near(checkability: dict, results: list, clean: list, compromised: list) -> list:
+  """The attacks another draw of seeds may find checkable or not for a row (per-seed
+  `headlines` of its results and of the references): those whose references' gap kept lies
+  within its replication margin of the least share (`attack_checkability`), and relearning
+  when its fine-tune diverged on some seeds of the row or of a reference but not on all
+  (a row's relearning is unchecked when it diverged on every seed)."""
+  near = [attack for attack, margin in checkability.items()
+          if not abs(margin["mean"]) > margin["needed"]]
+  for seeds in (results, clean, compromised):
+    diverged = [r["relearn/failed"] >= 1 for r in seeds if "relearn/failed" in r]
+    if "relearn" not in near and any(diverged) and not all(diverged):
+      near.append("relearn")
+  return sorted(near)
 
 
 def attack_seconds(results: list) -> dict:

@@ -474,6 +474,67 @@ def test_an_order_that_rests_on_an_unsettled_verdict_is_not_told_apart():
                              frozenset({ineffective, superficial})) == (1, 2)
 
 
+def with_relearn(values: dict, before: float, after: float | None) -> dict:
+  """fake_result with a relearning attack's second-half RetFail before and after (None: the
+  fine-tune diverged)."""
+  relearn = {"before": {"retfail_mrr": before}, "seconds": 1.0}
+  relearn |= {"failed": "diverged"} if after is None else {"after": {"retfail_mrr": after}}
+  return fake_result(values) | {"attacks": {"relearn": relearn}}
+
+
+def test_an_attack_that_other_seeds_may_not_check_settles_no_superficial_verdict():
+  """Whether an attack can show anything (the references keep eval.min_attack_gap_fraction of
+  their RetFail gap under it; a relearned copy that does not diverge) decides superficial
+  forgetting and ranks a row with an unchecked attack below the fully checked ones: a draw
+  of seeds that lies near either leaves such a verdict unsettled and such an order unclaimed."""
+  gap = COMPROMISED["1.1_RetFail"] - CLEAN["1.1_RetFail"]
+  clean_after = 0.05  # Clean's second-half RetFail goes 0.001 -> 0.05 under the attack.
+  forgets = lambda retfail, recoveries: [with_relearn(
+      {**COMPROMISED, "1.1_RetFail": retfail, **{k: 0.45 for k in HOLDOUTS}}, 0.01,
+      None if r is None else 0.01 + clean_after - 0.001 + r * gap) for r in recoveries]
+  runs = {("steady", 1.0): forgets(0.02, (0.0,) * 3),
+          ("unsure", 1.0): forgets(0.005, (None, 0.0, 0.0)),  # Diverged on one seed of 3.
+          ("diverged", 1.0): forgets(0.01, (None,) * 3),
+          ("hidden", 1.0): forgets(0.01, (0.6,) * 3)}  # Brings back 0.6 of the gap.
+
+  def board(kept_shares):
+    clean = [with_relearn(CLEAN, 0.001, clean_after)] * 3
+    compromised = [with_relearn(COMPROMISED, 0.30, clean_after + share * gap)
+                   for share in kept_shares]
+    made = report.leaderboard(clean, compromised, runs, THRESHOLDS, confidence=0.9)
+    return made, {r["method"]: r for r in made["rows"]}
+
+  far, rows = board((0.47, 0.48, 0.49))  # Against 0.25: every seed's references can check.
+  margin = far["attack_checkability"]["relearn"]
+  assert margin["mean"] == pytest.approx(0.23) and abs(margin["mean"]) > margin["needed"]
+  assert [r["method"] for r in far["rows"]] == ["unsure", "steady", "diverged", "hidden"]
+  assert rows["diverged"]["label"] == "none (unchecked: relearn)"
+  assert rows["hidden"]["failure_modes"] == [diagnosis.SUPERFICIAL]
+  assert all(report.settled(r, far) for r in far["rows"])
+  assert [r["checkability_near"] for r in far["rows"]] == [["relearn"], [], [], []]
+  # One diverged seed of three: checked on the seed mean, maybe unchecked on another draw.
+  # Its recovery lies far below the threshold, so its verdict holds either way; its order
+  # above the fully checked rows does not.
+  assert rows["unsure"]["rank_interval"] == rows["steady"]["rank_interval"] == [1, 2]
+  assert rows["diverged"]["rank_interval"] == [3, 3]  # Unchecked on every seed: below both.
+  assert rows["hidden"]["rank_interval"] == [4, 4]
+  intervals, _ = report.seed_bootstrap(far["per_seed"]["clean"], far["per_seed"]["compromised"],
+                                       {k: [diagnosis.headlines(r) for r in v] for k, v in runs.items()},
+                                       THRESHOLDS, 0.9)  # Without the widening, told apart:
+  assert intervals[("unsure", 1.0)] == (1, 1) and intervals[("steady", 1.0)] == (2, 2)
+
+  near, rows = board((0.24, 0.27, 0.30))  # The references keep 0.27 on the mean: checked,
+  margin = near["attack_checkability"]["relearn"]  # but within the margin of 0.25.
+  assert margin["mean"] == pytest.approx(0.02) and not abs(margin["mean"]) > margin["needed"]
+  assert all(r["checkability_near"] == ["relearn"] for r in near["rows"])
+  assert [r["failure_modes"] for r in near["rows"]] == [r["failure_modes"] for r in far["rows"]]
+  # Superficial, or unchecked and not, on another draw: unsettled; the others keep theirs.
+  assert report.near_thresholds(rows["hidden"]) == [diagnosis.SUPERFICIAL]
+  assert [report.settled(r, near) for r in near["rows"]] == [True, True, True, False]
+  # Hidden may have no failure mode on another draw, and rank above any of them then.
+  assert all(r["rank_interval"] == [1, 4] for r in near["rows"])
+
+
 def test_the_device_line_names_the_processor_and_cpus_on_cpu_only():
   cpu = {"device": "cpu", "num_devices": 1, "host_cpus": 2, "cpu": "AMD EPYC, avx512f"}
   assert report.device_line(cpu) == "cpu, 2 CPUs (AMD EPYC, avx512f)"
