@@ -81,13 +81,15 @@ def check_leaderboard(board, name: str) -> None:
              and isinstance(row.get("label"), str) and isinstance(labels, list)
              and len(labels) == len(board["per_seed"]["clean"])
              and all(isinstance(label, str) for label in labels)
-             # And each failure mode's replication margin (report.near_thresholds).
-             and _margins_valid(row.get("margins")))
+             # And each failure mode's replication margin (report.near_thresholds), and
+             # the recoveries' of the attacks another draw may check or not.
+             and _margins_valid(row.get("margins"))
+             and _open_attacks_valid(row.get("checkability_near", []), row.get("attack_margins")))
     if not valid:
       raise ConfigError(f"{where} ({row.get('method')}) lacks a method, budget, rank, "
                         f"rank_interval [low, high], failure_modes, failure_modes_support in "
                         f"[0, 1], label, per_seed_labels (one per seed) or margins (mean and "
-                        f"needed per failure mode; rebuild a leaderboard of an older version by "
+                        f"needed per failure mode, and per open attack; rebuild a leaderboard of an older version by "
                         f"running the benchmark's command on its workdir again)")
     if row_key(row) in seen:
       raise ConfigError(f"{name} ranks {row_name(row_key(row))} twice")
@@ -137,11 +139,23 @@ def check_comparable(a: dict, b: dict, names=("A", "B")) -> None:
 def _margins_valid(margins) -> bool:
   """Every failure mode judged without an attack has a margin; each a finite or NaN mean
   and a non-negative (or NaN: not measured) needed margin."""
-  number = lambda v: config_lib.finite_number(v) or (isinstance(v, float) and math.isnan(v))
   return (isinstance(margins, dict) and set(diagnosis.FAILURE_MODES[:4]) <= set(margins)
-          and set(margins) <= set(diagnosis.FAILURE_MODES)
-          and all(isinstance(m, dict) and number(m.get("mean")) and number(m.get("needed"))
-                  and not m["needed"] < 0 for m in margins.values()))
+          and set(margins) <= set(diagnosis.FAILURE_MODES) and _numbers_valid(margins.values()))
+
+
+def _numbers_valid(margins) -> bool:
+  """Each margin a finite or NaN mean and a non-negative (or NaN: not measured) needed one."""
+  number = lambda v: config_lib.finite_number(v) or (isinstance(v, float) and math.isnan(v))
+  return all(isinstance(m, dict) and number(m.get("mean")) and number(m.get("needed"))
+             and not m["needed"] < 0 for m in margins)
+
+
+def _open_attacks_valid(attacks, margins) -> bool:
+  """The attacks another draw may check or not (a list of names), each with a recovery
+  margin when there is one."""
+  if not isinstance(attacks, list) or not all(isinstance(a, str) for a in attacks):
+    return False
+  return not attacks or (isinstance(margins, dict) and _numbers_valid(margins.values()))
 
 
 def verdict_checks(board: dict) -> list:

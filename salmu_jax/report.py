@@ -142,7 +142,7 @@ def seed_resamples(n: int) -> list:
 
 
 def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confidence: float,
-                   undecided=None, open_checks=frozenset()) -> tuple:
+                   undecided=None, open_checks=None, shared_open=frozenset()) -> tuple:
   """What these seeds settle, from the seed means of every bootstrap resample:
   ({row key: (low, high)}, the central `confidence` share of each row's rank: two rows
   whose intervals overlap are not told apart; {row key: {failure modes (frozenset):
@@ -155,30 +155,41 @@ def seed_bootstrap(clean: list, compromised: list, runs: dict, thresholds, confi
   theirs allow, and its high end the reverse: in that resample, a row whose high end lies
   above another's low end stays above it however those verdicts come out.
 
-  open_checks: row keys whose attacks another draw of seeds may find checkable or not
-  (`checkability_near`); such a row's low end takes it as fully checked and its high end
-  as unchecked (a row with an unchecked attack ranks below the fully checked rows of its
-  failure count); its superficial verdict is among its `undecided` ones."""
-  undecided = undecided or {}
+  A row with an attack left unchecked ranks below the fully checked rows of its failure
+  count, and another draw may check an attack or not (`open_attacks`). open_checks: {row
+  key: attacks open for that row alone} (its relearning diverged on some seeds): its low
+  end takes them as checked, its high end as unchecked. shared_open: attacks open for every
+  row at once (the references'), which leave every row unchecked or none: the ends are
+  taken over both cases."""
+  undecided, open_checks = undecided or {}, open_checks or {}
   best, worst = {key: [] for key in runs}, {key: [] for key in runs}
   verdicts = {key: {} for key in runs}
   for weights, probability in seed_resamples(len(clean)):
     clean_mean, compromised_mean = (_weighted_mean(r, weights) for r in (clean, compromised))
-    judged = {key: _judge(_weighted_mean(results, weights), clean_mean, compromised_mean,
-                          thresholds) for key, results in runs.items()}
-    fewest, most, best_ties, worst_ties = {}, {}, {}, {}
+    means = {key: _weighted_mean(results, weights) for key, results in runs.items()}
+    judged = {key: _judge(means[key], clean_mean, compromised_mean, thresholds)
+              for key in runs}
+    fewest, most, cases = {}, {}, [{}, {}] if shared_open else [{}]
     for key, (_, diagnosis, row_scores) in judged.items():
       modes = frozenset(diagnosis["failure_modes"])
       verdicts[key][modes] = verdicts[key].get(modes, 0.0) + probability
       fewest[key], most[key] = _count_range(modes, frozenset(undecided.get(key, ())))
-      # _rank_order's key after the count.
-      unchecked, rest = bool(diagnosis["unchecked"]), (-row_scores["balanced"], key[0], key[1])
-      best_ties[key] = (unchecked and key not in open_checks,) + rest
-      worst_ties[key] = (unchecked or key in open_checks,) + rest
+      # _rank_order's key after the count: unchecked, then the balanced score.
+      rest = (-row_scores["balanced"], key[0], key[1])
+      row_open = open_checks.get(key, frozenset())
+      unchecked = set(diagnosis["unchecked"]) - set(shared_open)
+      if "relearn" in shared_open and means[key].get("relearn/failed", 0) >= 1:
+        unchecked.add("relearn")  # Diverged on every seed drawn: the row's own.
+      # The shared attacks checked: (best, worst); unchecked: every row is.
+      cases[0][key] = ((bool(unchecked - row_open),) + rest, (bool(unchecked | row_open),) + rest)
+      if shared_open:
+        cases[1][key] = ((True,) + rest,) * 2
     for key in runs:
       above = lambda counts, ties, this: sum((counts[o], ties[o]) < this for o in runs if o != key)
-      best[key].append((1 + above(most, worst_ties, (fewest[key], best_ties[key])), probability))
-      worst[key].append((1 + above(fewest, best_ties, (most[key], worst_ties[key])), probability))
+      best[key].append((min(1 + above(most, {o: t[1] for o, t in ties.items()},
+                                      (fewest[key], ties[key][0])) for ties in cases), probability))
+      worst[key].append((max(1 + above(fewest, {o: t[0] for o, t in ties.items()},
+                                       (most[key], ties[key][1])) for ties in cases), probability))
   intervals = {key: (_quantile(best[key], (1 - confidence) / 2),
                      _quantile(worst[key], (1 + confidence) / 2)) for key in runs}
   return intervals, verdicts
@@ -248,19 +259,21 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
                                                 [d["margins"] for _, d, _ in per_seed], confidence),
                  "attack_margins": _margins(recovery_margins(normalized, thresholds),
                                             [recovery_margins(n, thresholds) for n, _, _ in per_seed],
-                                            confidence),
+                                            per_threshold(diagnosis["margins"], confidence)),
                  "leakage_rate": spread([r["breakdown"]["leakage_rate"] for r in runs[key]]),
                  "attack_seconds": attack_seconds(runs[key])}
-  checkability = attack_checkability(clean_flat, compromised_flat, thresholds, confidence)
-  for key, results in runs_flat.items():
-    rows[key]["checkability_near"] = checkability_near(checkability, results, clean_flat,
-                                                       compromised_flat)
   # One seed tells no rows apart (has_spread) and measures no margin: nothing to widen.
-  undecided = {key: undecided_modes(row) for key, row in rows.items()} if len(clean) > 1 else {}
-  open_checks = frozenset(key for key, row in rows.items()
-                          if row["checkability_near"]) if len(clean) > 1 else frozenset()
+  several = len(clean) > 1
+  checkability = attack_checkability(clean_flat, compromised_flat, thresholds, confidence)
+  shared_open = open_attacks(checkability, clean_flat, compromised_flat) if several else []
+  open_checks = {key: frozenset(open_attacks({}, results) if several else ())
+                 for key, results in runs_flat.items()}
+  for key in rows:
+    rows[key]["checkability_near"] = sorted(set(shared_open) | open_checks[key])
+  undecided = {key: undecided_modes(row) for key, row in rows.items()} if several else {}
   intervals, verdicts = seed_bootstrap(clean_flat, compromised_flat, runs_flat, thresholds,
-                                       confidence, undecided, open_checks)
+                                       confidence, undecided, open_checks,
+                                       frozenset(shared_open))
   ordered = []
   for rank, key in enumerate(_rank_order(judged), 1):
     # The seed mean's own rank lies inside (from 5 seeds on, the resample that takes each
@@ -299,8 +312,13 @@ def replication_margins(mean_margins: dict, per_seed_margins: list, confidence: 
   a whole holds at `confidence`). A seed bootstrap of three seeds knows only 10 resamples and
   under-reads their spread, so a mean just past a threshold can be settled by it and come
   out otherwise on other seeds."""
-  each = 1 - (1 - confidence) / max(len(judged_modes(mean_margins)), 1)
-  return _margins(mean_margins, per_seed_margins, each)
+  return _margins(mean_margins, per_seed_margins, per_threshold(mean_margins, confidence))
+
+
+def per_threshold(mean_margins: dict, confidence: float) -> float:
+  """The confidence each of a verdict's k judged thresholds is held at, 1 - (1 - confidence)
+  / k, so that the verdict as a whole holds at `confidence`."""
+  return 1 - (1 - confidence) / max(len(judged_modes(mean_margins)), 1)
 
 
 def _margins(mean_margins: dict, per_seed_margins: list, confidence: float) -> dict:
@@ -353,15 +371,14 @@ def near_thresholds(row: dict) -> list:
 
 def _open_recoveries(row: dict) -> list:
   """The attacks of `checkability_near` whose recovery lies past or within the replication
-  margin of the superficial threshold: whether they are checked decides the verdict. A
-  recovery no seed measured (a fine-tune that diverged on every seed) enters no verdict."""
-  open_attacks = []
-  for attack in row.get("checkability_near", ()):
-    margin = row["attack_margins"].get(attack)
-    measured = margin is not None and any(math.isfinite(m) for m in margin["per_seed"])
-    if measured and not margin["mean"] > margin["needed"]:  # NaN: not clearly below.
-      open_attacks.append(attack)
-  return open_attacks
+  margin of the superficial threshold (NaN: not clearly below; a recovery that cannot be
+  computed fails the check): whether they are checked decides the verdict. A relearning
+  that diverged on every seed of the row is unchecked for it on any draw and enters none."""
+  diverged = row["metrics"].get("relearn/failed", {}).get("mean", 0) >= 1
+  return [attack for attack in row.get("checkability_near", ())
+          if not (attack == "relearn" and diverged)
+          and not row["attack_margins"].get(attack, {"mean": math.nan})["mean"]
+          > row["attack_margins"].get(attack, {"needed": math.nan})["needed"]]
 
 
 def undecided_modes(row: dict) -> frozenset:
@@ -384,8 +401,9 @@ def recovery_margins(normalized: dict, thresholds) -> dict:
 
 def attack_checkability(clean: list, compromised: list, thresholds, confidence: float) -> dict:
   """{attack: {"mean", "per_seed", "needed"}: the margin of the share of their RetFail gap
-  the references keep under it, over eval.min_attack_gap_fraction}, from per-seed
-  `headlines`, and the `prediction_margin` it must exceed: below that share the attack
+  the references keep under it over eval.min_attack_gap_fraction}, from per-seed
+  `headlines`, and the `prediction_margin` it must exceed, at the per-threshold confidence
+  of a verdict judged at every failure mode's threshold: below that share the attack
   cannot show anything and is unchecked for every row, so references just above it on a
   few seeds can be just below it on others."""
   kept = lambda c, p: {attack: result["reference_gap_kept"] - thresholds.min_attack_gap_fraction
@@ -393,22 +411,25 @@ def attack_checkability(clean: list, compromised: list, thresholds, confidence: 
                            p, c, p, thresholds.min_attack_gap_fraction).items()
                        if "reference_gap_kept" in result}
   mean = lambda results: {key: value["mean"] for key, value in summarize(results).items()}
+  each = 1 - (1 - confidence) / len(diagnosis_lib.FAILURE_MODES)
   return _margins(kept(mean(clean), mean(compromised)),
-                  [kept(c, p) for c, p in zip(clean, compromised)], confidence)
+                  [kept(c, p) for c, p in zip(clean, compromised)], each)
 
 
-def checkability_near(checkability: dict, results: list, clean: list, compromised: list) -> list:
-  """The attacks another draw of seeds may find checkable or not for a row (per-seed
-  `headlines` of its results and of the references): those whose references' gap kept lies
-  within its replication margin of the least share (`attack_checkability`), and relearning
-  when its fine-tune diverged on some seeds of the row or of a reference but not on all
-  (a row's relearning is unchecked when it diverged on every seed)."""
-  near = [attack for attack, margin in checkability.items()
-          if not abs(margin["mean"]) > margin["needed"]]
-  for seeds in (results, clean, compromised):
+def open_attacks(checkability: dict, *seed_groups) -> list:
+  """The attacks another draw of seeds may find checkable or not: those whose references'
+  gap kept lies within its margin of the least share (`attack_checkability`; a gap no seed
+  measured, references whose relearning diverged on every seed, leaves it unchecked on any
+  draw), and relearning when its fine-tune diverged on some seeds but not all of one of
+  `seed_groups` (per-seed `headlines`: the references', or a row's). Seeds that all diverge,
+  or none, decide it."""
+  near = {attack for attack, margin in checkability.items()
+          if any(math.isfinite(m) for m in margin["per_seed"])
+          and not abs(margin["mean"]) > margin["needed"]}
+  for seeds in seed_groups:
     diverged = [r["relearn/failed"] >= 1 for r in seeds if "relearn/failed" in r]
-    if "relearn" not in near and any(diverged) and not all(diverged):
-      near.append("relearn")
+    if any(diverged) and not all(diverged):
+      near.add("relearn")
   return sorted(near)
 
 

@@ -474,12 +474,39 @@ def test_an_order_that_rests_on_an_unsettled_verdict_is_not_told_apart():
                              frozenset({ineffective, superficial})) == (1, 2)
 
 
-def with_relearn(values: dict, before: float, after: float | None) -> dict:
+def with_attacks(values: dict, before: float, after: float | None, int8: float | None = None) -> dict:
   """fake_result with a relearning attack's second-half RetFail before and after (None: the
-  fine-tune diverged)."""
+  fine-tune diverged) and, if given, RetFail quantized to int8."""
   relearn = {"before": {"retfail_mrr": before}, "seconds": 1.0}
   relearn |= {"failed": "diverged"} if after is None else {"after": {"retfail_mrr": after}}
-  return fake_result(values) | {"attacks": {"relearn": relearn}}
+  attacks = {"relearn": relearn}
+  if int8 is not None:
+    attacks["quantize"] = {"int8": {"1.1_RetFail": int8}, "seconds": 1.0}
+  return fake_result(values) | {"attacks": attacks}
+
+
+GAP = COMPROMISED["1.1_RetFail"] - CLEAN["1.1_RetFail"]
+CLEAN_AFTER = 0.05  # Clean's second-half RetFail goes 0.001 -> 0.05 under relearning.
+
+
+def attacked_rows(retfail, recoveries, int8=None):
+  """Three seeds of an unlearned model that forgets (RetFail `retfail`) and that relearning
+  brings back `recoveries` of the gap on (None: diverged)."""
+  return [with_attacks({**COMPROMISED, "1.1_RetFail": retfail, **{k: 0.45 for k in HOLDOUTS}},
+                       0.01, None if r is None else 0.01 + CLEAN_AFTER - 0.001 + r * GAP, int8)
+          for r in recoveries]
+
+
+def attacked_board(runs, kept_shares, int8_kept=None):
+  """The leaderboard of `runs` against references that keep `kept_shares` of their RetFail
+  gap under relearning on each seed (and `int8_kept` under int8, if given)."""
+  int8 = lambda share: None if int8_kept is None else CLEAN["1.1_RetFail"] + share * GAP
+  clean = [with_attacks(CLEAN, 0.001, CLEAN_AFTER, int8(0.0))] * 3
+  compromised = [with_attacks(COMPROMISED, 0.30, CLEAN_AFTER + share * GAP,
+                              int8(int8_kept[i] if int8_kept else 0.0))
+                 for i, share in enumerate(kept_shares)]
+  board = report.leaderboard(clean, compromised, runs, THRESHOLDS, confidence=0.9)
+  return board, {r["method"]: r for r in board["rows"]}
 
 
 def test_an_attack_that_other_seeds_may_not_check_settles_no_superficial_verdict():
@@ -487,24 +514,12 @@ def test_an_attack_that_other_seeds_may_not_check_settles_no_superficial_verdict
   their RetFail gap under it; a relearned copy that does not diverge) decides superficial
   forgetting and ranks a row with an unchecked attack below the fully checked ones: a draw
   of seeds that lies near either leaves such a verdict unsettled and such an order unclaimed."""
-  gap = COMPROMISED["1.1_RetFail"] - CLEAN["1.1_RetFail"]
-  clean_after = 0.05  # Clean's second-half RetFail goes 0.001 -> 0.05 under the attack.
-  forgets = lambda retfail, recoveries: [with_relearn(
-      {**COMPROMISED, "1.1_RetFail": retfail, **{k: 0.45 for k in HOLDOUTS}}, 0.01,
-      None if r is None else 0.01 + clean_after - 0.001 + r * gap) for r in recoveries]
-  runs = {("steady", 1.0): forgets(0.02, (0.0,) * 3),
-          ("unsure", 1.0): forgets(0.005, (None, 0.0, 0.0)),  # Diverged on one seed of 3.
-          ("diverged", 1.0): forgets(0.01, (None,) * 3),
-          ("hidden", 1.0): forgets(0.01, (0.6,) * 3)}  # Brings back 0.6 of the gap.
+  runs = {("steady", 1.0): attacked_rows(0.02, (0.0,) * 3),
+          ("unsure", 1.0): attacked_rows(0.005, (None, 0.0, 0.0)),  # Diverged on one seed of 3.
+          ("diverged", 1.0): attacked_rows(0.01, (None,) * 3),
+          ("hidden", 1.0): attacked_rows(0.01, (0.6,) * 3)}  # Brings back 0.6 of the gap.
 
-  def board(kept_shares):
-    clean = [with_relearn(CLEAN, 0.001, clean_after)] * 3
-    compromised = [with_relearn(COMPROMISED, 0.30, clean_after + share * gap)
-                   for share in kept_shares]
-    made = report.leaderboard(clean, compromised, runs, THRESHOLDS, confidence=0.9)
-    return made, {r["method"]: r for r in made["rows"]}
-
-  far, rows = board((0.47, 0.48, 0.49))  # Against 0.25: every seed's references can check.
+  far, rows = attacked_board(runs, (0.47, 0.48, 0.49))  # Against 0.25: far enough.
   margin = far["attack_checkability"]["relearn"]
   assert margin["mean"] == pytest.approx(0.23) and abs(margin["mean"]) > margin["needed"]
   assert [r["method"] for r in far["rows"]] == ["unsure", "steady", "diverged", "hidden"]
@@ -514,25 +529,51 @@ def test_an_attack_that_other_seeds_may_not_check_settles_no_superficial_verdict
   assert [r["checkability_near"] for r in far["rows"]] == [["relearn"], [], [], []]
   # One diverged seed of three: checked on the seed mean, maybe unchecked on another draw.
   # Its recovery lies far below the threshold, so its verdict holds either way; its order
-  # above the fully checked rows does not.
+  # above the fully checked rows does not. Seeds that all diverge decide it.
   assert rows["unsure"]["rank_interval"] == rows["steady"]["rank_interval"] == [1, 2]
-  assert rows["diverged"]["rank_interval"] == [3, 3]  # Unchecked on every seed: below both.
+  assert rows["diverged"]["rank_interval"] == [3, 3]
   assert rows["hidden"]["rank_interval"] == [4, 4]
   intervals, _ = report.seed_bootstrap(far["per_seed"]["clean"], far["per_seed"]["compromised"],
                                        {k: [diagnosis.headlines(r) for r in v] for k, v in runs.items()},
                                        THRESHOLDS, 0.9)  # Without the widening, told apart:
   assert intervals[("unsure", 1.0)] == (1, 1) and intervals[("steady", 1.0)] == (2, 2)
 
-  near, rows = board((0.24, 0.27, 0.30))  # The references keep 0.27 on the mean: checked,
-  margin = near["attack_checkability"]["relearn"]  # but within the margin of 0.25.
+  near, rows = attacked_board(runs, (0.24, 0.27, 0.30))  # 0.27 on the mean: checked, but
+  margin = near["attack_checkability"]["relearn"]  # within the margin of 0.25.
   assert margin["mean"] == pytest.approx(0.02) and not abs(margin["mean"]) > margin["needed"]
   assert all(r["checkability_near"] == ["relearn"] for r in near["rows"])
   assert [r["failure_modes"] for r in near["rows"]] == [r["failure_modes"] for r in far["rows"]]
   # Superficial, or unchecked and not, on another draw: unsettled; the others keep theirs.
   assert report.near_thresholds(rows["hidden"]) == [diagnosis.SUPERFICIAL]
   assert [report.settled(r, near) for r in near["rows"]] == [True, True, True, False]
-  # Hidden may have no failure mode on another draw, and rank above any of them then.
-  assert all(r["rank_interval"] == [1, 4] for r in near["rows"])
+  # The references' relearning is checked for every row or for none: with it checked, steady
+  # ranks above diverged (unchecked on every seed); without, every row is unchecked and
+  # diverged's higher balanced score ranks it above steady. Hidden, which may have no
+  # failure mode on another draw, may rank first. No order is claimed.
+  assert {m: r["rank_interval"] for m, r in rows.items()} == {
+      "unsure": [1, 3], "steady": [1, 4], "diverged": [2, 4], "hidden": [1, 4]}
+
+  # References whose relearning diverged on every seed: unchecked for every row on any
+  # draw, which widens nothing.
+  gone = {key: [r | {"attacks": {"relearn": {"before": {"retfail_mrr": 0.01}, "failed": "x",
+                                             "seconds": 1.0}}} for r in results]
+          for key, results in runs.items() if key[0] != "unsure"}
+  clean = [with_attacks(CLEAN, 0.001, None)] * 3
+  compromised = [with_attacks(COMPROMISED, 0.30, None)] * 3
+  board = report.leaderboard(clean, compromised, gone, THRESHOLDS, confidence=0.9)
+  assert all(r["checkability_near"] == [] and "unchecked" in r["label"] for r in board["rows"])
+  assert [r["rank_interval"] for r in board["rows"]] == [[1, 1], [2, 2], [3, 3]]
+
+  # A checked attack whose recovery cannot be computed fails the superficial check, so
+  # references near the least gap under it leave that verdict open (the int8 RetFail of
+  # "broken" is NaN on every seed).
+  quantized = {("broken", 1.0): attacked_rows(0.01, (0.0,) * 3, int8=float("nan")),
+               ("fine", 1.0): attacked_rows(0.02, (0.0,) * 3, int8=0.02)}
+  board, rows = attacked_board(quantized, (0.47, 0.48, 0.49), int8_kept=(0.26, 0.27, 0.30))
+  assert rows["broken"]["checkability_near"] == ["quantize_int8"]
+  assert rows["broken"]["failure_modes"] == [diagnosis.SUPERFICIAL]
+  assert not report.settled(rows["broken"], board) and report.settled(rows["fine"], board)
+  assert rows["broken"]["rank_interval"] == rows["fine"]["rank_interval"] == [1, 2]
 
 
 def test_the_device_line_names_the_processor_and_cpus_on_cpu_only():
