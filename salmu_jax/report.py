@@ -374,9 +374,9 @@ def _open_recoveries(row: dict) -> list:
   margin of the superficial threshold (NaN: not clearly below; a recovery that cannot be
   computed fails the check): whether they are checked decides the verdict. A relearning
   that diverged on every seed of the row is unchecked for it on any draw and enters none."""
-  diverged = row["metrics"].get("relearn/failed", {}).get("mean", 0) >= 1
+  diverged = lambda: row["metrics"].get("relearn/failed", {}).get("mean", 0) >= 1
   return [attack for attack in row.get("checkability_near", ())
-          if not (attack == "relearn" and diverged)
+          if not (attack == "relearn" and diverged())
           and not row["attack_margins"].get(attack, {"mean": math.nan})["mean"]
           > row["attack_margins"].get(attack, {"needed": math.nan})["needed"]]
 

@@ -341,3 +341,19 @@ def test_the_command_reads_workdirs_writes_the_comparison_and_exits_by_the_verdi
   assert malformed.returncode == cli.USER_ERROR_EXIT_CODE
   assert malformed.stderr.strip().startswith("error: ") and "Traceback" not in malformed.stderr
   assert run(same).returncode == cli.USER_ERROR_EXIT_CODE
+
+
+def test_the_kept_tiny_leaderboard_can_be_compared_with_a_run_of_the_readme_command():
+  """benchmarks/results/tiny_default_leaderboard_zen3.json is what a user's run of the
+  README's first command is checked against (README, "Checking verdicts, not digits"): it
+  must stay a leaderboard this version's compare reads, of today's tiny default config."""
+  kept = agreement.read_leaderboard(os.path.join(REPO, "benchmarks", "results",
+                                                 "tiny_default_leaderboard_zen3.json"))
+  result = agreement.compare(kept, copy.deepcopy(kept))
+  assert result["agree"]
+  # A recipe change makes it stale (compare would refuse every run of the new default):
+  # run the README's first command again and keep its leaderboard.json instead.
+  tiny = json.loads(config_lib.load_config(os.path.join(REPO, "configs", "tiny.py")).to_json())
+  assert config_lib.computation_differences(kept["meta"]["config"], tiny) == []
+  assert kept["meta"]["attacks"] == ["relearn"] and kept["meta"]["seeds"] == [0, 1, 2]
+  assert len(kept["rows"]) == 30 and all(c["passed"] for c in kept["checks"])
