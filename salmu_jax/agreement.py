@@ -89,8 +89,9 @@ def check_leaderboard(board, name: str) -> None:
       raise ConfigError(f"{where} ({row.get('method')}) lacks a method, budget, rank, "
                         f"rank_interval [low, high], failure_modes, failure_modes_support in "
                         f"[0, 1], label, per_seed_labels (one per seed) or margins (mean and "
-                        f"needed per failure mode, and per open attack; rebuild a leaderboard of an older version by "
-                        f"running the benchmark's command on its workdir again)")
+                        f"needed per failure mode, and per open attack; rebuild a leaderboard "
+                        f"of an older version by running the benchmark's command on its "
+                        f"workdir again)")
     if row_key(row) in seen:
       raise ConfigError(f"{name} ranks {row_name(row_key(row))} twice")
     seen.add(row_key(row))

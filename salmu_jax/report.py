@@ -264,7 +264,8 @@ def leaderboard(clean: list, compromised: list, runs: dict, thresholds,
                  "attack_seconds": attack_seconds(runs[key])}
   # One seed tells no rows apart (has_spread) and measures no margin: nothing to widen.
   several = len(clean) > 1
-  checkability = attack_checkability(clean_flat, compromised_flat, thresholds, confidence)
+  checkability = attack_checkability(clean_mean, compromised_mean, clean_flat, compromised_flat,
+                                     thresholds, confidence)
   shared_open = open_attacks(checkability, clean_flat, compromised_flat) if several else []
   open_checks = {key: frozenset(open_attacks({}, results) if several else ())
                  for key, results in runs_flat.items()}
@@ -316,9 +317,14 @@ def replication_margins(mean_margins: dict, per_seed_margins: list, confidence: 
 
 
 def per_threshold(mean_margins: dict, confidence: float) -> float:
-  """The confidence each of a verdict's k judged thresholds is held at, 1 - (1 - confidence)
-  / k, so that the verdict as a whole holds at `confidence`."""
-  return 1 - (1 - confidence) / max(len(judged_modes(mean_margins)), 1)
+  """The confidence each of a verdict's judged thresholds is held at (`shared_confidence`)."""
+  return shared_confidence(confidence, len(judged_modes(mean_margins)))
+
+
+def shared_confidence(confidence: float, thresholds: int) -> float:
+  """1 - (1 - confidence) / k for each of k thresholds, so that a verdict that holds only
+  when all of them do holds at `confidence`."""
+  return 1 - (1 - confidence) / max(thresholds, 1)
 
 
 def _margins(mean_margins: dict, per_seed_margins: list, confidence: float) -> dict:
@@ -374,11 +380,12 @@ def _open_recoveries(row: dict) -> list:
   margin of the superficial threshold (NaN: not clearly below; a recovery that cannot be
   computed fails the check): whether they are checked decides the verdict. A relearning
   that diverged on every seed of the row is unchecked for it on any draw and enters none."""
+  def clearly_below(attack):
+    margin = row["attack_margins"].get(attack, {"mean": math.nan, "needed": math.nan})
+    return margin["mean"] > margin["needed"]
   diverged = lambda: row["metrics"].get("relearn/failed", {}).get("mean", 0) >= 1
   return [attack for attack in row.get("checkability_near", ())
-          if not (attack == "relearn" and diverged())
-          and not row["attack_margins"].get(attack, {"mean": math.nan})["mean"]
-          > row["attack_margins"].get(attack, {"needed": math.nan})["needed"]]
+          if not (attack == "relearn" and diverged()) and not clearly_below(attack)]
 
 
 def undecided_modes(row: dict) -> frozenset:
@@ -399,10 +406,11 @@ def recovery_margins(normalized: dict, thresholds) -> dict:
           for attack, result in normalized["attacks"].items() if "recovery" in result}
 
 
-def attack_checkability(clean: list, compromised: list, thresholds, confidence: float) -> dict:
+def attack_checkability(clean_mean: dict, compromised_mean: dict, clean: list,
+                        compromised: list, thresholds, confidence: float) -> dict:
   """{attack: {"mean", "per_seed", "needed"}: the margin of the share of their RetFail gap
-  the references keep under it over eval.min_attack_gap_fraction}, from per-seed
-  `headlines`, and the `prediction_margin` it must exceed, at the per-threshold confidence
+  the references keep under it over eval.min_attack_gap_fraction}, from the references'
+  seed means and per-seed `headlines`, and the `prediction_margin` it must exceed, at the per-threshold confidence
   of a verdict judged at every failure mode's threshold: below that share the attack
   cannot show anything and is unchecked for every row, so references just above it on a
   few seeds can be just below it on others."""
@@ -410,10 +418,9 @@ def attack_checkability(clean: list, compromised: list, thresholds, confidence: 
                        for attack, result in diagnosis_lib.attack_recovery(
                            p, c, p, thresholds.min_attack_gap_fraction).items()
                        if "reference_gap_kept" in result}
-  mean = lambda results: {key: value["mean"] for key, value in summarize(results).items()}
-  each = 1 - (1 - confidence) / len(diagnosis_lib.FAILURE_MODES)
-  return _margins(kept(mean(clean), mean(compromised)),
-                  [kept(c, p) for c, p in zip(clean, compromised)], each)
+  return _margins(kept(clean_mean, compromised_mean),
+                  [kept(c, p) for c, p in zip(clean, compromised)],
+                  shared_confidence(confidence, len(diagnosis_lib.FAILURE_MODES)))
 
 
 def open_attacks(checkability: dict, *seed_groups) -> list:
