@@ -33,7 +33,9 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # pytest-xdist: the README runs the suite in two workers (mostly single-threaded
+        # XLA compiling, so two overlap on two cores: 1.5x, benchmarks/RESULTS.md).
+        "test": ["pytest>=8", "pytest-xdist>=3.2"],
         # The PyTorch ecosystem, to check the weights interop against (tests/interop) and
         # to read .bin checkpoints; several GB, so a second CI step installs it.
         "interop": ["torch>=2.4", "torchvision", "open_clip_torch>=2.24", "transformers>=4.40"],

@@ -3,9 +3,12 @@ import os
 import shutil
 import tempfile
 
-# Eight fake CPU devices for the sharding tests; set before anything imports JAX.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# Eight fake CPU devices for the sharding tests; set before anything imports JAX. Once: the
+# README runs the suite in two pytest-xdist workers, which inherit the controller's
+# environment (this file ran there first) and run this file again.
+_EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
+if _EIGHT_DEVICES not in os.environ.get("XLA_FLAGS", "").split():
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_EIGHT_DEVICES}".strip()
 # The suite is mostly compilation, which salmu_jax/host_memory.py's single malloc arena
 # slows by ~15%; its steady-state gain needs long runs. tests/test_host_memory.py sets
 # its own. Before anything imports salmu_jax; SALMU_JAX_SYSTEM_MALLOC=0 tests with it.
@@ -15,7 +18,8 @@ os.environ.setdefault("SALMU_JAX_SYSTEM_MALLOC", "1")
 # session, every program in it, read by the subprocesses too (they inherit the
 # environment, so the benchmark CLI's WORKDIR/jax_cache is not used under tests). Fresh per
 # session and removed after, so no test depends on an earlier run (benchmarks/RESULTS.md,
-# "Test suite").
+# "Test suite"). The xdist workers inherit the controller's directory, so both fill and read
+# one cache, and the controller alone removes it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix="salmu_jax_test_cache_")
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
