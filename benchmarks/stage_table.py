@@ -9,7 +9,8 @@ models of unlearning by design; each cell is wall seconds (compile seconds in br
 the tracing, lowering and XLA compiling done while the stage ran); `count` is the number
 of stages in the group (the distinct numbers, a/b, where the runs differ). A reused stage
 counts with the seconds of the invocation that ran it (`ran_seconds`, `ran_compile_seconds`;
-compile seconds "?" where older code reused it and kept only its wall seconds); a `kept` one
+"?" where they are unknown: compile seconds where older code reused it and kept only its wall
+seconds, both where a kill ended the stage after its work and before its record); a `kept` one
 (a stage of an earlier command that this one did not list) does not count. An unlearned
 model scored inside its unlearning stage moves its wall seconds to the scoring's row, and
 its compile seconds stay in the unlearning's.
@@ -45,8 +46,7 @@ def read_stages(path: str) -> list:
 
 def grouped(stages) -> dict:
   """{group label: [count, wall seconds, compile seconds]}, and the total under "total";
-  compile seconds None where a stage's are unknown (reused by older code, which kept only
-  its wall seconds)."""
+  either None where a stage's are unknown (stage_log.ran_seconds, ran_compile_seconds)."""
   table = {label: [0, 0.0, 0.0] for label, _ in GROUPS} | {"total": [0, 0.0, 0.0]}
   for stage in stages:
     if stage.get("status") == "kept":
@@ -55,13 +55,12 @@ def grouped(stages) -> dict:
     label = next((label for label, pattern in GROUPS if re.fullmatch(pattern, name)), None)
     if label is None:
       raise SystemExit(f"error: stage {stage['stage']!r} belongs to no group of this table")
-    seconds = stage["ran_seconds"] if stage.get("ran_seconds") is not None else stage["seconds"]
     for key in (label, "total"):
       table[key][0] += 1
-      table[key][1] += seconds
-      compiled = stage_log.ran_compile_seconds(stage)
-      table[key][2] = None if compiled is None or table[key][2] is None else (
-          table[key][2] + compiled)
+      for column, seconds in ((1, stage_log.ran_seconds(stage)),
+                              (2, stage_log.ran_compile_seconds(stage))):
+        table[key][column] = None if seconds is None or table[key][column] is None else (
+            table[key][column] + seconds)
   return table
 
 
@@ -77,8 +76,8 @@ def main():
     runs[name] = grouped(read_stages(path))
   rows = []
   for label in [label for label, _ in GROUPS] + ["total"]:
-    compile_cell = lambda seconds: "?" if seconds is None else f"{seconds:.0f}"
-    cells = [f"{t[label][1]:.0f} ({compile_cell(t[label][2])})" if t[label][0] else "-"
+    cell = lambda seconds: "?" if seconds is None else f"{seconds:.0f}"
+    cells = [f"{cell(t[label][1])} ({cell(t[label][2])})" if t[label][0] else "-"
              for t in runs.values()]
     counts = {t[label][0] for t in runs.values()}
     rows.append([label, "/".join(str(c) for c in sorted(counts))] + cells)

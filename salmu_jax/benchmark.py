@@ -662,7 +662,7 @@ class Benchmark:
     # `kept`, so that a later command that lists them again still finds their cost.
     log_path = os.path.join(self.output_dir, "stages.json")
     earlier_log = io_utils.read_json(log_path) if os.path.exists(log_path) else []
-    earlier = {s["stage"]: (s.get("ran_seconds", s["seconds"]), stage_log.ran_compile_seconds(s))
+    earlier = {s["stage"]: (stage_log.ran_seconds(s), stage_log.ran_compile_seconds(s))
                for s in earlier_log}
     listed = {stage.name for stage in stages}
     self.kept_stages_log = [{**s, "status": "kept"} for s in earlier_log
@@ -720,6 +720,7 @@ class Benchmark:
             "versions": versions(),
             "wall_seconds": round(wall_seconds, 1),
             "ran_seconds_total": round(sum(s["ran_seconds"] or 0 for s in self.stages_log), 1),
+            "ran_seconds_unknown": sum(s["ran_seconds"] is None for s in self.stages_log),
             "config": json.loads(self.config.to_json())}
 
   def write_reports(self, wall_seconds: float) -> dict:
@@ -759,7 +760,7 @@ class Benchmark:
 
   def _training_seconds(self) -> dict:
     """{reference: [seconds per seed]} of the training stages (this run's or an earlier's)."""
-    log = {entry["stage"]: entry["ran_seconds"]
+    log = {entry["stage"]: stage_log.ran_seconds(entry)
            for entry in self.kept_stages_log + self.stages_log}
     return {reference: [log.get(f"seed {seed}: train {reference}") for seed in self.seeds]
             for reference in REFERENCES + MEMORY_REFERENCES}

@@ -917,6 +917,9 @@ def report_html(board: dict, checks: list, meta: dict, contact_sheet_png: bytes 
            f"{base64.b64encode(contact_sheet_png).decode()}' style='max-width:100%'>"
            if contact_sheet_png else "")
   versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+  unknown = meta.get("ran_seconds_unknown") or 0
+  unknown_cost = (f", besides {unknown} stage{'s' * (unknown > 1)} whose cost is unknown"
+                  if unknown else "")
   return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>SALMUBench report: {esc(meta['config_name'])}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}}
@@ -956,7 +959,7 @@ between different items); utility, over-generalization and collapse read these.<
 <h2>Stages</h2>
 <table><tr><th>stage</th><th>status</th><th>seconds</th><th>seconds when it ran</th></tr>{stage_rows}</table>
 <p>Total wall time of the last invocation: {meta['wall_seconds']:.0f} s; the stages cost
-{meta['ran_seconds_total']:.0f} s when they ran.</p>
+{meta['ran_seconds_total']:.0f} s when they ran{unknown_cost}.</p>
 </body></html>
 """
 

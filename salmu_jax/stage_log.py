@@ -9,3 +9,12 @@ def ran_compile_seconds(record: dict):
   if "ran_compile_seconds" in record:
     return record["ran_compile_seconds"]
   return record.get("compile_seconds") if record.get("status", "ran") == "ran" else None
+
+
+def ran_seconds(record: dict):
+  """The wall seconds of the invocation that ran a record's stage, None where unknown: a
+  stage a kill ended after its work and before its record, or a record written before
+  `ran_seconds` existed that reused the stage (its own `seconds` are the reuse check's)."""
+  if "ran_seconds" in record:
+    return record["ran_seconds"]
+  return record.get("seconds") if record.get("status", "ran") == "ran" else None

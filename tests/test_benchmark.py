@@ -157,6 +157,10 @@ def test_micro_benchmark_runs_end_to_end_and_resumes_after_a_kill(
   assert [s["stage"] for s in rerun if s["ran_compile_seconds"] is None] == [
       s["stage"] for s in rerun if s["ran_seconds"] is None]
   assert any((s["ran_compile_seconds"] or 0) > 0 for s in rerun)
+  # The report's total says how many stages it could not count.
+  unknown = sum(s["ran_seconds"] is None for s in rerun)
+  assert io_utils.read_json(workdir / "leaderboard.json")["meta"]["ran_seconds_unknown"] == unknown
+  assert ("whose cost is unknown" in (workdir / "report.html").read_text()) == bool(unknown)
 
   # Another recipe in the same directory would silently reuse these stages: refused.
   micro_config.unlearn.learning_rate = 0.5

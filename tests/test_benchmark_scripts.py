@@ -173,6 +173,17 @@ def test_stage_table_groups_every_stage_and_names_a_stray_one(tmp_path):
   assert rows["total"].endswith("| 2/5 | 217 (22) | 120 (10) |")
   result = run_script("stage_table.py", f"older={tmp_path / 'older.json'}")
   assert "| train Compromised | 1 | 100 (?) |" in result.stdout, result.stdout
+  # Unknown wall seconds are unknown, never the reuse check's: a stage a kill ended after its
+  # work and before its record, and one that older code reused without keeping its cost.
+  unknown = [dict(stages[1], status="reused", seconds=0.5, ran_seconds=None,
+                  ran_compile_seconds=None),
+             {"stage": "seed 1: train compromised", "seconds": 0.5, "status": "reused",
+              "compile_seconds": 0.0}]
+  for record in unknown:
+    (tmp_path / "unknown.json").write_text(json.dumps([stages[0], record]))
+    result = run_script("stage_table.py", f"u={tmp_path / 'unknown.json'}")
+    assert "| train Compromised | 1 | ? (?) |" in result.stdout, result.stdout
+    assert "| total | 2 | ? (?) |" in result.stdout, result.stdout
   (tmp_path / "stray.json").write_text(json.dumps([{"stage": "seed 0: lunch", "seconds": 1}]))
   stray = run_script("stage_table.py", f"a={tmp_path / 'stray.json'}")
   assert stray.returncode != 0 and "'seed 0: lunch' belongs to no group" in stray.stderr
