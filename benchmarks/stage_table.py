@@ -10,7 +10,8 @@ the tracing, lowering and XLA compiling done while the stage ran); `count` is th
 of stages in the group (the distinct numbers, a/b, where the runs differ). A reused stage
 counts with the seconds of the invocation that ran it (`ran_seconds`, `ran_compile_seconds`;
 "?" where they are unknown: compile seconds where older code reused it and kept only its wall
-seconds, both where a kill ended the stage after its work and before its record); a `kept` one
+seconds, both where a kill ended the stage after its work and before its record; "N+?" is a
+group's known N seconds besides such stages); a `kept` one
 (a stage of an earlier command that this one did not list) does not count. An unlearned
 model scored inside its unlearning stage moves its wall seconds to the scoring's row, and
 its compile seconds stay in the unlearning's.
@@ -46,8 +47,9 @@ def read_stages(path: str) -> list:
 
 def grouped(stages) -> dict:
   """{group label: [count, wall seconds, compile seconds]}, and the total under "total";
-  either None where a stage's are unknown (stage_log.ran_seconds, ran_compile_seconds)."""
-  table = {label: [0, 0.0, 0.0] for label, _ in GROUPS} | {"total": [0, 0.0, 0.0]}
+  seconds are [known sum, count unknown] (stage_log.ran_seconds, ran_compile_seconds)."""
+  table = {label: [0, [0.0, 0], [0.0, 0]] for label, _ in GROUPS} | {
+      "total": [0, [0.0, 0], [0.0, 0]]}
   for stage in stages:
     if stage.get("status") == "kept":
       continue
@@ -59,9 +61,16 @@ def grouped(stages) -> dict:
       table[key][0] += 1
       for column, seconds in ((1, stage_log.ran_seconds(stage)),
                               (2, stage_log.ran_compile_seconds(stage))):
-        table[key][column] = None if seconds is None or table[key][column] is None else (
-            table[key][column] + seconds)
+        if seconds is None:
+          table[key][column][1] += 1
+        else:
+          table[key][column][0] += seconds
   return table
+
+
+def seconds_cell(known: float, unknown: int, count: int) -> str:
+  """The known seconds, "+?" where some stages' are unknown, "?" where all are."""
+  return "?" if unknown == count else f"{known:.0f}" + ("+?" if unknown else "")
 
 
 def main():
@@ -76,8 +85,8 @@ def main():
     runs[name] = grouped(read_stages(path))
   rows = []
   for label in [label for label, _ in GROUPS] + ["total"]:
-    cell = lambda seconds: "?" if seconds is None else f"{seconds:.0f}"
-    cells = [f"{cell(t[label][1])} ({cell(t[label][2])})" if t[label][0] else "-"
+    cells = [f"{seconds_cell(*t[label][1], t[label][0])} "
+             f"({seconds_cell(*t[label][2], t[label][0])})" if t[label][0] else "-"
              for t in runs.values()]
     counts = {t[label][0] for t in runs.values()}
     rows.append([label, "/".join(str(c) for c in sorted(counts))] + cells)

@@ -665,8 +665,7 @@ class Benchmark:
     earlier = {s["stage"]: (stage_log.ran_seconds(s), stage_log.ran_compile_seconds(s))
                for s in earlier_log}
     listed = {stage.name for stage in stages}
-    self.kept_stages_log = [{**s, "status": "kept"} for s in earlier_log
-                            if s["stage"] not in listed]
+    self.kept_stages_log = [stage_log.kept(s) for s in earlier_log if s["stage"] not in listed]
     with progress.bar(total=len(stages), desc="benchmark", unit="stage", enabled=self.progress,
                       position=0) as bar, CompileClock() as compiling:
       for stage in stages:

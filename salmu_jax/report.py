@@ -745,9 +745,15 @@ def attack_cost_line(board: dict, meta: dict) -> str:
   if not totals:
     return "No attack on forgetting was run (benchmark.attacks=none)."
   spent = meta.get("ran_seconds_total") or 0
-  share = lambda v: f" ({v / spent:.0%} of the stages' {spent:.0f} s)" if spent else ""
+  unknown = meta.get("ran_seconds_unknown") or 0
+  # A share of a total that leaves stages out would overstate the attacks' (their seconds
+  # come from the results of every stage).
+  share = lambda v: f" ({v / spent:.0%} of the stages' {spent:.0f} s)" if spent and not unknown \
+      else ""
+  missing = (f" (no share of the stages' total: the cost of {unknown} "
+             f"stage{'s' * (unknown > 1)} is unknown)" if unknown else "")
   return "Attack cost: " + ", ".join(f"{name} {value:.0f} s{share(value)}"
-                                     for name, value in totals.items()) + "."
+                                     for name, value in totals.items()) + missing + "."
 
 
 def _mode_color(row) -> str:

@@ -18,3 +18,11 @@ def ran_seconds(record: dict):
   if "ran_seconds" in record:
     return record["ran_seconds"]
   return record.get("seconds") if record.get("status", "ran") == "ran" else None
+
+
+def kept(record: dict) -> dict:
+  """A record of a stage that a command did not list, as its log keeps it: status `kept`, with
+  the costs resolved first (a record older code wrote without them reads them from its own
+  status, which this one replaces)."""
+  return {**record, "status": "kept", "ran_seconds": ran_seconds(record),
+          "ran_compile_seconds": ran_compile_seconds(record)}

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from salmu_jax import benchmark, cli, io_utils, report
+from salmu_jax import benchmark, cli, io_utils, report, stage_log
 from salmu_jax import config as config_lib
 from salmu_jax.data import scenes
 from salmu_jax.evaluation import diagnosis, registry
@@ -195,6 +195,29 @@ def test_compiling_ahead_and_replaying_batches_change_no_result(micro_config, mi
         replayed[run] = (a["batches_replayed"], b["batches_replayed"])
   assert replayed["npo_1x"] == (0, 0) and all(r[0] > 0 and r[1] == 0 for k, r in replayed.items()
                                               if k != "npo_1x")
+
+
+def test_a_stage_cost_that_is_not_known_stays_unknown():
+  # Records older code wrote, without ran_seconds: one that ran its stage and one that
+  # reused it; and one of a stage a kill ended after its work and before its record.
+  ran = {"stage": "seed 0: train clean_memory", "status": "ran", "seconds": 80.0,
+         "compile_seconds": 5.0}
+  reused = dict(ran, status="reused", seconds=0.2, compile_seconds=0.0)
+  killed = dict(reused, ran_seconds=None, ran_compile_seconds=None)
+  # Kept by a command that does not list the stage, each keeps what was known of its cost.
+  assert [(stage_log.ran_seconds(r), stage_log.ran_compile_seconds(r))
+          for r in map(stage_log.kept, (ran, reused, killed))] == [(80.0, 5.0), (None, None),
+                                                                    (None, None)]
+  assert stage_log.kept(ran)["status"] == "kept" and ran["status"] == "ran"
+  # The attacks' share of the stages' total, which would be overstated where stages are left
+  # out of the total.
+  board = {"rows": [{"attack_seconds": {"relearn": {"mean": 4.0, "n": 2}}}],
+           "reference_attack_seconds": {}}
+  assert report.attack_cost_line(board, {"ran_seconds_total": 80.0}) == (
+      "Attack cost: relearn 8 s (10% of the stages' 80 s).")
+  assert report.attack_cost_line(board, {"ran_seconds_total": 10.0, "ran_seconds_unknown": 2}) == (
+      "Attack cost: relearn 8 s (no share of the stages' total: the cost of 2 stages is "
+      "unknown).")
 
 
 def test_a_workdir_is_reused_under_other_verdict_thresholds_only(micro_config, tmp_path):
