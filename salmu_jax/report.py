@@ -410,10 +410,10 @@ def attack_checkability(clean_mean: dict, compromised_mean: dict, clean: list,
                         compromised: list, thresholds, confidence: float) -> dict:
   """{attack: {"mean", "per_seed", "needed"}: the margin of the share of their RetFail gap
   the references keep under it over eval.min_attack_gap_fraction}, from the references'
-  seed means and per-seed `headlines`, and the `prediction_margin` it must exceed, at the per-threshold confidence
-  of a verdict judged at every failure mode's threshold: below that share the attack
-  cannot show anything and is unchecked for every row, so references just above it on a
-  few seeds can be just below it on others."""
+  seed means and per-seed `headlines`, and the `prediction_margin` it must exceed, at the
+  per-threshold confidence of a verdict judged at every failure mode's threshold: below that
+  share the attack cannot show anything and is unchecked for every row, so references just
+  above it on a few seeds can be just below it on others."""
   kept = lambda c, p: {attack: result["reference_gap_kept"] - thresholds.min_attack_gap_fraction
                        for attack, result in diagnosis_lib.attack_recovery(
                            p, c, p, thresholds.min_attack_gap_fraction).items()
