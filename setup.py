@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="SALMUBench in JAX/Flax: SALMU-synth data, Flax CLIP, unlearning and evaluation.",
     packages=find_packages(include=["salmu_jax", "salmu_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # flax and numpy 2.4 need it.
     install_requires=[
         "jax>=0.6",
         "flax>=0.11",

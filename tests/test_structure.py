@@ -1,6 +1,7 @@
 """The house rules of the package layout (README, "Layout"), checked from the source."""
 import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -147,3 +148,30 @@ def test_no_stage_starts_jax_before_its_opening_sets_the_compiler_flags():
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                         env=dict(os.environ, XLA_FLAGS=""))
   assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _distribution(requirement: str) -> str:
+  """A requirement's distribution name, normalized (PEP 503)."""
+  name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement.strip()).group(0)
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_readme_and_ci_install_the_pinned_versions_and_every_requirement_is_pinned():
+  pinned = {}
+  for line in open(os.path.join(REPO, "constraints.txt")):
+    if line.strip() and not line.startswith("#"):
+      name, version = line.strip().split("==")
+      pinned[_distribution(name)] = version
+  setup = ast.parse(open(os.path.join(REPO, "setup.py")).read())
+  keywords = {k.arg: ast.literal_eval(k.value) for node in ast.walk(setup)
+              if isinstance(node, ast.Call) for k in node.keywords
+              if k.arg in ("install_requires", "extras_require")}
+  requirements = keywords["install_requires"] + sum(keywords["extras_require"].values(), [])
+  names = {_distribution(r) for r in requirements}
+  assert {"jax", "flax", "pytest-xdist", "open-clip-torch"} <= names  # The parse found them.
+  assert names - set(pinned) == set()
+  readme = open(os.path.join(REPO, "README.md")).read()
+  commands = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+  ci = open(os.path.join(REPO, ".ci", "run")).read()
+  installs = [c for c in commands + ci.splitlines() if "pip install -e" in c]
+  assert len(installs) == 3 and all("-c constraints.txt" in c for c in installs), installs
