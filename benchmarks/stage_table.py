@@ -53,7 +53,7 @@ def grouped(stages) -> dict:
   for stage in stages:
     if stage.get("status") == "kept":
       continue
-    name = re.sub(r"^seed \d+: ", "", stage["stage"])
+    name = stage_log.without_seed(stage["stage"])
     label = next((label for label, pattern in GROUPS if re.fullmatch(pattern, name)), None)
     if label is None:
       raise SystemExit(f"error: stage {stage['stage']!r} belongs to no group of this table")

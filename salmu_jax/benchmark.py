@@ -73,6 +73,8 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"  # The config the stages were run with.
 # SALMUBench's own protocol, and MUSE's deletion requests at scale and over time.
 MODES = ("salmubench", "scalability", "sustainability")
+# The stages' bar without tqdm's time-left estimate (stage_log.time_left_text, in the postfix).
+STAGE_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 REQUESTS_FILE = "requests.json"  # A request mode's schedule, drawn once per workdir.
 REFERENCE_BLOCKS_FILE = "references.json"  # The references' efficacy on each request.
 
@@ -666,10 +668,15 @@ class Benchmark:
                for s in earlier_log}
     listed = {stage.name for stage in stages}
     self.kept_stages_log = [stage_log.kept(s) for s in earlier_log if s["stage"] not in listed]
+    # The time left, from this invocation's stages (tqdm's estimate would divide the time so
+    # far by a count of stages whose costs differ a hundredfold); a stage an earlier
+    # invocation finished will be reused.
     with progress.bar(total=len(stages), desc="benchmark", unit="stage", enabled=self.progress,
-                      position=0) as bar, CompileClock() as compiling:
-      for stage in stages:
-        bar.set_postfix_str(stage.name)
+                      position=0, bar_format=STAGE_BAR) as bar, CompileClock() as compiling:
+      for index, stage in enumerate(stages):
+        left = stage_log.time_left_text(
+            self.stages_log, [s.name for s in stages[index:] if s.name not in earlier])
+        bar.set_postfix_str(", ".join(filter(None, [stage.name, left])))
         reused = stage.done()
         began, compiled_before = time.perf_counter(), compiling.seconds
         if not reused:

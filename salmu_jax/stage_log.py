@@ -1,5 +1,6 @@
 """Reading a benchmark's stages.json records (salmu_jax.benchmark writes them,
 benchmarks/stage_table.py tabulates them); no jax, so a table script starts fast."""
+import re
 
 
 def ran_compile_seconds(record: dict):
@@ -26,3 +27,49 @@ def kept(record: dict) -> dict:
   status, which this one replaces)."""
   return {**record, "status": "kept", "ran_seconds": ran_seconds(record),
           "ran_compile_seconds": ran_compile_seconds(record)}
+
+
+def without_seed(name: str) -> str:
+  """A stage's name without its "seed S: ": what the same stage of every seed is called."""
+  return re.sub(r"^seed \d+: ", "", name)
+
+
+def stage_kind(name: str) -> str:
+  """What a stage does whatever its seed, method, budget and request: "train compromised",
+  "evaluate clean", "unlearn", "evaluate" (an unlearned model's scoring)..."""
+  return re.sub(r"^.*\s[\d.]+x (request \d+ )?", "", without_seed(name))
+
+
+def time_left(ran: list, remaining: list) -> tuple:
+  """(seconds, complete): what the `remaining` stage names will take, from the records of
+  the stages this invocation `ran` (status "ran", with ran_seconds): each is timed by the
+  mean of the same stage on other seeds, else of its kind (`stage_kind`). `complete` is
+  False where a remaining stage's kind has not run yet, and the seconds are then a lower
+  bound. Stages' costs differ by two orders (a training against a scoring), so a count of
+  stages says nothing of the time left."""
+  by_name, by_kind = {}, {}
+  for record in ran:
+    seconds = ran_seconds(record)
+    if record.get("status") != "ran" or seconds is None:
+      continue
+    name = without_seed(record["stage"])
+    by_name.setdefault(name, []).append(seconds)
+    by_kind.setdefault(stage_kind(name), []).append(seconds)
+  total, complete = 0.0, True
+  for stage in remaining:
+    name = without_seed(stage)
+    known = by_name.get(name) or by_kind.get(stage_kind(name))
+    if known:
+      total += sum(known) / len(known)
+    else:
+      complete = False
+  return total, complete
+
+
+def time_left_text(ran: list, remaining: list) -> str:
+  """"~12 min left", "at least 5 min left" (`time_left` not complete), or "" before any
+  stage has run or when none remain."""
+  seconds, complete = time_left(ran, remaining)
+  if complete and remaining:
+    return f"~{max(1, round(seconds / 60))} min left"
+  return f"at least {int(seconds // 60)} min left" if seconds >= 60 else ""
