@@ -668,14 +668,17 @@ class Benchmark:
                for s in earlier_log}
     listed = {stage.name for stage in stages}
     self.kept_stages_log = [stage_log.kept(s) for s in earlier_log if s["stage"] not in listed]
-    # The time left, from this invocation's stages (tqdm's estimate would divide the time so
-    # far by a count of stages whose costs differ a hundredfold); a stage an earlier
-    # invocation finished will be reused.
+    # The time left (tqdm's estimate would divide the time so far by a count of stages whose
+    # costs differ a hundredfold): the stages not finished now, timed by what every stage of
+    # this invocation or an earlier one cost. A stage a later one makes stale (a request
+    # after a redone one) is missed.
+    to_run = {stage.name for stage in stages if not stage.done()} if self.progress else set()
     with progress.bar(total=len(stages), desc="benchmark", unit="stage", enabled=self.progress,
                       position=0, bar_format=STAGE_BAR) as bar, CompileClock() as compiling:
       for index, stage in enumerate(stages):
-        left = stage_log.time_left_text(
-            self.stages_log, [s.name for s in stages[index:] if s.name not in earlier])
+        costs = list(({s["stage"]: s for s in earlier_log} |
+                      {s["stage"]: s for s in self.stages_log}).values())
+        left = stage_log.time_left_text(costs, [s.name for s in stages[index:] if s.name in to_run])
         bar.set_postfix_str(", ".join(filter(None, [stage.name, left])))
         reused = stage.done()
         began, compiled_before = time.perf_counter(), compiling.seconds

@@ -35,25 +35,27 @@ def without_seed(name: str) -> str:
 
 
 def stage_kind(name: str) -> str:
-  """What a stage does whatever its seed, method, budget and request: "train compromised",
-  "evaluate clean", "unlearn", "evaluate" (an unlearned model's scoring)..."""
-  return re.sub(r"^.*\s[\d.]+x (request \d+ )?", "", without_seed(name))
+  """What a stage does whatever its seed, method and request: "train compromised", "evaluate
+  clean", "5x unlearn", "1x evaluate" (an unlearned model's scoring)... The budget stays: a
+  5x run takes five times the steps of a 1x one."""
+  return re.sub(r"^.*\s([\d.]+x) (request \d+ )?", r"\1 ", without_seed(name))
 
 
-def time_left(ran: list, remaining: list) -> tuple:
-  """(seconds, complete): what the `remaining` stage names will take, from the records of
-  the stages this invocation `ran` (status "ran", with ran_seconds): each is timed by the
-  mean of the same stage on other seeds, else of its kind (`stage_kind`). `complete` is
-  False where a remaining stage's kind has not run yet, and the seconds are then a lower
-  bound. Stages' costs differ by two orders (a training against a scoring), so a count of
-  stages says nothing of the time left."""
+def time_left(records: list, remaining: list) -> tuple:
+  """(seconds, complete): what the `remaining` stage names will take, from the `records` of
+  stages that ran (in this invocation or an earlier one: `ran_seconds`; `kept` ones aside).
+  A stage is timed by the same stage on another seed less its compile seconds (its programs
+  are compiled by then), else by the mean of its kind (`stage_kind`). `complete` is False
+  where a remaining stage's kind has not run yet, and the seconds are then a lower bound.
+  Stages' costs differ by two orders (a training against a scoring), so a count of stages
+  says nothing of the time left."""
   by_name, by_kind = {}, {}
-  for record in ran:
+  for record in records:
     seconds = ran_seconds(record)
-    if record.get("status") != "ran" or seconds is None:
+    if record.get("status") == "kept" or seconds is None:
       continue
     name = without_seed(record["stage"])
-    by_name.setdefault(name, []).append(seconds)
+    by_name.setdefault(name, []).append(max(0.0, seconds - (ran_compile_seconds(record) or 0.0)))
     by_kind.setdefault(stage_kind(name), []).append(seconds)
   total, complete = 0.0, True
   for stage in remaining:
@@ -66,10 +68,10 @@ def time_left(ran: list, remaining: list) -> tuple:
   return total, complete
 
 
-def time_left_text(ran: list, remaining: list) -> str:
-  """"~12 min left", "at least 5 min left" (`time_left` not complete), or "" before any
-  stage has run or when none remain."""
-  seconds, complete = time_left(ran, remaining)
+def time_left_text(records: list, remaining: list) -> str:
+  """"~12 min left", "under 2 min left", "at least 5 min left" (`time_left` not complete),
+  or "" before any stage has run or when none remain."""
+  seconds, complete = time_left(records, remaining)
   if complete and remaining:
-    return f"~{max(1, round(seconds / 60))} min left"
+    return f"~{round(seconds / 60)} min left" if seconds >= 90 else "under 2 min left"
   return f"at least {int(seconds // 60)} min left" if seconds >= 60 else ""

@@ -225,28 +225,34 @@ def test_the_time_left_comes_from_stages_of_the_same_kind_and_says_when_it_is_a_
   assert [stage_log.stage_kind(name) for name in (
       "seed 2: npo 5x unlearn", "seed 1: scalability npo 0.5x request 3 evaluate",
       "seed 0: evaluate clean", "build SALMU-synth")] == [
-          "unlearn", "evaluate", "evaluate clean", "build SALMU-synth"]
-  ran = [{"stage": "build SALMU-synth", "status": "ran", "ran_seconds": 20.0},
-         {"stage": "seed 0: train compromised", "status": "ran", "ran_seconds": 120.0},
-         {"stage": "seed 0: finetune 1x unlearn", "status": "ran", "ran_seconds": 6.0},
-         {"stage": "seed 0: npo 1x unlearn", "status": "ran", "ran_seconds": 2.0},
-         {"stage": "seed 0: finetune 1x evaluate", "status": "ran", "ran_seconds": 5.0},
-         # Reused, and killed before its record: no cost to time others by.
-         {"stage": "seed 0: train clean", "status": "reused", "ran_seconds": 90.0},
-         {"stage": "seed 0: evaluate clean", "status": "ran", "ran_seconds": None}]
-  # The same stage on another seed, else the mean of its kind.
-  assert stage_log.time_left(ran, ["seed 1: train compromised", "seed 1: npo 1x unlearn",
-                                   "seed 1: ssd 5x unlearn", "seed 1: ssd 5x evaluate"]) == (
-      120.0 + 2.0 + 4.0 + 5.0, True)
-  assert stage_log.time_left(ran, ["seed 1: train clean", "seed 1: evaluate clean",
-                                   "seed 1: npo 1x unlearn"]) == (2.0, False)
-  assert stage_log.time_left_text(ran, ["seed 1: train compromised"] * 3) == "~6 min left"
-  assert stage_log.time_left_text(ran, ["seed 1: train clean"] + [
-      "seed 1: train compromised"] * 2) == "at least 4 min left"
+          "5x unlearn", "0.5x evaluate", "evaluate clean", "build SALMU-synth"]
+  costs = [{"stage": "build SALMU-synth", "status": "ran", "ran_seconds": 20.0},
+           {"stage": "seed 0: train compromised", "status": "ran", "ran_seconds": 120.0,
+            "ran_compile_seconds": 20.0},
+           {"stage": "seed 0: finetune 1x unlearn", "status": "ran", "ran_seconds": 6.0,
+            "ran_compile_seconds": 1.0},
+           {"stage": "seed 0: npo 1x unlearn", "status": "ran", "ran_seconds": 2.0},
+           {"stage": "seed 0: finetune 1x evaluate", "status": "ran", "ran_seconds": 5.0},
+           # Reused: what the invocation that ran it took.
+           {"stage": "seed 0: train clean", "status": "reused", "ran_seconds": 90.0},
+           # Killed before its record, and a stage this command does not list: no cost.
+           {"stage": "seed 0: evaluate clean", "status": "ran", "ran_seconds": None},
+           {"stage": "seed 0: ssd 1x unlearn", "status": "kept", "ran_seconds": 50.0}]
+  # The same stage on another seed without its compiling, else the mean of its kind.
+  assert stage_log.time_left(costs, ["seed 1: train compromised", "seed 1: npo 1x unlearn",
+                                     "seed 1: ssd 1x unlearn", "seed 1: ssd 1x evaluate",
+                                     "seed 1: train clean"]) == (100.0 + 2.0 + 4.0 + 5.0 + 90.0,
+                                                                 True)
+  assert stage_log.time_left(costs, ["seed 1: evaluate clean", "seed 1: npo 1x unlearn",
+                                     "seed 1: npo 5x unlearn"]) == (2.0, False)
+  assert stage_log.time_left_text(costs, ["seed 1: train compromised"] * 3) == "~5 min left"
+  assert stage_log.time_left_text(costs, ["seed 1: npo 1x unlearn"]) == "under 2 min left"
+  assert stage_log.time_left_text(costs, ["seed 1: evaluate clean"] + [
+      "seed 1: train compromised"] * 2) == "at least 3 min left"
   # Nothing known yet, or nothing left: no estimate.
-  assert stage_log.time_left_text(ran, ["seed 1: train clean"]) == ""
-  assert stage_log.time_left_text(ran[:1], ["seed 1: train compromised"]) == ""
-  assert stage_log.time_left_text(ran, []) == ""
+  assert stage_log.time_left_text(costs, ["seed 1: evaluate clean"]) == ""
+  assert stage_log.time_left_text(costs[:1], ["seed 1: train compromised"]) == ""
+  assert stage_log.time_left_text(costs, []) == ""
   # The stages' bar shows that estimate and not tqdm's, which divides by a count of stages.
   from tqdm import tqdm
   with tqdm(total=193, bar_format=benchmark.STAGE_BAR, file=io.StringIO()) as bar:

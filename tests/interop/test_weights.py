@@ -1,6 +1,7 @@
 """OpenCLIP / Hugging Face weights in the Flax CLIP: same embeddings, exact round trips.
 
-Needs the interop extra (torch, open_clip_torch, transformers): pip install -e '.[interop]'.
+Needs the interop extra (torch, open_clip_torch, transformers):
+pip install -e '.[interop]' -c constraints.txt.
 Models are built locally with random weights; nothing is downloaded.
 """
 import os
