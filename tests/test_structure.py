@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
 
@@ -152,30 +153,24 @@ def test_no_stage_starts_jax_before_its_opening_sets_the_compiler_flags():
   assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _distribution(requirement: str) -> str:
-  """A requirement's distribution name, normalized (PEP 503)."""
-  name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement.strip()).group(0)
-  return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def test_the_readme_and_ci_install_the_pinned_versions_and_every_requirement_is_pinned():
-  pinned = {}
-  for line in open(os.path.join(REPO, "constraints.txt")):
-    if line.strip() and not line.startswith("#"):
-      name, version = line.strip().split("==")
-      pinned[_distribution(name)] = version
+  pins = [Requirement(line.strip()) for line in open(os.path.join(REPO, "constraints.txt"))
+          if line.strip() and not line.startswith("#")]
+  assert all(len(pin.specifier) == 1 and next(iter(pin.specifier)).operator == "=="
+             for pin in pins), "constraints.txt pins exact versions only"
+  pinned = {canonicalize_name(pin.name): next(iter(pin.specifier)).version for pin in pins}
   setup = ast.parse(open(os.path.join(REPO, "setup.py")).read())
   keywords = {k.arg: ast.literal_eval(k.value) for node in ast.walk(setup)
               if isinstance(node, ast.Call) for k in node.keywords
               if k.arg in ("install_requires", "extras_require")}
   requirements = [Requirement(r) for r in keywords["install_requires"] + sum(
       keywords["extras_require"].values(), [])]
-  assert {"jax", "flax", "pytest-xdist", "open-clip-torch"} <= {
-      _distribution(r.name) for r in requirements}  # The parse found them.
-  for requirement in requirements:  # Pinned, at a version setup.py allows.
-    assert requirement.specifier.contains(pinned.get(_distribution(requirement.name), "none"),
-                                          prereleases=True), (requirement, pinned.get(
-                                              _distribution(requirement.name)))
+  names = {canonicalize_name(r.name) for r in requirements}
+  assert {"jax", "flax", "pytest-xdist", "open-clip-torch"} <= names  # The parse found them.
+  assert names - set(pinned) == set()
+  for requirement in requirements:  # At a version setup.py allows.
+    version = pinned[canonicalize_name(requirement.name)]
+    assert requirement.specifier.contains(version, prereleases=True), (requirement, version)
   # Every pip install of the README's two commands and of CI, and nothing else, uses the pins.
   readme = open(os.path.join(REPO, "README.md")).read()
   commands = readme.split("```bash\n", 1)[1].split("```", 1)[0]
